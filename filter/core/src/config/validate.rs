@@ -1,0 +1,372 @@
+//! Raw optional values → validated, typed configuration with defaults applied.
+
+use super::{ConfigError, RawConfig};
+use crate::workers::WorkerInfo;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+/// What to do when the filter cannot make a routing decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailPolicy {
+    /// Forward without routing headers: the cluster's own load balancer picks.
+    #[default]
+    FailOpen,
+    /// Answer 503 with a JSON error.
+    FailClosed,
+}
+
+/// What to do with a request for a model no worker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownModel {
+    /// 404 with a JSON error.
+    #[default]
+    Reject,
+    /// Forward unrouted.
+    Passthrough,
+}
+
+/// Admission control mode (`DYN_ADMISSION_CONTROL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdmissionControl {
+    /// Only the thresholds set explicitly apply.
+    #[default]
+    None,
+    /// Unset thresholds take Dynamo's token-capacity defaults.
+    TokenCapacity,
+}
+
+/// Settings of the routing core (Dynamo's KV router settings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    /// Default tokens per KV block.
+    pub block_size: u32,
+    /// Prefill blocks credited per overlapping block.
+    pub overlap_score_credit: f64,
+    /// Credit decay with excess queued prefill.
+    pub overlap_score_credit_decay: f64,
+    /// Weight of the prefill term.
+    pub prefill_load_scale: f64,
+    /// Cost per active request.
+    pub decode_active_request_weight: f64,
+    /// Softmax temperature (0 = argmin).
+    pub temperature: f64,
+    /// Use KV events (false = approximate mode).
+    pub use_kv_events: bool,
+    /// Share bookkeeping between gateway replicas.
+    pub replica_sync: bool,
+    /// Count in-flight blocks as decode load.
+    pub track_active_blocks: bool,
+    /// Grow decode blocks with streamed output.
+    pub track_output_blocks: bool,
+    /// Count queued prefill tokens.
+    pub track_prefill_tokens: bool,
+    /// Approximate-mode TTL in ms.
+    pub approx_ttl_ms: u64,
+    /// Approximate-mode size bound.
+    pub approx_max_entries: usize,
+    /// Predict-on-route TTL in ms with KV events (None = off).
+    pub predicted_ttl_ms: Option<u64>,
+    /// Expiry of unfreed bookkeeping, ms.
+    pub active_request_ttl_ms: u64,
+    /// Busy when decode blocks > this × total_kv_blocks.
+    pub active_decode_blocks_threshold: Option<f64>,
+    /// Busy when queued prefill tokens > this.
+    pub active_prefill_tokens_threshold: Option<u64>,
+    /// Busy when queued prefill tokens > this × max_num_batched_tokens.
+    pub active_prefill_tokens_threshold_frac: Option<f64>,
+    /// Busy when reported KV usage fraction > this.
+    pub busy_threshold: Option<f64>,
+    /// Fail rather than fall back to aggregated when prefill workers are required.
+    pub enforce_disagg: bool,
+    /// Status when every worker is busy.
+    pub overload_status: u16,
+}
+
+/// Settings of the gateway filter around the core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Behaviour when no decision can be made.
+    pub fail_policy: FailPolicy,
+    /// Largest body buffered.
+    pub max_body_bytes: usize,
+    /// Most chat messages.
+    pub max_messages: usize,
+    /// Most KV blocks tokenized and matched per request.
+    pub max_match_blocks: usize,
+    /// Inject `nvext.token_data`.
+    pub inject_token_data: bool,
+    /// Emit `x-kvgate-decision`.
+    pub decision_header: bool,
+    /// Unknown-model policy.
+    pub unknown_model: UnknownModel,
+    /// Sidecar cluster (None = static mode).
+    pub sidecar_cluster: Option<String>,
+    /// Sidecar authority.
+    pub sidecar_authority: String,
+    /// Tick period in ms.
+    pub sync_interval_ms: u64,
+    /// Long-poll time in ms.
+    pub sync_wait_ms: u64,
+    /// Staleness bound in ms.
+    pub stale_after_ms: u64,
+    /// Segment cache entries per VM.
+    pub segment_cache_entries: usize,
+    /// Static workers.
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Routing core settings.
+    pub router: RouterConfig,
+    /// Gateway filter settings.
+    pub gateway: GatewayConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults are valid by construction; validate() of an empty RawConfig only
+        // fails if a default in this file is wrong, which the unit tests catch.
+        validate(RawConfig::default()).unwrap_or_else(|_| unreachable_defaults())
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_defaults() -> Config {
+    panic!("kvgate-core: built-in configuration defaults are invalid")
+}
+
+fn non_negative(key: &str, v: Option<f64>, default: f64) -> Result<f64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if !v.is_finite() || v < 0.0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{v} must be a finite number ≥ 0"),
+        ));
+    }
+    Ok(v)
+}
+
+fn fraction(key: &str, v: Option<f64>) -> Result<Option<f64>, ConfigError> {
+    match v {
+        Some(f) if !f.is_finite() || !(0.0..=1.0).contains(&f) => Err(ConfigError::invalid(
+            key,
+            format!("{f} must be between 0 and 1"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn secs_to_ms(key: &str, v: Option<f64>, default: f64) -> Result<u64, ConfigError> {
+    let s = non_negative(key, v, default)?;
+    if s > 1e9 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{s} seconds is too long"),
+        ));
+    }
+    Ok((s * 1000.0).round() as u64)
+}
+
+fn ranged(key: &str, v: Option<u64>, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{v} must be between {min} and {max}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Validates raw values and applies defaults.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut credit = non_negative("overlap_score_credit", raw.overlap_score_credit, 1.0)?;
+    let mut scale = non_negative("prefill_load_scale", raw.prefill_load_scale, 1.0)?;
+    if let Some(w) = raw.overlap_score_weight {
+        // Deprecated alias, as Dynamo maps it: the weight becomes the prefill scale, and a
+        // zero weight also switches the cache credit off.
+        scale = non_negative("overlap_score_weight", Some(w), 1.0)?;
+        if scale == 0.0 {
+            credit = 0.0;
+        }
+    }
+    let admission = match raw.admission_control.as_deref().unwrap_or("none") {
+        "none" | "" => AdmissionControl::None,
+        "token_capacity" | "token-capacity" => AdmissionControl::TokenCapacity,
+        other => {
+            return Err(ConfigError::invalid(
+                "admission_control",
+                format!("`{other}` is not one of `none`, `token_capacity`"),
+            ))
+        }
+    };
+    let mut decode_thr = fraction(
+        "active_decode_blocks_threshold",
+        raw.active_decode_blocks_threshold,
+    )?;
+    let mut prefill_thr = raw.active_prefill_tokens_threshold;
+    let mut prefill_frac = raw.active_prefill_tokens_threshold_frac;
+    if let Some(f) = prefill_frac {
+        if !f.is_finite() || f < 0.0 {
+            return Err(ConfigError::invalid(
+                "active_prefill_tokens_threshold_frac",
+                format!("{f} must be ≥ 0"),
+            ));
+        }
+    }
+    if admission == AdmissionControl::TokenCapacity {
+        decode_thr = decode_thr.or(Some(1.0));
+        prefill_thr = prefill_thr.or(Some(10_000_000));
+        prefill_frac = prefill_frac.or(Some(10.0));
+    }
+    let busy = match raw.busy_threshold {
+        Some(b) if b < 0.0 => None,
+        other => fraction("busy_threshold", other)?,
+    };
+    let track_active_blocks = raw.router_track_active_blocks.unwrap_or(true);
+    let track_output_blocks = raw.router_track_output_blocks.unwrap_or(false);
+    if track_output_blocks && !track_active_blocks {
+        return Err(ConfigError::invalid(
+            "router_track_output_blocks",
+            "needs router_track_active_blocks = true",
+        ));
+    }
+    let predicted = match raw.router_predicted_ttl_secs {
+        None => None,
+        Some(s) => Some(secs_to_ms("router_predicted_ttl_secs", Some(s), 0.0)?),
+    };
+    let router = RouterConfig {
+        block_size: ranged("block_size", raw.block_size.map(u64::from), 16, 1, 1 << 16)? as u32,
+        overlap_score_credit: credit,
+        overlap_score_credit_decay: non_negative(
+            "overlap_score_credit_decay",
+            raw.overlap_score_credit_decay,
+            0.0,
+        )?,
+        prefill_load_scale: scale,
+        decode_active_request_weight: non_negative(
+            "decode_active_request_weight",
+            raw.decode_active_request_weight,
+            0.0,
+        )?,
+        temperature: non_negative("router_temperature", raw.router_temperature, 0.0)?,
+        use_kv_events: raw.use_kv_events.unwrap_or(true),
+        replica_sync: raw.router_replica_sync.unwrap_or(false),
+        track_active_blocks,
+        track_output_blocks,
+        track_prefill_tokens: raw.router_track_prefill_tokens.unwrap_or(true),
+        approx_ttl_ms: secs_to_ms("router_ttl_secs", raw.router_ttl_secs, 120.0)?,
+        approx_max_entries: ranged(
+            "router_max_tree_size",
+            raw.router_max_tree_size,
+            1 << 20,
+            1,
+            1 << 32,
+        )? as usize,
+        predicted_ttl_ms: predicted,
+        active_request_ttl_ms: secs_to_ms(
+            "active_request_ttl_secs",
+            raw.active_request_ttl_secs,
+            300.0,
+        )?,
+        active_decode_blocks_threshold: decode_thr,
+        active_prefill_tokens_threshold: prefill_thr,
+        active_prefill_tokens_threshold_frac: prefill_frac,
+        busy_threshold: busy,
+        enforce_disagg: raw.enforce_disagg.unwrap_or(false),
+        overload_status: ranged(
+            "overload_status",
+            raw.overload_status.map(u64::from),
+            529,
+            400,
+            599,
+        )? as u16,
+    };
+    let fail_policy = match raw.fail_policy.as_deref().unwrap_or("fail_open") {
+        "fail_open" => FailPolicy::FailOpen,
+        "fail_closed" => FailPolicy::FailClosed,
+        other => {
+            return Err(ConfigError::invalid(
+                "fail_policy",
+                format!("`{other}` is not one of `fail_open`, `fail_closed`"),
+            ))
+        }
+    };
+    let unknown_model = match raw.unknown_model.as_deref().unwrap_or("reject") {
+        "reject" => UnknownModel::Reject,
+        "passthrough" => UnknownModel::Passthrough,
+        other => {
+            return Err(ConfigError::invalid(
+                "unknown_model",
+                format!("`{other}` is not one of `reject`, `passthrough`"),
+            ))
+        }
+    };
+    let workers = raw.workers.unwrap_or_default();
+    let mut ids = BTreeSet::new();
+    for w in &workers {
+        if w.endpoint.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "workers",
+                format!(
+                    "endpoint `{}` of worker {} must be a literal ip:port",
+                    w.endpoint, w.instance_id
+                ),
+            ));
+        }
+        if !ids.insert(w.instance_id) {
+            return Err(ConfigError::invalid(
+                "workers",
+                format!("instance_id {} appears twice", w.instance_id),
+            ));
+        }
+        if w.dp_size == 0 || w.dp_size > 1024 {
+            return Err(ConfigError::invalid(
+                "workers",
+                format!("dp_size of worker {} must be 1..=1024", w.instance_id),
+            ));
+        }
+    }
+    let sidecar = raw
+        .sidecar_cluster
+        .unwrap_or_else(|| "kvgate_sidecar".into());
+    let gateway = GatewayConfig {
+        fail_policy,
+        max_body_bytes: ranged("max_body_bytes", raw.max_body_bytes, 8 << 20, 1024, 1 << 30)?
+            as usize,
+        max_messages: ranged("max_messages", raw.max_messages, 10_000, 1, 10_000_000)? as usize,
+        max_match_blocks: ranged("max_match_blocks", raw.max_match_blocks, 8192, 1, 1 << 24)?
+            as usize,
+        inject_token_data: raw.inject_token_data.unwrap_or(true),
+        decision_header: raw.decision_header.unwrap_or(false),
+        unknown_model,
+        sidecar_cluster: if sidecar.is_empty() {
+            None
+        } else {
+            Some(sidecar)
+        },
+        sidecar_authority: raw
+            .sidecar_authority
+            .unwrap_or_else(|| "kvgate-sidecar".into()),
+        sync_interval_ms: ranged("sync_interval_ms", raw.sync_interval_ms, 20, 1, 60_000)?,
+        sync_wait_ms: ranged("sync_wait_ms", raw.sync_wait_ms, 1000, 0, 60_000)?,
+        stale_after_ms: ranged(
+            "stale_after_ms",
+            raw.stale_after_ms,
+            10_000,
+            100,
+            86_400_000,
+        )?,
+        segment_cache_entries: ranged(
+            "segment_cache_entries",
+            raw.segment_cache_entries,
+            4096,
+            0,
+            1 << 20,
+        )? as usize,
+        workers,
+    };
+    Ok(Config { router, gateway })
+}

@@ -1,0 +1,84 @@
+//! The fleet: which workers exist, where they listen, what role they play, and the
+//! registration message workers (or the mock engine) announce themselves with.
+
+use crate::types::{DpRank, WorkerId, WorkerKey};
+use serde::{Deserialize, Serialize};
+
+/// What a worker does in disaggregated serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerRole {
+    /// Serves whole requests (prefill and decode).
+    #[default]
+    Aggregated,
+    /// Only runs prefill, then hands the KV cache to a decode worker.
+    Prefill,
+    /// Runs decode (and prefill when no prefill worker is used).
+    Decode,
+}
+
+/// One worker instance as discovery reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerInfo {
+    /// Dynamo instance id (the `worker_id` of its KV events).
+    pub instance_id: WorkerId,
+    /// `ip:port` Envoy can reach it on: a literal IP, as override_host requires.
+    pub endpoint: String,
+    /// Served model name (the OpenAI `model` field).
+    pub model: String,
+    /// Aggregated, prefill or decode.
+    #[serde(default)]
+    pub role: WorkerRole,
+    /// Tokens per KV block (the model card's `kv_cache_block_size`).
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    /// Number of data-parallel ranks (`data_parallel_size`, default 1).
+    #[serde(default = "one")]
+    pub dp_size: u32,
+    /// First dp rank (`data_parallel_start_rank`, default 0).
+    #[serde(default)]
+    pub dp_start_rank: DpRank,
+    /// KV capacity in blocks (`runtime_config.total_kv_blocks`), if known.
+    #[serde(default)]
+    pub total_kv_blocks: Option<u64>,
+    /// Maximum concurrent sequences (`runtime_config.max_num_seqs`), if known.
+    #[serde(default)]
+    pub max_num_seqs: Option<u64>,
+    /// Maximum tokens in one batch (`runtime_config.max_num_batched_tokens`), if known.
+    #[serde(default)]
+    pub max_num_batched_tokens: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl WorkerInfo {
+    /// Every (worker, dp rank) key this worker owns.
+    pub fn keys(&self) -> impl Iterator<Item = WorkerKey> + '_ {
+        (0..self.dp_size.max(1))
+            .map(move |i| WorkerKey::new(self.instance_id, self.dp_start_rank + i))
+    }
+}
+
+/// A worker's self-registration, published on NATS as JSON on
+/// [`announce_subject`] every `lease_ms / 3` or so. A worker whose lease runs out without
+/// a new announcement is removed, with its index entries; `leaving: true` removes it at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerAnnouncement {
+    /// The worker.
+    pub worker: WorkerInfo,
+    /// How long this announcement stays valid, in milliseconds.
+    pub lease_ms: u64,
+    /// True when the worker is shutting down.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+/// NATS subject of worker announcements for a Dynamo namespace:
+/// `namespace.{ns}.kvgate.workers`.
+pub fn announce_subject(namespace: &str) -> String {
+    format!("namespace.{namespace}.kvgate.workers")
+}

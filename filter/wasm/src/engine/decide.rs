@@ -1,0 +1,490 @@
+//! The request path: body → parse → template → tokenize → block hashes → overlaps →
+//! cost formula → headers, rewritten body and booking. Every failure has a defined
+//! outcome (a JSON error reply, or forwarding without a decision under fail-open).
+
+use super::Engine;
+use crate::body::{self, Rewrite};
+use crate::headers::{self as h, RoutedPath};
+use kvgate_core::config::{FailPolicy, UnknownModel};
+use kvgate_core::hash::BlockHasher;
+use kvgate_core::index::OverlapScores;
+use kvgate_core::load::{LoadBook, WorkerLoad};
+use kvgate_core::route::{self, Decision, LoadView, ReportedLoad, RouteError, RouteRequest};
+use kvgate_core::sync::RemoteLoad;
+use kvgate_core::WorkerKey;
+use kvgate_prompt::error::openai_error_body;
+use kvgate_prompt::request::{self, Payload, Prompt};
+use kvgate_prompt::{ApiError, Disposition, EncodeOptions, Endpoint};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What the glue hands to [`Engine::decide`].
+pub struct DecideInput<'a> {
+    /// The HTTP context id (the booking key).
+    pub ctx: u32,
+    /// Which endpoint.
+    pub path: RoutedPath,
+    /// The whole request body.
+    pub body: &'a [u8],
+    /// The `x-tenant-id` header (cache salt), if any.
+    pub tenant: Option<&'a str>,
+    /// Wall clock, ms since the epoch.
+    pub now_ms: u64,
+    /// Loads booked by the other VMs of this Envoy.
+    pub other_loads: &'a HashMap<WorkerKey, WorkerLoad>,
+}
+
+/// Time spent per stage, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// JSON parse and validation.
+    pub parse_us: u64,
+    /// Chat template rendering.
+    pub template_us: u64,
+    /// Tokenization.
+    pub tokenize_us: u64,
+    /// Block hashing and index lookup.
+    pub hash_us: u64,
+    /// Cost formula and selection.
+    pub score_us: u64,
+    /// The whole decision.
+    pub total_us: u64,
+}
+
+/// What to do with the request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Route: set these headers (and the body), continue.
+    Route {
+        /// Headers to set on the upstream request.
+        headers: Vec<(&'static str, String)>,
+        /// A replacement body, if it changed.
+        body: Option<Vec<u8>>,
+        /// The one-line explanation.
+        explain: String,
+        /// The chosen decode worker.
+        worker: WorkerKey,
+        /// Blocks of the prompt the chosen worker holds.
+        matched_blocks: u32,
+        /// Prompt tokens used for the decision.
+        prompt_tokens: usize,
+        /// Segment cache hits and misses of this request.
+        segments: (u32, u32),
+        /// Stage times.
+        timings: Timings,
+        /// Set when the decision was made on load alone, and why.
+        degraded: Option<&'static str>,
+    },
+    /// Answer locally with this status and OpenAI-style JSON body.
+    Reply {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: Vec<u8>,
+        /// Error kind for metrics.
+        kind: &'static str,
+    },
+    /// Forward without routing headers; the cluster's load balancer picks.
+    Forward {
+        /// Why, for metrics and logs.
+        reason: &'static str,
+    },
+}
+
+struct View<'a> {
+    book: &'a LoadBook<u32>,
+    other: &'a HashMap<WorkerKey, WorkerLoad>,
+    remote: &'a HashMap<WorkerKey, RemoteLoad>,
+}
+
+impl LoadView for View<'_> {
+    fn load(&self, w: &WorkerKey) -> WorkerLoad {
+        let mut l = self.book.load(w);
+        if let Some(o) = self.other.get(w) {
+            l = l.plus(*o);
+        }
+        if let Some(r) = self.remote.get(w) {
+            l = l.plus(r.replicas);
+        }
+        l
+    }
+    fn new_blocks(&self, w: &WorkerKey, blocks: &[u64]) -> u64 {
+        self.book.new_blocks(w, blocks)
+    }
+    fn reported(&self, w: &WorkerKey) -> Option<ReportedLoad> {
+        self.remote.get(w).map(|r| ReportedLoad {
+            kv_used_blocks: r.kv_used_blocks,
+            active_decode_blocks: r.active_decode_blocks,
+            active_prefill_tokens: r.active_prefill_tokens,
+        })
+    }
+}
+
+fn us(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
+fn merge_max(mut a: OverlapScores, b: OverlapScores) -> OverlapScores {
+    for (k, v) in b.scores {
+        let e = a.scores.entry(k).or_insert(0);
+        *e = (*e).max(v);
+    }
+    for (k, v) in b.tree_sizes {
+        let e = a.tree_sizes.entry(k).or_insert(0);
+        *e = (*e).max(v);
+    }
+    a
+}
+
+fn reply(status: u16, kind: &'static str, message: &str, error_type: &str) -> Outcome {
+    Outcome::Reply {
+        status,
+        body: openai_error_body(message, error_type, kind, None),
+        kind,
+    }
+}
+
+impl Engine {
+    fn fail(&mut self, reason: &'static str, message: &str) -> Outcome {
+        match self.cfg.gateway.fail_policy {
+            FailPolicy::FailOpen => {
+                self.counters.fail_open += 1;
+                Outcome::Forward { reason }
+            }
+            FailPolicy::FailClosed => {
+                self.counters.fail_closed += 1;
+                reply(503, reason, message, "service_unavailable")
+            }
+        }
+    }
+
+    /// Whether the sidecar index is too old to trust.
+    pub fn index_stale(&self, now_ms: u64) -> bool {
+        let limit = self.cfg.gateway.stale_after_ms;
+        match self.last_sync_ms {
+            None => true,
+            Some(t) => now_ms.saturating_sub(t) > limit || self.source_age_ms > limit,
+        }
+    }
+
+    /// Decides where one request goes, and books it when routed.
+    pub fn decide(&mut self, input: &DecideInput<'_>) -> Outcome {
+        let start = Instant::now();
+        let mut t = Timings::default();
+        let endpoint = match input.path {
+            RoutedPath::Chat => Endpoint::ChatCompletions,
+            RoutedPath::Completions => Endpoint::Completions,
+        };
+        let limits = self.prompt_options(self.cfg.router.block_size).limits;
+        let parsed = request::parse(endpoint, input.body, &limits);
+        t.parse_us = us(start);
+        let req = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                return match e.disposition() {
+                    Disposition::Reject => {
+                        self.counters.rejected += 1;
+                        Outcome::Reply {
+                            status: e.status(),
+                            body: e.openai_body(),
+                            kind: e.code(),
+                        }
+                    }
+                    Disposition::Forward => {
+                        self.counters.passthrough += 1;
+                        Outcome::Forward {
+                            reason: "unsupported_request",
+                        }
+                    }
+                };
+            }
+        };
+        if self.fleet.is_empty() {
+            return self.fail("no_workers", "no inference worker is known to the gateway");
+        }
+        let workers = self.fleet.for_model(&req.model).to_vec();
+        if workers.is_empty() {
+            return match self.cfg.gateway.unknown_model {
+                UnknownModel::Reject => {
+                    self.counters.rejected += 1;
+                    let msg = format!(
+                        "The model `{}` does not exist or is not served here.",
+                        req.model
+                    );
+                    Outcome::Reply {
+                        status: 404,
+                        body: openai_error_body(
+                            &msg,
+                            "invalid_request_error",
+                            "model_not_found",
+                            Some("model"),
+                        ),
+                        kind: "model_not_found",
+                    }
+                }
+                UnknownModel::Passthrough => {
+                    self.counters.passthrough += 1;
+                    Outcome::Forward {
+                        reason: "unknown_model",
+                    }
+                }
+            };
+        }
+        let block_size = self
+            .models
+            .get(&req.model)
+            .map(|m| m.block_size)
+            .or_else(|| workers.iter().find_map(|w| w.block_size))
+            .unwrap_or(self.cfg.router.block_size);
+
+        // Prompt → tokens.
+        let mut degraded = None;
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut complete = false;
+        let mut from_ids = false;
+        let mut segments = (0, 0);
+        let max_tokens = self
+            .cfg
+            .gateway
+            .max_match_blocks
+            .saturating_mul(block_size as usize);
+        match self
+            .models
+            .get_mut(&req.model)
+            .and_then(|m| m.prompt.as_mut())
+        {
+            None => degraded = Some("no_tokenizer"),
+            Some(model) => {
+                let add_special_tokens = req.effective_add_special_tokens();
+                let text = match &req.payload {
+                    Payload::Chat(chat) => {
+                        let s = Instant::now();
+                        let r = model.render(chat, input.now_ms);
+                        t.template_us = us(s);
+                        Some(r)
+                    }
+                    Payload::Completion(c) => match &c.prompt {
+                        Prompt::Text(text) => Some(Ok(text.clone())),
+                        Prompt::Tokens(ids) => {
+                            tokens = ids.iter().take(max_tokens).copied().collect();
+                            complete = ids.len() <= max_tokens;
+                            from_ids = true;
+                            None
+                        }
+                    },
+                };
+                match text {
+                    None => {}
+                    Some(Err(e)) => return self.prompt_error(&e),
+                    Some(Ok(text)) => {
+                        let s = Instant::now();
+                        let enc = model.tokenizer().encode(
+                            &text,
+                            EncodeOptions {
+                                max_tokens,
+                                add_special_tokens,
+                            },
+                        );
+                        t.tokenize_us = us(s);
+                        match enc {
+                            Ok(enc) => {
+                                segments = (enc.segments_hit, enc.segments_miss);
+                                complete = enc.complete;
+                                tokens = enc.ids;
+                            }
+                            Err(e) => {
+                                return self.prompt_error(&kvgate_prompt::PromptError::from(e))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Tokens → block hashes → overlaps.
+        let s = Instant::now();
+        let salt = input
+            .tenant
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .or_else(|| {
+                req.nvext
+                    .as_ref()
+                    .and_then(|n| n.get("cache_salt"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        let hashes = BlockHasher::new(block_size).hash(
+            &tokens,
+            None,
+            salt.as_deref(),
+            self.cfg.gateway.max_match_blocks,
+        );
+        let overlaps = if self.uses_events() {
+            if self.index_stale(input.now_ms) {
+                degraded = degraded.or(Some("stale_index"));
+                OverlapScores::default()
+            } else {
+                let o = self.index.overlap(&hashes.sequence);
+                if self.cfg.router.predicted_ttl_ms.is_some() {
+                    self.approx.expire(input.now_ms);
+                    merge_max(o, self.approx.overlap(&hashes.sequence))
+                } else {
+                    o
+                }
+            }
+        } else {
+            self.approx.expire(input.now_ms);
+            self.approx.overlap(&hashes.sequence)
+        };
+        t.hash_us = us(s);
+        match degraded {
+            Some("no_tokenizer") => self.counters.no_tokenizer += 1,
+            Some("stale_index") => self.counters.stale_index += 1,
+            _ => {}
+        }
+
+        // Score and select.
+        let s = Instant::now();
+        let isl = if complete || from_ids {
+            tokens.len() as u64
+        } else {
+            (tokens.len() as u64).max(1)
+        };
+        let rreq = RouteRequest {
+            isl_tokens: isl,
+            block_size,
+            sequence: &hashes.sequence,
+            overlaps: &overlaps,
+        };
+        let view = View {
+            book: &self.book,
+            other: input.other_loads,
+            remote: &self.remote,
+        };
+        let decision = route::route(&self.cfg.router, &workers, &rreq, &view, &mut self.rng);
+        t.score_us = us(s);
+        let d = match decision {
+            Ok(d) => d,
+            Err(RouteError::NoWorkers) => {
+                return self.fail("no_workers", "no inference worker serves this model")
+            }
+            Err(RouteError::NoCapacity { .. }) => {
+                self.counters.no_capacity += 1;
+                return reply(
+                    self.cfg.router.overload_status,
+                    "all_workers_busy",
+                    "All workers serving this model are busy; retry later.",
+                    "overloaded_error",
+                );
+            }
+            Err(RouteError::DisaggRequired) => {
+                self.counters.fail_closed += 1;
+                return reply(
+                    503,
+                    "no_prefill_worker",
+                    &RouteError::DisaggRequired.to_string(),
+                    "service_unavailable",
+                );
+            }
+        };
+        if !self.fleet.knows_endpoint(&d.decode.endpoint) {
+            // Cannot happen with a consistent table; never emit an unknown destination.
+            return self.fail("unknown_endpoint", "internal routing error");
+        }
+
+        // Body: strip client routing keys, inject token ids.
+        let inject =
+            self.cfg.gateway.inject_token_data && complete && !from_ids && !tokens.is_empty();
+        let needs_rewrite = inject || req.nvext.is_some();
+        let new_body = if needs_rewrite {
+            match serde_json::from_slice::<Map<String, Value>>(input.body)
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    body::rewrite(m, inject.then_some(tokens.as_slice())).map_err(|e| e.to_string())
+                }) {
+                Ok(Rewrite::Changed(b)) => Some(b),
+                Ok(Rewrite::Unchanged) => None,
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+
+        // Book and predict.
+        if !self.uses_events() || self.cfg.router.predicted_ttl_ms.is_some() {
+            let ttl_holder = d
+                .prefill
+                .as_ref()
+                .map(|p| p.worker)
+                .unwrap_or(d.decode.worker);
+            self.approx
+                .record(ttl_holder, &hashes.sequence, input.now_ms);
+        }
+        self.book.add(input.ctx, d.plan.clone(), input.now_ms);
+        self.counters.routed += 1;
+        t.total_us = us(start);
+        let headers = routing_headers(&d);
+        let matched_blocks = d
+            .decode
+            .overlap_blocks
+            .max(d.prefill.as_ref().map(|p| p.overlap_blocks).unwrap_or(0));
+        Outcome::Route {
+            headers,
+            body: new_body,
+            explain: d.explain.to_string(),
+            worker: d.decode.worker,
+            matched_blocks,
+            prompt_tokens: tokens.len(),
+            segments,
+            timings: t,
+            degraded,
+        }
+    }
+
+    fn prompt_error(&mut self, e: &kvgate_prompt::PromptError) -> Outcome {
+        match e.disposition() {
+            Disposition::Reject => {
+                self.counters.rejected += 1;
+                Outcome::Reply {
+                    status: e.status(),
+                    body: e.openai_body(),
+                    kind: e.code(),
+                }
+            }
+            Disposition::Forward => {
+                self.counters.passthrough += 1;
+                Outcome::Forward {
+                    reason: "unsupported_prompt",
+                }
+            }
+        }
+    }
+}
+
+/// The upstream headers for a decision (both Dynamo 1.x and `x-dynamo-` names).
+pub fn routing_headers(d: &Decision) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        (h::WORKER_INSTANCE_ID, d.decode.worker.worker_id.to_string()),
+        (
+            h::DYNAMO_WORKER_INSTANCE_ID,
+            d.decode.worker.worker_id.to_string(),
+        ),
+        (h::DP_RANK, d.decode.worker.dp_rank.to_string()),
+        (h::DYNAMO_DP_RANK, d.decode.worker.dp_rank.to_string()),
+        (h::DYNAMO_ROUTING_MODE, d.mode.as_str().to_string()),
+        (h::DESTINATION_ENDPOINT, d.decode.endpoint.clone()),
+    ];
+    if let Some(p) = &d.prefill {
+        v.push((h::PREFILL_INSTANCE_ID, p.worker.worker_id.to_string()));
+        v.push((
+            h::DYNAMO_PREFILL_INSTANCE_ID,
+            p.worker.worker_id.to_string(),
+        ));
+        v.push((h::PREFILL_DP_RANK, p.worker.dp_rank.to_string()));
+        v.push((h::DYNAMO_PREFILL_DP_RANK, p.worker.dp_rank.to_string()));
+        v.push((h::PREFILLER_HOST_PORT, p.endpoint.clone()));
+    }
+    v
+}

@@ -1,0 +1,69 @@
+//! After the decision: the first response byte ends the prefill, streamed SSE chunks
+//! count output tokens (when output tracking is on), and the end of the stream — however
+//! it ended — frees the booking. Every step is idempotent.
+
+use super::Engine;
+
+/// Counts SSE events carrying data (each OpenAI stream chunk is one event), excluding the
+/// final `[DONE]`.
+pub fn sse_events(chunk: &[u8]) -> u64 {
+    let mut n = 0u64;
+    let mut rest = chunk;
+    while let Some(pos) = find(rest, b"data:") {
+        let after = rest.get(pos + 5..).unwrap_or_default();
+        let trimmed = after.strip_prefix(b" ").unwrap_or(after);
+        if !trimmed.starts_with(b"[DONE]") {
+            n += 1;
+        }
+        rest = after;
+    }
+    n
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Engine {
+    /// The response started (headers or first body byte): the prefill is done.
+    /// Returns whether the booked load changed.
+    pub fn response_started(&mut self, ctx: u32) -> bool {
+        self.book.prefill_done(&ctx)
+    }
+
+    /// A response body chunk of a streamed response. Returns whether the load changed.
+    pub fn response_chunk(&mut self, ctx: u32, chunk: &[u8]) -> bool {
+        let mut changed = self.book.prefill_done(&ctx);
+        if self.cfg.router.track_output_blocks {
+            let n = sse_events(chunk);
+            changed |= self.book.output_tokens(&ctx, n) > 0;
+        }
+        changed
+    }
+
+    /// The stream ended (completed, aborted, reset, or answered locally). Idempotent.
+    pub fn request_done(&mut self, ctx: u32) -> bool {
+        self.book.free(&ctx)
+    }
+
+    /// Expires bookings older than the configured TTL (lost `on_log` calls).
+    pub fn expire(&mut self, now_ms: u64) -> bool {
+        !self
+            .book
+            .expire(now_ms, self.cfg.router.active_request_ttl_ms)
+            .is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_sse_data_events() {
+        let chunk = b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: [DONE]\n\n";
+        assert_eq!(sse_events(chunk), 2);
+        assert_eq!(sse_events(b""), 0);
+        assert_eq!(sse_events(b"data:{}\n\n"), 1);
+    }
+}

@@ -1,0 +1,127 @@
+//! The filter's per-VM brain, free of proxy-wasm: the index copy, bookkeeping, worker
+//! table and tokenizers of one Envoy worker thread, and the request path from body to
+//! decision. The glue calls it; native tests drive it directly with the real tokenizer.
+
+mod decide;
+mod fleet;
+mod lifecycle;
+mod models;
+mod sync;
+
+pub use decide::{DecideInput, Outcome, Timings};
+pub use fleet::Fleet;
+pub use models::{ModelFiles, ModelState};
+pub use sync::SyncOutcome;
+
+use kvgate_core::config::Config;
+use kvgate_core::index::{ApproxIndex, PrefixIndex};
+use kvgate_core::load::LoadBook;
+use kvgate_core::sync::{RemoteLoad, SyncState};
+use kvgate_core::WorkerKey;
+use std::collections::HashMap;
+
+/// Counters the glue exports as metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Decisions made with routing headers.
+    pub routed: u64,
+    /// Requests forwarded without a decision under fail-open.
+    pub fail_open: u64,
+    /// Requests answered 503 under fail-closed.
+    pub fail_closed: u64,
+    /// Requests rejected because every worker was busy.
+    pub no_capacity: u64,
+    /// Requests not routed by design (unknown model passthrough, unsupported content).
+    pub passthrough: u64,
+    /// Requests rejected for bad input.
+    pub rejected: u64,
+    /// Decisions made on load alone because the index was stale.
+    pub stale_index: u64,
+    /// Decisions made on load alone because the model's tokenizer was not loaded.
+    pub no_tokenizer: u64,
+    /// Sync frames applied.
+    pub frames: u64,
+    /// Sync frames refused (discontinuous or malformed).
+    pub frame_errors: u64,
+}
+
+/// One VM's state.
+pub struct Engine {
+    /// The validated configuration.
+    pub cfg: Config,
+    /// This VM's random tag.
+    pub vm: u64,
+    pub(crate) rng: fastrand::Rng,
+    pub(crate) index: PrefixIndex,
+    pub(crate) sync: SyncState,
+    /// Ring sequence of the last applied frame.
+    pub ring_seq: u64,
+    pub(crate) approx: ApproxIndex,
+    pub(crate) book: LoadBook<u32>,
+    pub(crate) fleet: Fleet,
+    pub(crate) remote: HashMap<WorkerKey, RemoteLoad>,
+    pub(crate) models: HashMap<String, ModelState>,
+    pub(crate) model_entries: Vec<kvgate_core::sync::ModelEntry>,
+    pub(crate) last_sync_ms: Option<u64>,
+    pub(crate) source_age_ms: u64,
+    /// Counters for metrics.
+    pub counters: Counters,
+}
+
+impl Engine {
+    /// A VM with configuration `cfg`, tag `vm` and RNG seed `seed`.
+    pub fn new(cfg: Config, vm: u64, seed: u64) -> Self {
+        let approx = ApproxIndex::new(cfg.router.approx_ttl_ms, cfg.router.approx_max_entries);
+        let fleet = Fleet::new(cfg.gateway.workers.clone());
+        Engine {
+            cfg,
+            vm,
+            rng: fastrand::Rng::with_seed(seed),
+            index: PrefixIndex::new(),
+            sync: SyncState::default(),
+            ring_seq: 0,
+            approx,
+            book: LoadBook::new(),
+            fleet,
+            remote: HashMap::new(),
+            models: HashMap::new(),
+            model_entries: Vec::new(),
+            last_sync_ms: None,
+            source_age_ms: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Whether the index comes from a sidecar (else static workers and predictions).
+    pub fn has_sidecar(&self) -> bool {
+        self.cfg.gateway.sidecar_cluster.is_some()
+    }
+
+    /// Whether matching uses KV events (else routing predictions with a TTL).
+    pub fn uses_events(&self) -> bool {
+        self.has_sidecar() && self.cfg.router.use_kv_events
+    }
+
+    /// Blocks in the index copy.
+    pub fn index_blocks(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Booked loads of this VM, to publish in shared data.
+    pub fn own_loads(&self) -> Vec<(WorkerKey, kvgate_core::load::WorkerLoad)> {
+        self.book.loads().collect()
+    }
+
+    /// Requests this VM has in flight.
+    pub fn in_flight(&self) -> usize {
+        self.book.len()
+    }
+
+    /// The worker table.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! Per-model tokenizer and chat template of this VM: which model files are wanted (by
+//! digest) and the loaded [`ModelPrompt`]s.
+
+use super::Engine;
+use kvgate_prompt::{Limits, ModelPrompt, PromptOptions};
+use serde::{Deserialize, Serialize};
+
+/// The files of one model as the sidecar serves them (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFiles {
+    /// Served model name.
+    pub name: String,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// `tokenizer.json`.
+    pub tokenizer_json: Vec<u8>,
+    /// `tokenizer_config.json` (with `chat_template`).
+    pub tokenizer_config_json: Vec<u8>,
+}
+
+/// One model on this VM.
+pub struct ModelState {
+    /// Digest of the loaded (or wanted) files.
+    pub digest: String,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// The loaded prompt pipeline (None until the files arrive).
+    pub prompt: Option<ModelPrompt>,
+}
+
+impl Engine {
+    pub(crate) fn prompt_options(&self, block_size: u32) -> PromptOptions {
+        let g = &self.cfg.gateway;
+        let mut o = PromptOptions {
+            limits: Limits {
+                max_body_bytes: g.max_body_bytes,
+                max_messages: g.max_messages,
+                ..Limits::default()
+            },
+            max_prompt_tokens: g.max_match_blocks.saturating_mul(block_size as usize),
+            ..PromptOptions::default()
+        };
+        o.cache.max_entries = g.segment_cache_entries;
+        o
+    }
+
+    /// Notes that `name` is served with files `digest`; returns true if they must be loaded.
+    pub fn want_model(&mut self, name: &str, digest: &str, block_size: u32) -> bool {
+        match self.models.get_mut(name) {
+            Some(m) if m.digest == digest => {
+                m.block_size = block_size;
+                m.prompt.is_none()
+            }
+            _ => {
+                self.models.insert(
+                    name.to_string(),
+                    ModelState {
+                        digest: digest.to_string(),
+                        block_size,
+                        prompt: None,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Models whose files are wanted but not loaded: (name, digest).
+    pub fn missing_models(&self) -> Vec<(String, String)> {
+        self.models
+            .iter()
+            .filter(|(_, m)| m.prompt.is_none())
+            .map(|(n, m)| (n.clone(), m.digest.clone()))
+            .collect()
+    }
+
+    /// Loads model files (from the sidecar via shared data, or the VM configuration).
+    pub fn load_model(&mut self, digest: &str, files: &ModelFiles) -> Result<(), String> {
+        let opts = self.prompt_options(files.block_size);
+        let prompt = ModelPrompt::new(&files.tokenizer_json, &files.tokenizer_config_json, opts)
+            .map_err(|e| format!("model {}: {e}", files.name))?;
+        self.models.insert(
+            files.name.clone(),
+            ModelState {
+                digest: digest.to_string(),
+                block_size: files.block_size,
+                prompt: Some(prompt),
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether the model's tokenizer is loaded.
+    pub fn model_ready(&self, name: &str) -> bool {
+        self.models.get(name).is_some_and(|m| m.prompt.is_some())
+    }
+}

@@ -1,0 +1,327 @@
+//! Native tests of the VM logic with the real Qwen3 tokenizer (fetched by `make setup`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use super::*;
+use crate::headers::RoutedPath;
+use kvgate_core::index::IndexDelta;
+use kvgate_core::sync::{self as ksync, ModelEntry, RemoteLoad, SyncFrame};
+use kvgate_core::workers::{WorkerInfo, WorkerRole};
+use std::path::PathBuf;
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("KVGATE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models/Qwen3-0.6B")
+        })
+}
+
+fn files() -> ModelFiles {
+    let dir = model_dir();
+    let read = |f: &str| {
+        std::fs::read(dir.join(f)).unwrap_or_else(|e| {
+            panic!(
+                "{}/{f}: {e} — run `make setup` to fetch the tokenizer",
+                dir.display()
+            )
+        })
+    };
+    ModelFiles {
+        name: "Qwen/Qwen3-0.6B".into(),
+        block_size: 16,
+        tokenizer_json: read("tokenizer.json"),
+        tokenizer_config_json: read("tokenizer_config.json"),
+    }
+}
+
+fn worker(id: u64, role: WorkerRole) -> WorkerInfo {
+    WorkerInfo {
+        instance_id: id,
+        endpoint: format!("127.0.0.1:{}", 18000 + id),
+        model: "Qwen/Qwen3-0.6B".into(),
+        role,
+        block_size: Some(16),
+        dp_size: 1,
+        dp_start_rank: 0,
+        total_kv_blocks: Some(1000),
+        max_num_seqs: None,
+        max_num_batched_tokens: None,
+    }
+}
+
+fn static_engine(extra: &str) -> Engine {
+    let workers: Vec<WorkerInfo> = (1..=4).map(|i| worker(i, WorkerRole::Aggregated)).collect();
+    let json = format!(
+        r#"{{"sidecar_cluster": "", "workers": {} {extra}}}"#,
+        serde_json::to_string(&workers).unwrap()
+    );
+    let cfg = kvgate_core::config::Config::from_json(json.as_bytes()).unwrap();
+    let mut e = Engine::new(cfg, 7, 42);
+    e.load_model("d1", &files()).unwrap();
+    e
+}
+
+fn long_chat(user: &str) -> Vec<u8> {
+    let system = "You are a meticulous assistant. ".repeat(60);
+    serde_json::to_vec(&serde_json::json!({
+        "model": "Qwen/Qwen3-0.6B",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    }))
+    .unwrap()
+}
+
+fn decide(e: &mut Engine, ctx: u32, body: &[u8]) -> Outcome {
+    let other = HashMap::new();
+    e.decide(&DecideInput {
+        ctx,
+        path: RoutedPath::Chat,
+        body,
+        tenant: None,
+        now_ms: 1_000,
+        other_loads: &other,
+    })
+}
+
+#[test]
+fn routes_and_injects_exact_token_ids() {
+    let mut e = static_engine("");
+    let body = long_chat("hello");
+    let Outcome::Route {
+        headers,
+        body: new_body,
+        prompt_tokens,
+        ..
+    } = decide(&mut e, 1, &body)
+    else {
+        panic!()
+    };
+    let get = |k: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.clone())
+    };
+    let dest = get("x-gateway-destination-endpoint").unwrap();
+    let id = get("x-worker-instance-id").unwrap();
+    assert_eq!(
+        dest,
+        format!("127.0.0.1:{}", 18000 + id.parse::<u64>().unwrap())
+    );
+    assert_eq!(get("x-dynamo-worker-instance-id"), Some(id));
+    assert_eq!(get("x-dynamo-routing-mode").as_deref(), Some("aggregated"));
+    let v: serde_json::Value = serde_json::from_slice(&new_body.unwrap()).unwrap();
+    let ids = v["nvext"]["token_data"].as_array().unwrap();
+    assert_eq!(ids.len(), prompt_tokens);
+    assert_eq!(ids[0].as_u64(), Some(151644), "<|im_start|>");
+}
+
+#[test]
+fn repeated_prefix_goes_to_the_same_worker_in_approximate_mode() {
+    let mut e = static_engine("");
+    let first = decide(&mut e, 1, &long_chat("first question"));
+    let Outcome::Route { worker: w1, .. } = first else {
+        panic!()
+    };
+    e.request_done(1);
+    for ctx in 2..6 {
+        let Outcome::Route {
+            worker,
+            matched_blocks,
+            ..
+        } = decide(&mut e, ctx, &long_chat("another one"))
+        else {
+            panic!()
+        };
+        assert_eq!(worker, w1);
+        assert!(matched_blocks > 10, "{matched_blocks}");
+        e.request_done(ctx);
+    }
+    assert_eq!(e.in_flight(), 0);
+}
+
+#[test]
+fn bad_input_and_unknown_model() {
+    let mut e = static_engine("");
+    let Outcome::Reply { status, body, .. } = decide(&mut e, 1, b"{not json") else {
+        panic!()
+    };
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["error"]["message"].is_string()
+            && v["error"]["type"].is_string()
+            && v["error"]["code"].is_string()
+    );
+    let Outcome::Reply { status, .. } = decide(
+        &mut e,
+        2,
+        br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
+    ) else {
+        panic!()
+    };
+    assert_eq!(status, 404);
+    let Outcome::Reply { status, .. } = decide(&mut e, 3, br#"{"model":"Qwen/Qwen3-0.6B"}"#) else {
+        panic!()
+    };
+    assert_eq!(status, 400);
+    assert_eq!(e.in_flight(), 0, "nothing booked for rejected requests");
+}
+
+#[test]
+fn fail_policies_with_no_workers() {
+    let cfg = kvgate_core::config::Config::from_json(br#"{"sidecar_cluster": ""}"#).unwrap();
+    let mut e = Engine::new(cfg, 1, 1);
+    assert_eq!(
+        decide(&mut e, 1, &long_chat("x")),
+        Outcome::Forward {
+            reason: "no_workers"
+        }
+    );
+    assert_eq!(e.counters.fail_open, 1);
+    let cfg = kvgate_core::config::Config::from_json(
+        br#"{"sidecar_cluster": "", "fail_policy": "fail_closed"}"#,
+    )
+    .unwrap();
+    let mut e = Engine::new(cfg, 1, 1);
+    let Outcome::Reply { status, .. } = decide(&mut e, 1, &long_chat("x")) else {
+        panic!()
+    };
+    assert_eq!(status, 503);
+}
+
+#[test]
+fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
+    let cfg = kvgate_core::config::Config::from_json(br#"{"stale_after_ms": 5000}"#).unwrap();
+    let mut e = Engine::new(cfg, 1, 1);
+    let workers: Vec<WorkerInfo> = (1..=3).map(|i| worker(i, WorkerRole::Aggregated)).collect();
+    let snap = SyncFrame {
+        epoch: 9,
+        to_version: 0,
+        snapshot: true,
+        workers: Some(workers),
+        models: Some(vec![ModelEntry {
+            name: "Qwen/Qwen3-0.6B".into(),
+            block_size: 16,
+            files_digest: "d1".into(),
+        }]),
+        loads: Some(vec![RemoteLoad::default()]),
+        ..Default::default()
+    };
+    let out = e.apply_frame_bytes(&ksync::encode(&snap), 1_000).unwrap();
+    assert_eq!(
+        out.want_models,
+        vec![("Qwen/Qwen3-0.6B".to_string(), "d1".to_string())]
+    );
+    // Before the tokenizer arrives: load-only routing, counted.
+    let Outcome::Route { degraded, .. } = decide(&mut e, 1, &long_chat("q")) else {
+        panic!()
+    };
+    assert_eq!(degraded, Some("no_tokenizer"));
+    e.request_done(1);
+    e.load_model("d1", &files()).unwrap();
+
+    // Put the request's blocks on worker 3 through a delta frame.
+    let body = long_chat("which worker?");
+    let Outcome::Route { body: Some(b), .. } = decide(&mut e, 2, &body) else {
+        panic!()
+    };
+    e.request_done(2);
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let toks: Vec<u32> = v["nvext"]["token_data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let seq = kvgate_core::hash::BlockHasher::new(16)
+        .hash(&toks, None, None, usize::MAX)
+        .sequence;
+    let w3 = kvgate_core::WorkerKey::new(3, 0);
+    let deltas: Vec<IndexDelta> = seq
+        .iter()
+        .map(|&s| IndexDelta::Insert { worker: w3, seq: s })
+        .collect();
+    let mut log = ksync::SyncLog::new(9, 1000);
+    let mut idx = kvgate_core::index::PrefixIndex::new();
+    for d in &deltas {
+        idx.apply(d);
+    }
+    log.record(&deltas);
+    let (ep, ver) = e.sync_position();
+    let f = log.frame_since(ep, ver, &idx);
+    assert!(!f.snapshot);
+    e.apply_frame(&f, 2_000).unwrap();
+    for ctx in 3..6 {
+        let other = HashMap::new();
+        let out = e.decide(&DecideInput {
+            ctx,
+            path: RoutedPath::Chat,
+            body: &body,
+            tenant: None,
+            now_ms: 2_000,
+            other_loads: &other,
+        });
+        let Outcome::Route {
+            worker,
+            matched_blocks,
+            degraded,
+            ..
+        } = out
+        else {
+            panic!()
+        };
+        assert_eq!((worker, degraded), (w3, None));
+        assert_eq!(matched_blocks as usize, seq.len());
+        e.request_done(ctx);
+    }
+    // 10 s without a frame: stale → load only.
+    let other = HashMap::new();
+    let out = e.decide(&DecideInput {
+        ctx: 9,
+        path: RoutedPath::Chat,
+        body: &body,
+        tenant: None,
+        now_ms: 12_000,
+        other_loads: &other,
+    });
+    let Outcome::Route {
+        degraded,
+        matched_blocks,
+        ..
+    } = out
+    else {
+        panic!()
+    };
+    assert_eq!((degraded, matched_blocks), (Some("stale_index"), 0));
+    // Snapshot of this VM restores an identical view elsewhere.
+    let mut other_vm = Engine::new(e.cfg.clone(), 2, 2);
+    other_vm
+        .apply_frame_bytes(&e.snapshot_frame(), 2_000)
+        .unwrap();
+    assert_eq!(other_vm.index_blocks(), e.index_blocks());
+    assert_eq!(other_vm.fleet().all().len(), 3);
+}
+
+#[test]
+fn lifecycle_frees_on_every_path() {
+    let mut e = static_engine(r#", "router_track_output_blocks": true"#);
+    let Outcome::Route { worker, .. } = decide(&mut e, 1, &long_chat("stream me")) else {
+        panic!()
+    };
+    assert!(e
+        .own_loads()
+        .iter()
+        .any(|(w, l)| *w == worker && l.prefill_tokens > 0));
+    e.response_chunk(1, b"data: {}\n\n");
+    assert!(e.own_loads().iter().all(|(_, l)| l.prefill_tokens == 0));
+    e.response_chunk(1, &b"data: {}\n\n".repeat(40));
+    assert!(e.request_done(1));
+    assert!(!e.request_done(1), "second free is a no-op");
+    assert!(e.own_loads().is_empty());
+}

@@ -1,0 +1,388 @@
+//! The root context of one VM: reads the configuration, and on every tick follows the
+//! sync ring in shared data; the VM holding the lease also long-polls the sidecar, puts
+//! each frame into the ring and fetches model files.
+
+use super::host::{now_ms, random_u64, HostShared};
+use super::http::Http;
+use super::metrics::Metrics;
+use crate::engine::{Engine, ModelFiles};
+use crate::shared::{self, Shared};
+use kvgate_core::config::Config;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// State shared by the root context and the HTTP contexts of one VM.
+pub struct Vm {
+    /// The engine.
+    pub engine: Engine,
+    /// Metric ids.
+    pub metrics: Metrics,
+    /// Whether this VM's booked loads changed since they were last published.
+    pub loads_dirty: bool,
+    last_loads_ms: u64,
+}
+
+impl Vm {
+    /// Publishes this VM's booked loads in shared data (other VMs read them per decision).
+    pub fn publish_loads(&mut self, now: u64) {
+        shared::write_loads(&HostShared, self.engine.vm, now, &self.engine.own_loads());
+        self.loads_dirty = false;
+        self.last_loads_ms = now;
+    }
+}
+
+/// VM configuration: model files for static mode (no sidecar).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmConfig {
+    #[serde(default)]
+    models: Vec<VmModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmModel {
+    name: String,
+    #[serde(default = "sixteen")]
+    block_size: u32,
+    tokenizer_json: String,
+    tokenizer_config_json: String,
+}
+
+fn sixteen() -> u32 {
+    16
+}
+
+enum Call {
+    Sync,
+    Model { name: String, digest: String },
+}
+
+/// The root context.
+pub struct Root {
+    vm_tag: u64,
+    vm: Option<Rc<RefCell<Vm>>>,
+    vm_models: Vec<VmModel>,
+    calls: Vec<(u32, Call)>,
+    backoff_until: u64,
+    failures: u32,
+}
+
+impl Root {
+    /// A root context with a random VM tag.
+    pub fn new() -> Self {
+        Root {
+            vm_tag: random_u64(),
+            vm: None,
+            vm_models: Vec::new(),
+            calls: Vec::new(),
+            backoff_until: 0,
+            failures: 0,
+        }
+    }
+
+    fn log(level: LogLevel, msg: &str) {
+        let _ = proxy_wasm::hostcalls::log(level, msg);
+    }
+
+    fn sync_in_flight(&self) -> bool {
+        self.calls.iter().any(|(_, c)| matches!(c, Call::Sync))
+    }
+
+    fn dispatch(&mut self, path: String, call: Call, timeout_ms: u64) {
+        let Some(vm) = &self.vm else { return };
+        let (cluster, authority) = {
+            let v = vm.borrow();
+            match &v.engine.cfg.gateway.sidecar_cluster {
+                Some(c) => (c.clone(), v.engine.cfg.gateway.sidecar_authority.clone()),
+                None => return,
+            }
+        };
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", authority.as_str()),
+        ];
+        match self.dispatch_http_call(
+            &cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(timeout_ms),
+        ) {
+            Ok(token) => self.calls.push((token, call)),
+            Err(e) => {
+                Self::log(
+                    LogLevel::Warn,
+                    &format!("kvgate: sidecar call to cluster `{cluster}` failed: {e:?}"),
+                );
+                self.failed();
+            }
+        }
+    }
+
+    fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let backoff = 100u64.saturating_mul(1 << self.failures.min(5));
+        self.backoff_until = now_ms() + backoff;
+        if let Some(vm) = &self.vm {
+            vm.borrow().metrics.sync_failure();
+        }
+    }
+
+    /// Applies ring frames this VM has not seen; falls back to the snapshot when behind.
+    fn follow_ring(vm: &mut Vm, now: u64) {
+        let head = shared::head(&HostShared);
+        let mut seq = vm.engine.ring_seq;
+        if head <= seq {
+            return;
+        }
+        if head - seq > shared::RING {
+            seq = Self::load_snapshot(vm, now).unwrap_or(seq);
+        }
+        while seq < head {
+            let next = seq + 1;
+            let applied =
+                shared::read_frame(&HostShared, next).map(|f| vm.engine.apply_frame_bytes(&f, now));
+            match applied {
+                Some(Ok(_)) => seq = next,
+                _ => match Self::load_snapshot(vm, now) {
+                    Some(s) if s > seq => seq = s,
+                    _ => break,
+                },
+            }
+        }
+        vm.engine.ring_seq = seq;
+        vm.metrics.index_blocks(vm.engine.index_blocks());
+    }
+
+    fn load_snapshot(vm: &mut Vm, now: u64) -> Option<u64> {
+        let (seq, frame) = shared::read_snapshot(&HostShared)?;
+        vm.engine.apply_frame_bytes(&frame, now).ok()?;
+        Some(seq)
+    }
+
+    fn load_missing_models(vm: &mut Vm) -> Vec<(String, String)> {
+        let mut still_missing = Vec::new();
+        for (name, digest) in vm.engine.missing_models() {
+            match HostShared.get(&shared::model_key(&name, &digest)).0 {
+                Some(bytes) => match postcard::from_bytes::<ModelFiles>(&bytes) {
+                    Ok(files) => match vm.engine.load_model(&digest, &files) {
+                        Ok(()) => Self::log(
+                            LogLevel::Info,
+                            &format!("kvgate: loaded tokenizer of {name}"),
+                        ),
+                        Err(e) => Self::log(LogLevel::Error, &format!("kvgate: {e}")),
+                    },
+                    Err(e) => Self::log(
+                        LogLevel::Error,
+                        &format!("kvgate: bad model files for {name}: {e}"),
+                    ),
+                },
+                None => still_missing.push((name, digest)),
+            }
+        }
+        still_missing
+    }
+}
+
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(pos) = self.calls.iter().position(|(t, _)| *t == token) else {
+            return;
+        };
+        let (_, call) = self.calls.swap_remove(pos);
+        let status = self.get_http_call_response_header(":status");
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        if status.as_deref() != Some("200") {
+            Self::log(
+                LogLevel::Warn,
+                &format!("kvgate: sidecar answered {status:?}"),
+            );
+            self.failed();
+            return;
+        }
+        let Some(vm) = self.vm.clone() else { return };
+        let now = now_ms();
+        let mut vm = vm.borrow_mut();
+        match call {
+            Call::Sync => {
+                // Bring this VM up to the ring head first, so the frame continues our state.
+                Self::follow_ring(&mut vm, now);
+                match vm.engine.apply_frame_bytes(&body, now) {
+                    Ok(_) => {
+                        self.failures = 0;
+                        if let Some(seq) = shared::publish_frame(&HostShared, &body) {
+                            vm.engine.ring_seq = seq;
+                            if seq % 64 == 1 || body.len() > 1 << 16 {
+                                shared::publish_snapshot(
+                                    &HostShared,
+                                    seq,
+                                    &vm.engine.snapshot_frame(),
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Out of step with the sidecar: ask for a snapshot next time.
+                        Self::log(LogLevel::Warn, &format!("kvgate: sync frame refused: {e}"));
+                        vm.engine.reset_sync();
+                    }
+                }
+                vm.metrics.index_blocks(vm.engine.index_blocks());
+            }
+            Call::Model { name, digest } => {
+                HostShared.set(&shared::model_key(&name, &digest), &body, None);
+                Self::load_missing_models(&mut vm);
+            }
+        }
+        let counters = vm.engine.counters;
+        vm.metrics.export(&counters);
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        let raw = self.get_vm_configuration().unwrap_or_default();
+        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            return true;
+        }
+        match serde_json::from_slice::<VmConfig>(&raw) {
+            Ok(c) => {
+                self.vm_models = c.models;
+                true
+            }
+            Err(e) => {
+                Self::log(
+                    LogLevel::Critical,
+                    &format!("kvgate: invalid VM configuration: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let cfg = match Config::from_json(&raw) {
+            Ok(c) => c,
+            Err(e) => {
+                Self::log(
+                    LogLevel::Critical,
+                    &format!("kvgate: invalid plugin configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        let tick = cfg.gateway.sync_interval_ms;
+        let mut engine = Engine::new(cfg, self.vm_tag, random_u64());
+        for m in &self.vm_models {
+            let files = ModelFiles {
+                name: m.name.clone(),
+                block_size: m.block_size,
+                tokenizer_json: m.tokenizer_json.as_bytes().to_vec(),
+                tokenizer_config_json: m.tokenizer_config_json.as_bytes().to_vec(),
+            };
+            if let Err(e) = engine.load_model("vm-config", &files) {
+                Self::log(LogLevel::Critical, &format!("kvgate: {e}"));
+                return false;
+            }
+        }
+        shared::register_vm(&HostShared, self.vm_tag);
+        self.vm = Some(Rc::new(RefCell::new(Vm {
+            engine,
+            metrics: Metrics::define(),
+            loads_dirty: false,
+            last_loads_ms: 0,
+        })));
+        self.set_tick_period(Duration::from_millis(tick));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(vm) = self.vm.clone() else { return };
+        let now = now_ms();
+        let (has_sidecar, wait_ms, position, missing) = {
+            let mut v = vm.borrow_mut();
+            if v.engine.expire(now) {
+                v.loads_dirty = true;
+            }
+            if v.loads_dirty || now.saturating_sub(v.last_loads_ms) >= 1000 {
+                v.publish_loads(now);
+            }
+            if !v.engine.has_sidecar() {
+                return;
+            }
+            Self::follow_ring(&mut v, now);
+            let missing = Self::load_missing_models(&mut v);
+            let counters = v.engine.counters;
+            v.metrics.export(&counters);
+            (
+                true,
+                v.engine.cfg.gateway.sync_wait_ms,
+                v.engine.sync_position(),
+                missing,
+            )
+        };
+        if !has_sidecar
+            || now < self.backoff_until
+            || !shared::acquire_lease(&HostShared, self.vm_tag, now)
+        {
+            return;
+        }
+        if !self.sync_in_flight() {
+            let (epoch, since) = position;
+            self.dispatch(
+                format!("/v1/sync?epoch={epoch}&since={since}&wait_ms={wait_ms}"),
+                Call::Sync,
+                wait_ms + 5000,
+            );
+        }
+        for (name, digest) in missing {
+            let busy = self
+                .calls
+                .iter()
+                .any(|(_, c)| matches!(c, Call::Model { name: n, .. } if *n == name));
+            if !busy {
+                let path = format!(
+                    "/v1/models/files?name={}&digest={}",
+                    query_escape(&name),
+                    query_escape(&digest)
+                );
+                self.dispatch(path, Call::Model { name, digest }, 30_000);
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let vm = self.vm.clone()?;
+        Some(Box::new(Http::new(context_id, vm)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,126 @@
+//! Routing headers: the names kvgate sets, and the rule that strips every client-sent
+//! routing header before routing so a client can never choose its destination.
+
+/// Decode worker instance id (Dynamo 1.x name).
+pub const WORKER_INSTANCE_ID: &str = "x-worker-instance-id";
+/// Decode worker instance id (`x-dynamo-` name).
+pub const DYNAMO_WORKER_INSTANCE_ID: &str = "x-dynamo-worker-instance-id";
+/// Decode dp rank (Dynamo 1.x name).
+pub const DP_RANK: &str = "x-dp-rank";
+/// Decode dp rank (`x-dynamo-` name).
+pub const DYNAMO_DP_RANK: &str = "x-dynamo-dp-rank";
+/// Prefill worker instance id (Dynamo 1.x name).
+pub const PREFILL_INSTANCE_ID: &str = "x-prefill-instance-id";
+/// Prefill worker instance id (`x-dynamo-` name).
+pub const DYNAMO_PREFILL_INSTANCE_ID: &str = "x-dynamo-prefill-instance-id";
+/// Prefill dp rank (Dynamo 1.x name).
+pub const PREFILL_DP_RANK: &str = "x-prefill-dp-rank";
+/// Prefill dp rank (`x-dynamo-` name).
+pub const DYNAMO_PREFILL_DP_RANK: &str = "x-dynamo-prefill-dp-rank";
+/// `aggregated` or `disaggregated`.
+pub const DYNAMO_ROUTING_MODE: &str = "x-dynamo-routing-mode";
+/// The chosen endpoint `ip:port`, honoured by Envoy's override_host load balancing policy.
+pub const DESTINATION_ENDPOINT: &str = "x-gateway-destination-endpoint";
+/// Prefill worker `ip:port` (Dynamo EPP name).
+pub const PREFILLER_HOST_PORT: &str = "x-prefiller-host-port";
+/// Opt-in response header with the one-line explanation of the decision.
+pub const DECISION: &str = "x-kvgate-decision";
+/// Tenant id: Dynamo turns it into the cache salt of the block hashes.
+pub const TENANT_ID: &str = "x-tenant-id";
+
+/// Exact names (besides every `x-dynamo-*` and `x-kvgate-*`) a client may not send.
+const RESERVED: &[&str] = &[
+    WORKER_INSTANCE_ID,
+    DP_RANK,
+    "x-data-parallel-rank",
+    PREFILL_INSTANCE_ID,
+    PREFILL_DP_RANK,
+    DESTINATION_ENDPOINT,
+    PREFILLER_HOST_PORT,
+    "x-gateway-destination-endpoint-subset",
+    "x-gateway-destination-endpoint-served",
+];
+
+/// Whether a request header sent by the client must be removed before routing.
+/// Names are compared case-insensitively (Envoy lower-cases them already).
+pub fn is_client_routing_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("x-dynamo-")
+        || lower.starts_with("x-kvgate-")
+        || RESERVED.contains(&lower.as_str())
+}
+
+/// The routed request paths (query string ignored): OpenAI chat and text completions.
+pub fn is_routed(method: &str, path: &str) -> Option<RoutedPath> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    match path.trim_end_matches('/') {
+        "/v1/chat/completions" => Some(RoutedPath::Chat),
+        "/v1/completions" => Some(RoutedPath::Completions),
+        _ => None,
+    }
+}
+
+/// Which OpenAI endpoint a routed request targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutedPath {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_every_routing_header_in_any_case() {
+        for h in [
+            "x-worker-instance-id",
+            "X-Worker-Instance-Id",
+            "x-prefill-instance-id",
+            "x-dynamo-worker-instance-id",
+            "X-DYNAMO-ROUTING-MODE",
+            "x-dynamo-anything-new",
+            "x-gateway-destination-endpoint",
+            "X-Gateway-Destination-Endpoint",
+            "x-dp-rank",
+            "x-prefill-dp-rank",
+            "x-kvgate-decision",
+            "x-prefiller-host-port",
+        ] {
+            assert!(is_client_routing_header(h), "{h}");
+        }
+        for h in [
+            "content-type",
+            "x-request-id",
+            "authorization",
+            "x-tenant-id",
+            "x-dynamo",
+        ] {
+            assert!(!is_client_routing_header(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn routed_paths() {
+        assert_eq!(
+            is_routed("POST", "/v1/chat/completions"),
+            Some(RoutedPath::Chat)
+        );
+        assert_eq!(
+            is_routed("post", "/v1/chat/completions?x=1"),
+            Some(RoutedPath::Chat)
+        );
+        assert_eq!(
+            is_routed("POST", "/v1/completions/"),
+            Some(RoutedPath::Completions)
+        );
+        assert_eq!(is_routed("GET", "/v1/chat/completions"), None);
+        assert_eq!(is_routed("POST", "/v1/models"), None);
+        assert_eq!(is_routed("POST", "/health"), None);
+    }
+}
