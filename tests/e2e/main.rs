@@ -1,2 +1,16 @@
 //! End-to-end tests of kvgate, as one test binary: the built `.wasm` in our own
-//! proxy-wasm host and in real Envoy, the sidecar with a real nats-server, mock workers.
+//! proxy-wasm host (wasmtime) and in real Envoy with real nats-server, the kvgate-sync
+//! sidecar and mock workers on loopback. `make test` builds the parts and exports their
+//! paths; run alone with `cargo test -p kvgate-tests --test e2e` after `make build`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+mod envoy_static;
+mod host_filter;

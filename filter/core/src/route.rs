@@ -446,6 +446,8 @@ mod tests {
             total_kv_blocks: Some(100),
             max_num_seqs: None,
             max_num_batched_tokens: None,
+            zmq_events: None,
+            zmq_replay: None,
         }
     }
 

@@ -59,6 +59,50 @@ pub struct ModelEntry {
     pub files_digest: String,
 }
 
+/// The files of one model as the sidecar serves them (`GET /v1/models/files`, postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFiles {
+    /// Served model name.
+    pub name: String,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// `tokenizer.json`.
+    pub tokenizer_json: Vec<u8>,
+    /// `tokenizer_config.json` (with `chat_template`).
+    pub tokenizer_config_json: Vec<u8>,
+}
+
+/// One bookkeeping step of a request routed by a gateway, sent by the filter to its
+/// sidecar (`POST /v1/bookkeeping`, postcard [`BookBatch`]) so the sidecar can share it
+/// with other gateway replicas (replica sync).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BookKind {
+    /// The request was routed with this plan.
+    Add(crate::load::RequestPlan),
+    /// Its first response byte arrived.
+    PrefillDone,
+    /// It streamed this many more output tokens.
+    OutputTokens(u64),
+    /// It ended.
+    Free,
+}
+
+/// A bookkeeping step of one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookEvent {
+    /// Gateway-unique request id (VM tag and stream id; never client-controlled).
+    pub request_id: u64,
+    /// What happened.
+    pub kind: BookKind,
+}
+
+/// Bookkeeping steps sent together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BookBatch {
+    /// The steps, in order.
+    pub events: Vec<BookEvent>,
+}
+
 /// One sync response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SyncFrame {

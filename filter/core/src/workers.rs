@@ -48,6 +48,13 @@ pub struct WorkerInfo {
     /// Maximum tokens in one batch (`runtime_config.max_num_batched_tokens`), if known.
     #[serde(default)]
     pub max_num_batched_tokens: Option<u64>,
+    /// vLLM KV-event publisher (`--kv-events-config` endpoint, e.g. `tcp://10.0.0.5:5557`),
+    /// for fleets without the Dynamo runtime.
+    #[serde(default)]
+    pub zmq_events: Option<String>,
+    /// vLLM replay endpoint of that publisher.
+    #[serde(default)]
+    pub zmq_replay: Option<String>,
 }
 
 fn one() -> u32 {

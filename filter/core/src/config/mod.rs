@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use validate::{
-    AdmissionControl, Config, FailPolicy, GatewayConfig, RouterConfig, UnknownModel,
+    AdmissionControl, Config, FailPolicy, GatewayConfig, RouterConfig, TemplateCompat, UnknownModel,
 };
 
 /// Why a configuration was rejected.
@@ -83,6 +83,7 @@ pub struct RawConfig {
     pub sync_wait_ms: Option<u64>,
     pub stale_after_ms: Option<u64>,
     pub segment_cache_entries: Option<u64>,
+    pub template_compat: Option<String>,
     pub workers: Option<Vec<WorkerInfo>>,
 }
 

@@ -25,6 +25,16 @@ pub enum UnknownModel {
     Passthrough,
 }
 
+/// Whose chat-template input semantics to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TemplateCompat {
+    /// transformers' `apply_chat_template`.
+    #[default]
+    HuggingFace,
+    /// vLLM's OpenAI server (tool-call arguments parsed and re-serialised, …).
+    Vllm,
+}
+
 /// Admission control mode (`DYN_ADMISSION_CONTROL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AdmissionControl {
@@ -111,6 +121,8 @@ pub struct GatewayConfig {
     pub stale_after_ms: u64,
     /// Segment cache entries per VM.
     pub segment_cache_entries: usize,
+    /// Chat-template input semantics.
+    pub template_compat: TemplateCompat,
     /// Static workers.
     pub workers: Vec<WorkerInfo>,
 }
@@ -304,6 +316,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ))
         }
     };
+    let template_compat = match raw.template_compat.as_deref().unwrap_or("huggingface") {
+        "huggingface" => TemplateCompat::HuggingFace,
+        "vllm" => TemplateCompat::Vllm,
+        other => {
+            return Err(ConfigError::invalid(
+                "template_compat",
+                format!("`{other}` is not one of `huggingface`, `vllm`"),
+            ))
+        }
+    };
     let workers = raw.workers.unwrap_or_default();
     let mut ids = BTreeSet::new();
     for w in &workers {
@@ -366,6 +388,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             0,
             1 << 20,
         )? as usize,
+        template_compat,
         workers,
     };
     Ok(Config { router, gateway })

@@ -279,7 +279,7 @@ impl Engine {
                     Some(Err(e)) => return self.prompt_error(&e),
                     Some(Ok(text)) => {
                         let s = Instant::now();
-                        let enc = model.tokenizer().encode(
+                        let enc = model.tokenizer_mut().encode(
                             &text,
                             EncodeOptions {
                                 max_tokens,
@@ -423,6 +423,7 @@ impl Engine {
                 .record(ttl_holder, &hashes.sequence, input.now_ms);
         }
         self.book.add(input.ctx, d.plan.clone(), input.now_ms);
+        self.note(input.ctx, kvgate_core::sync::BookKind::Add(d.plan.clone()));
         self.counters.routed += 1;
         t.total_us = us(start);
         let headers = routing_headers(&d);

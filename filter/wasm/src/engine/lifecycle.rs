@@ -3,6 +3,7 @@
 //! it ended — frees the booking. Every step is idempotent.
 
 use super::Engine;
+use kvgate_core::sync::BookKind;
 
 /// Counts SSE events carrying data (each OpenAI stream chunk is one event), excluding the
 /// final `[DONE]`.
@@ -28,22 +29,33 @@ impl Engine {
     /// The response started (headers or first body byte): the prefill is done.
     /// Returns whether the booked load changed.
     pub fn response_started(&mut self, ctx: u32) -> bool {
-        self.book.prefill_done(&ctx)
+        let changed = self.book.prefill_done(&ctx);
+        if changed {
+            self.note(ctx, BookKind::PrefillDone);
+        }
+        changed
     }
 
     /// A response body chunk of a streamed response. Returns whether the load changed.
     pub fn response_chunk(&mut self, ctx: u32, chunk: &[u8]) -> bool {
-        let mut changed = self.book.prefill_done(&ctx);
+        let mut changed = self.response_started(ctx);
         if self.cfg.router.track_output_blocks {
             let n = sse_events(chunk);
             changed |= self.book.output_tokens(&ctx, n) > 0;
+            if n > 0 && self.book.contains(&ctx) {
+                self.note(ctx, BookKind::OutputTokens(n));
+            }
         }
         changed
     }
 
     /// The stream ended (completed, aborted, reset, or answered locally). Idempotent.
     pub fn request_done(&mut self, ctx: u32) -> bool {
-        self.book.free(&ctx)
+        let freed = self.book.free(&ctx);
+        if freed {
+            self.note(ctx, BookKind::Free);
+        }
+        freed
     }
 
     /// Expires bookings older than the configured TTL (lost `on_log` calls).

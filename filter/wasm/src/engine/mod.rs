@@ -66,6 +66,7 @@ pub struct Engine {
     pub(crate) source_age_ms: u64,
     /// Counters for metrics.
     pub counters: Counters,
+    pub(crate) outbox: Vec<kvgate_core::sync::BookEvent>,
 }
 
 impl Engine {
@@ -89,6 +90,7 @@ impl Engine {
             last_sync_ms: None,
             source_age_ms: 0,
             counters: Counters::default(),
+            outbox: Vec::new(),
         }
     }
 
@@ -115,6 +117,29 @@ impl Engine {
     /// Requests this VM has in flight.
     pub fn in_flight(&self) -> usize {
         self.book.len()
+    }
+
+    /// Whether bookkeeping steps go to the sidecar for other gateway replicas.
+    pub fn replica_sync(&self) -> bool {
+        self.has_sidecar() && self.cfg.router.replica_sync
+    }
+
+    /// Gateway-unique id of stream `ctx` of this VM.
+    pub fn request_id(&self, ctx: u32) -> u64 {
+        self.vm.rotate_left(32) ^ u64::from(ctx)
+    }
+
+    pub(crate) fn note(&mut self, ctx: u32, kind: kvgate_core::sync::BookKind) {
+        if self.replica_sync() {
+            let request_id = self.request_id(ctx);
+            self.outbox
+                .push(kvgate_core::sync::BookEvent { request_id, kind });
+        }
+    }
+
+    /// Bookkeeping steps not yet sent to the sidecar.
+    pub fn take_outbox(&mut self) -> Vec<kvgate_core::sync::BookEvent> {
+        std::mem::take(&mut self.outbox)
     }
 
     /// The worker table.

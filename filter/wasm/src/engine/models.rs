@@ -2,21 +2,8 @@
 //! digest) and the loaded [`ModelPrompt`]s.
 
 use super::Engine;
+pub use kvgate_core::sync::ModelFiles;
 use kvgate_prompt::{Limits, ModelPrompt, PromptOptions};
-use serde::{Deserialize, Serialize};
-
-/// The files of one model as the sidecar serves them (postcard).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelFiles {
-    /// Served model name.
-    pub name: String,
-    /// Tokens per KV block.
-    pub block_size: u32,
-    /// `tokenizer.json`.
-    pub tokenizer_json: Vec<u8>,
-    /// `tokenizer_config.json` (with `chat_template`).
-    pub tokenizer_config_json: Vec<u8>,
-}
 
 /// One model on this VM.
 pub struct ModelState {
@@ -41,6 +28,10 @@ impl Engine {
             ..PromptOptions::default()
         };
         o.cache.max_entries = g.segment_cache_entries;
+        o.compat = match g.template_compat {
+            kvgate_core::config::TemplateCompat::HuggingFace => kvgate_prompt::Compat::HuggingFace,
+            kvgate_core::config::TemplateCompat::Vllm => kvgate_prompt::Compat::Vllm,
+        };
         o
     }
 

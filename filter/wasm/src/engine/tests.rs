@@ -52,6 +52,8 @@ fn worker(id: u64, role: WorkerRole) -> WorkerInfo {
         total_kv_blocks: Some(1000),
         max_num_seqs: None,
         max_num_batched_tokens: None,
+        zmq_events: None,
+        zmq_replay: None,
     }
 }
 

@@ -59,6 +59,7 @@ fn sixteen() -> u32 {
 
 enum Call {
     Sync,
+    Book,
     Model { name: String, digest: String },
 }
 
@@ -94,6 +95,17 @@ impl Root {
     }
 
     fn dispatch(&mut self, path: String, call: Call, timeout_ms: u64) {
+        self.dispatch_with(path, "GET", None, call, timeout_ms);
+    }
+
+    fn dispatch_with(
+        &mut self,
+        path: String,
+        method: &str,
+        body: Option<&[u8]>,
+        call: Call,
+        timeout_ms: u64,
+    ) {
         let Some(vm) = &self.vm else { return };
         let (cluster, authority) = {
             let v = vm.borrow();
@@ -103,14 +115,14 @@ impl Root {
             }
         };
         let headers = vec![
-            (":method", "GET"),
+            (":method", method),
             (":path", path.as_str()),
             (":authority", authority.as_str()),
         ];
         match self.dispatch_http_call(
             &cluster,
             headers,
-            None,
+            body,
             vec![],
             Duration::from_millis(timeout_ms),
         ) {
@@ -254,6 +266,7 @@ impl Context for Root {
                 }
                 vm.metrics.index_blocks(vm.engine.index_blocks());
             }
+            Call::Book => {}
             Call::Model { name, digest } => {
                 HostShared.set(&shared::model_key(&name, &digest), &body, None);
                 Self::load_missing_models(&mut vm);
@@ -325,7 +338,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(vm) = self.vm.clone() else { return };
         let now = now_ms();
-        let (has_sidecar, wait_ms, position, missing) = {
+        let (has_sidecar, wait_ms, position, missing, outbox) = {
             let mut v = vm.borrow_mut();
             if v.engine.expire(now) {
                 v.loads_dirty = true;
@@ -340,13 +353,28 @@ impl RootContext for Root {
             let missing = Self::load_missing_models(&mut v);
             let counters = v.engine.counters;
             v.metrics.export(&counters);
+            let outbox = v.engine.take_outbox();
             (
                 true,
                 v.engine.cfg.gateway.sync_wait_ms,
                 v.engine.sync_position(),
                 missing,
+                outbox,
             )
         };
+        // Every VM sends its own bookkeeping steps (replica sync); no leader needed.
+        if !outbox.is_empty() {
+            let batch = kvgate_core::sync::BookBatch { events: outbox };
+            if let Ok(bytes) = postcard::to_allocvec(&batch) {
+                self.dispatch_with(
+                    "/v1/bookkeeping".into(),
+                    "POST",
+                    Some(&bytes),
+                    Call::Book,
+                    5_000,
+                );
+            }
+        }
         if !has_sidecar
             || now < self.backoff_until
             || !shared::acquire_lease(&HostShared, self.vm_tag, now)

@@ -1,0 +1,125 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+#[test]
+fn stable_prefix_drops_last_two_words() {
+    let w = |v: &[u32]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
+    assert_eq!(stable_prefix_len(&w(&[0, 0, 1, 2, 2, 3, 3])), 3);
+    assert_eq!(stable_prefix_len(&w(&[0, 1])), 0);
+    assert_eq!(stable_prefix_len(&w(&[0, 1, 2])), 1);
+    assert_eq!(stable_prefix_len(&[Some(0), None, Some(1), Some(2)]), 0);
+    assert_eq!(floor_char_boundary("aé", 2), 1);
+    assert_eq!(floor_char_boundary("aé", 9), 3);
+}
+
+/// A character-level tokenizer (every char its own word) with overlapping added tokens, so
+/// any difference in where the text is cut shows up in the ids.
+fn toy(flags: serde_json::Value, post: serde_json::Value) -> PromptTokenizer {
+    let added = |id: u32, content: &str, extra: &serde_json::Value| {
+        let mut t = json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true});
+        for (k, v) in extra.as_object().unwrap() {
+            t[k] = v.clone();
+        }
+        t
+    };
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [
+            added(20, "<a>", &json!({})),
+            added(21, "<a><b>", &json!({})),
+            added(22, "b>", &json!({"special": false})),
+            added(23, "ab", &json!({"normalized": true})),
+            added(24, "</a>", &flags),
+        ],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
+        "post_processor": post,
+        "decoder": null,
+        "model": {"type": "WordLevel", "unk_token": "[UNK]",
+            "vocab": {"[UNK]": 0, "a": 1, "b": 2, "<": 3, ">": 4, "/": 5, " ": 6, "[CLS]": 7, "[SEP]": 8}}
+    });
+    PromptTokenizer::from_bytes(tok.to_string().as_bytes(), CacheConfig::default()).unwrap()
+}
+
+fn text_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("<"),
+            Just(">"),
+            Just("/"),
+            Just(" "),
+            Just("<a>"),
+            Just("</a>"),
+            Just("<b>")
+        ],
+        0..40,
+    )
+    .prop_map(|v| v.concat())
+}
+
+#[test]
+fn contextual_added_tokens_switch_segmenting_off() {
+    assert!(toy(json!({}), json!(null)).segmentation_off().is_none());
+    for flag in ["lstrip", "rstrip", "single_word"] {
+        let t = toy(json!({ flag: true }), json!(null));
+        assert!(
+            matches!(t.segmentation_off(), Some(SegmentationOff::ContextualToken(c)) if c == "</a>"),
+            "{flag}"
+        );
+    }
+}
+
+#[test]
+fn content_independent_post_processor_affixes_are_found() {
+    let bert = json!({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [7], "tokens": ["[CLS]"]}, "[SEP]": {"id": "[SEP]", "ids": [8], "tokens": ["[SEP]"]}}});
+    let mut t = toy(json!({}), bert);
+    assert_eq!(t.affixes, Some((vec![7], vec![8])));
+    let opts = |cap| EncodeOptions {
+        max_tokens: cap,
+        add_special_tokens: true,
+    };
+    let out = t.encode("ab<a>b", opts(100)).unwrap();
+    assert_eq!(out.ids, t.encode_full("ab<a>b", true).unwrap());
+    assert!(out.complete);
+    let capped = t.encode("ab<a>b", opts(3)).unwrap();
+    assert_eq!((capped.ids.len(), capped.complete), (3, false));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Splitting at added tokens (leftmost-longest, overlapping candidates, a normalized token
+    /// inside pieces) gives exactly the ids of one full encode, with or without the cache, and
+    /// when segmenting is off because of a contextual token.
+    #[test]
+    fn segments_equal_full_encode(texts in prop::collection::vec(text_strategy(), 1..6), flag in 0usize..4) {
+        let flags = [json!({}), json!({"lstrip": true}), json!({"rstrip": true}), json!({"single_word": true})];
+        let mut t = toy(flags[flag].clone(), json!(null));
+        for text in &texts {
+            let full = t.encode_full(text, false).unwrap();
+            for _ in 0..2 {
+                let out = t.encode(text, EncodeOptions { max_tokens: 1000, add_special_tokens: false }).unwrap();
+                prop_assert_eq!(&out.ids, &full, "text {:?}", text);
+                prop_assert!(out.complete);
+            }
+            let cap = full.len() / 2;
+            let out = t.encode(text, EncodeOptions { max_tokens: cap, add_special_tokens: false }).unwrap();
+            prop_assert_eq!(&out.ids[..], &full[..cap]);
+        }
+    }
+}

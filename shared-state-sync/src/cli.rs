@@ -1,0 +1,164 @@
+//! The command line: `serve`, `hash` and `explain`, with every flag and its default.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// kvgate sidecar: follows KV events, keeps the KV index and feeds the kvgate filter.
+#[derive(Debug, Parser)]
+#[command(name = "kvgate-sync", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Serve(Box<ServeArgs>),
+    /// Print the block and sequence hashes of a token list (Dynamo-compatible).
+    Hash(HashArgs),
+    /// Show how the filter would route one request, with the sidecar's current index.
+    Explain(ExplainArgs),
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where to serve the filter: `IP:PORT`, or `unix:/path` (or an absolute path) for a
+    /// unix socket.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: String,
+    /// Dynamo namespace of the workers.
+    #[arg(long, default_value = "dynamo")]
+    pub namespace: String,
+    /// Dynamo component of the workers (whose KV events and replica events are followed).
+    #[arg(long, default_value = "backend")]
+    pub component: String,
+    /// Run without NATS (KV events from vLLM ZMQ publishers, workers from files only).
+    #[arg(long)]
+    pub no_nats: bool,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS credentials file (JWT + nkey seed).
+    #[arg(long)]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the NATS server with.
+    #[arg(long)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --nats-tls-key.
+    #[arg(long, requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS; needs --nats-tls-cert.
+    #[arg(long, requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Refuse a NATS connection without TLS.
+    #[arg(long)]
+    pub nats_tls_required: bool,
+    /// Follow KV events on core NATS only (no JetStream stream: no replay after a restart).
+    #[arg(long)]
+    pub no_jetstream: bool,
+    /// JetStream stream capturing the KV-event subjects [default:
+    /// kvgate-kv-events-{namespace}-{component}].
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// How long the stream keeps events, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub stream_max_age_secs: u64,
+    /// How many bytes the stream keeps (older events are dropped first).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub stream_max_bytes: i64,
+    /// Durable consumer name of this sidecar [default: kvgate-sync-{hostname}].
+    #[arg(long)]
+    pub durable: Option<String>,
+    /// Do not read Dynamo's legacy JetStream stream
+    /// (`namespace-{ns}-component-{comp}-kv-events`) even if it exists.
+    #[arg(long)]
+    pub no_legacy_stream: bool,
+    /// Static worker list (JSON array of WorkerInfo), reloaded when it changes.
+    #[arg(long)]
+    pub workers_file: Option<PathBuf>,
+    /// Ignore worker announcements on NATS (`namespace.{ns}.kvgate.workers`).
+    #[arg(long)]
+    pub no_announce: bool,
+    /// A model to serve tokenizer files for: `NAME=DIR` or `NAME=DIR,block_size=N`; DIR
+    /// holds tokenizer.json and tokenizer_config.json. Repeatable.
+    #[arg(long = "model", value_name = "NAME=DIR[,block_size=N]")]
+    pub models: Vec<String>,
+    /// kvgate configuration (the filter's JSON keys); `DYN_*` / `KVGATE_*` variables of
+    /// the environment apply first, the file's keys win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Share request bookkeeping with other gateway replicas (also `router_replica_sync`
+    /// / `DYN_ROUTER_REPLICA_SYNC`).
+    #[arg(long)]
+    pub replica_sync: bool,
+    /// Index changes kept for delta frames; a filter further behind gets a snapshot.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub sync_log_size: usize,
+    /// Send the worker table, loads and models at least this often (ms), changed or not.
+    #[arg(long, default_value_t = 5000)]
+    pub meta_refresh_ms: u64,
+    /// Answer a long poll for load changes alone at most this often (ms).
+    #[arg(long, default_value_t = 100)]
+    pub loads_interval_ms: u64,
+    /// Largest event payload accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_payload_bytes: usize,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Flags of `hash`.
+#[derive(Debug, Clone, Args)]
+pub struct HashArgs {
+    /// Tokens per KV block.
+    #[arg(long)]
+    pub block_size: u32,
+    /// Token ids, comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    pub tokens: Vec<u32>,
+    /// LoRA adapter name (seeds the hash).
+    #[arg(long)]
+    pub lora: Option<String>,
+    /// Cache salt (`x-tenant-id`; seeds the hash).
+    #[arg(long)]
+    pub salt: Option<String>,
+}
+
+/// Flags of `explain`.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// Served model name (its tokenizer comes from --model-dir or the sidecar).
+    #[arg(long)]
+    pub model: String,
+    /// The request body (JSON file; `-` reads standard input).
+    #[arg(long)]
+    pub request: PathBuf,
+    /// The sidecar: `http://IP:PORT` or `unix:/path`.
+    #[arg(long, default_value = "http://127.0.0.1:9100")]
+    pub sidecar: String,
+    /// Directory with tokenizer.json and tokenizer_config.json (else fetched from the
+    /// sidecar).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Endpoint the request is for: `chat` or `completions` [default: chat if the body
+    /// has `messages`].
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The `x-tenant-id` header (cache salt).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Tokens per KV block [default: the sidecar's model entry, the workers', the config's].
+    #[arg(long)]
+    pub block_size: Option<u32>,
+    /// kvgate configuration (router settings), as for `serve`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,401 @@
+//! Command-line flags and the shared kvgate configuration → the validated settings of
+//! one sidecar. Every rejection names the flag or key at fault (exit code 2).
+
+use crate::cli::ServeArgs;
+use kvgate_core::config::{Config, ConfigError, ConfigSources};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the settings were rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The kvgate configuration (file or environment) is invalid.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A configuration file could not be read.
+    #[error("cannot read {key} file {path}: {source}")]
+    Read {
+        /// The flag naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A flag has an invalid value.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The flag.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address (loopback by default).
+    Tcp(SocketAddr),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl Listen {
+    /// Parses `IP:PORT`, `unix:/path` or `/path`.
+    pub fn parse(s: &str) -> Result<Listen, SettingsError> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err(invalid("--listen", "empty unix socket path"));
+            }
+            return Ok(Listen::Unix(PathBuf::from(p)));
+        }
+        if s.starts_with('/') {
+            return Ok(Listen::Unix(PathBuf::from(s)));
+        }
+        s.parse()
+            .map(Listen::Tcp)
+            .map_err(|_| invalid("--listen", format!("`{s}` is not IP:PORT or unix:/path")))
+    }
+}
+
+/// NATS connection settings.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// Use NATS at all.
+    pub enabled: bool,
+    /// Server URLs.
+    pub urls: Vec<String>,
+    /// Credentials file.
+    pub creds: Option<PathBuf>,
+    /// CA certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Require TLS.
+    pub tls_required: bool,
+}
+
+/// JetStream settings of the KV-event stream.
+#[derive(Debug, Clone)]
+pub struct JetStreamSettings {
+    /// Use JetStream at all.
+    pub enabled: bool,
+    /// Stream name.
+    pub stream: String,
+    /// Durable consumer name.
+    pub durable: String,
+    /// Retention by age.
+    pub max_age: Duration,
+    /// Retention by size.
+    pub max_bytes: i64,
+    /// Also read Dynamo's legacy stream if it exists.
+    pub legacy: bool,
+}
+
+/// A model whose tokenizer files the sidecar serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// Served model name.
+    pub name: String,
+    /// Directory with tokenizer.json and tokenizer_config.json.
+    pub dir: PathBuf,
+    /// Block size, if given.
+    pub block_size: Option<u32>,
+}
+
+impl ModelSpec {
+    /// Parses `NAME=DIR` or `NAME=DIR,block_size=N`.
+    pub fn parse(s: &str) -> Result<ModelSpec, SettingsError> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| invalid("--model", format!("`{s}` is not NAME=DIR[,block_size=N]")))?;
+        if name.is_empty() {
+            return Err(invalid("--model", format!("`{s}` has an empty model name")));
+        }
+        let mut parts = rest.split(',');
+        let dir = parts.next().unwrap_or_default();
+        if dir.is_empty() {
+            return Err(invalid("--model", format!("`{s}` has an empty directory")));
+        }
+        let mut block_size = None;
+        for p in parts {
+            match p.split_once('=') {
+                Some(("block_size", v)) => match v.parse::<u32>() {
+                    Ok(n) if n > 0 => block_size = Some(n),
+                    _ => {
+                        return Err(invalid(
+                            "--model",
+                            format!("block_size `{v}` is not a positive integer"),
+                        ))
+                    }
+                },
+                _ => return Err(invalid("--model", format!("unknown option `{p}`"))),
+            }
+        }
+        Ok(ModelSpec {
+            name: name.to_string(),
+            dir: PathBuf::from(dir),
+            block_size,
+        })
+    }
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// HTTP listen address.
+    pub listen: Listen,
+    /// Dynamo namespace.
+    pub namespace: String,
+    /// Dynamo component.
+    pub component: String,
+    /// NATS connection.
+    pub nats: NatsSettings,
+    /// JetStream.
+    pub jetstream: JetStreamSettings,
+    /// Static worker file.
+    pub workers_file: Option<PathBuf>,
+    /// Follow NATS worker announcements.
+    pub announce: bool,
+    /// Models with tokenizer files.
+    pub models: Vec<ModelSpec>,
+    /// The shared kvgate configuration.
+    pub config: Config,
+    /// Replica sync on.
+    pub replica_sync: bool,
+    /// Deltas kept.
+    pub sync_log_size: usize,
+    /// Meta refresh period.
+    pub meta_refresh_ms: u64,
+    /// Minimum period of load-only answers.
+    pub loads_interval_ms: u64,
+    /// Largest event payload.
+    pub max_payload: usize,
+}
+
+/// Makes a name safe for a JetStream stream or consumer (`[A-Za-z0-9_-]`, others `_`).
+pub fn js_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
+}
+
+/// Reads the kvgate configuration: `DYN_*`/`KVGATE_*` variables of `env`, then the JSON
+/// file (its keys win).
+pub fn load_config<'a>(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Config, SettingsError> {
+    let json = match file {
+        None => Vec::new(),
+        Some(p) => std::fs::read(p).map_err(|source| SettingsError::Read {
+            key: "--config",
+            path: p.to_path_buf(),
+            source,
+        })?,
+    };
+    Ok(ConfigSources::new().env(env, false)?.json(&json)?.build()?)
+}
+
+/// The process environment as owned pairs.
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+impl Settings {
+    /// Validates `serve` flags against the environment `env`.
+    pub fn from_args(
+        args: &ServeArgs,
+        env: &[(String, String)],
+    ) -> Result<Settings, SettingsError> {
+        let config = load_config(
+            args.config.as_deref(),
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
+        if args.namespace.is_empty() {
+            return Err(invalid("--namespace", "must not be empty"));
+        }
+        if args.component.is_empty() {
+            return Err(invalid("--component", "must not be empty"));
+        }
+        let urls: Vec<String> = args
+            .nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect();
+        if urls.is_empty() {
+            return Err(invalid("--nats-url", "no URL given"));
+        }
+        for u in &urls {
+            let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|s| u.starts_with(s))
+                || !u.contains("://");
+            if !scheme_ok {
+                return Err(invalid("--nats-url", "scheme must be nats, tls, ws or wss"));
+            }
+        }
+        for (key, path) in [
+            ("--nats-creds", &args.nats_creds),
+            ("--nats-tls-ca", &args.nats_tls_ca),
+            ("--nats-tls-cert", &args.nats_tls_cert),
+            ("--nats-tls-key", &args.nats_tls_key),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    return Err(invalid(
+                        key,
+                        format!("{} is not a readable file", p.display()),
+                    ));
+                }
+            }
+        }
+        let stream = args.stream.clone().unwrap_or_else(|| {
+            js_name(&format!(
+                "kvgate-kv-events-{}-{}",
+                args.namespace, args.component
+            ))
+        });
+        if js_name(&stream) != stream {
+            return Err(invalid(
+                "--stream",
+                format!("`{stream}` may only hold A-Z a-z 0-9 - _"),
+            ));
+        }
+        let durable = args
+            .durable
+            .clone()
+            .unwrap_or_else(|| js_name(&format!("kvgate-sync-{}", hostname())));
+        if js_name(&durable) != durable {
+            return Err(invalid(
+                "--durable",
+                format!("`{durable}` may only hold A-Z a-z 0-9 - _"),
+            ));
+        }
+        if args.stream_max_age_secs == 0 {
+            return Err(invalid("--stream-max-age-secs", "must be positive"));
+        }
+        if args.stream_max_bytes <= 0 {
+            return Err(invalid("--stream-max-bytes", "must be positive"));
+        }
+        if args.sync_log_size == 0 {
+            return Err(invalid("--sync-log-size", "must be positive"));
+        }
+        if args.max_payload_bytes < 1024 {
+            return Err(invalid("--max-payload-bytes", "must be at least 1024"));
+        }
+        let models = args
+            .models
+            .iter()
+            .map(|m| ModelSpec::parse(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w.first() == w.get(1)) {
+            return Err(invalid(
+                "--model",
+                format!(
+                    "model `{}` given twice",
+                    w.first().copied().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(Settings {
+            listen: Listen::parse(&args.listen)?,
+            namespace: args.namespace.clone(),
+            component: args.component.clone(),
+            nats: NatsSettings {
+                enabled: !args.no_nats,
+                urls,
+                creds: args.nats_creds.clone(),
+                tls_ca: args.nats_tls_ca.clone(),
+                tls_client: args.nats_tls_cert.clone().zip(args.nats_tls_key.clone()),
+                tls_required: args.nats_tls_required,
+            },
+            jetstream: JetStreamSettings {
+                enabled: !args.no_jetstream,
+                stream,
+                durable,
+                max_age: Duration::from_secs(args.stream_max_age_secs),
+                max_bytes: args.stream_max_bytes,
+                legacy: !args.no_legacy_stream,
+            },
+            workers_file: args.workers_file.clone(),
+            announce: !args.no_announce,
+            models,
+            replica_sync: args.replica_sync || config.router.replica_sync,
+            config,
+            sync_log_size: args.sync_log_size,
+            meta_refresh_ms: args.meta_refresh_ms.max(100),
+            loads_interval_ms: args.loads_interval_ms,
+            max_payload: args.max_payload_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn model_specs() {
+        let m = ModelSpec::parse("Qwen/Qwen3-0.6B=/m/q,block_size=32").unwrap();
+        assert_eq!(m.name, "Qwen/Qwen3-0.6B");
+        assert_eq!(m.block_size, Some(32));
+        assert!(ModelSpec::parse("nodir").is_err());
+        assert!(ModelSpec::parse("a=/d,block_size=0").is_err());
+        assert!(ModelSpec::parse("a=/d,colour=red").is_err());
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            Listen::parse("unix:/tmp/s").unwrap(),
+            Listen::Unix("/tmp/s".into())
+        );
+        assert!(matches!(
+            Listen::parse("127.0.0.1:1").unwrap(),
+            Listen::Tcp(_)
+        ));
+        assert!(Listen::parse("localhost").is_err());
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let e = load_config(None, [("DYN_ROUTER_TEMPERATURE", "hot")]).unwrap_err();
+        assert!(e.to_string().contains("DYN_ROUTER_TEMPERATURE"), "{e}");
+    }
+}

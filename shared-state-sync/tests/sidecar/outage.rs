@@ -1,0 +1,182 @@
+//! NATS outages: the sidecar keeps serving its last index (not ready, growing source
+//! age), reconnects by itself, and its durable consumer resumes with the events the
+//! stream captured meanwhile. Also: worker load reports reach the frames, and Dynamo's
+//! legacy JSON JetStream stream is read when it exists.
+
+use super::common::{eventually, Nats, Sidecar};
+use super::dynamo_events::{hashes, publish, publish_event, stored};
+use kvgate_core::events::dynamo::encode_router_event_json;
+use kvgate_core::events::metrics::{
+    encode_load_envelope, kv_metrics_endpoint_subject, kv_metrics_subject, WorkerLoadReport,
+};
+use kvgate_core::WorkerKey;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_last_index_through_a_nats_outage_and_resumes() {
+    let mut nats = Nats::start().await;
+    let sc = Sidecar::start(&[
+        "--nats-url",
+        &nats.url(),
+        "--namespace",
+        "nso",
+        "--durable",
+        "do",
+    ])
+    .await;
+    sc.ready().await;
+    let h = hashes();
+    {
+        let client = nats.client().await;
+        publish_event(&client, "nso", 0, &stored(5, 0, None, &[(1, h.local[0])])).await;
+    }
+    eventually("first event", || async { sc.blocks(5).await == 1 }).await;
+
+    nats.stop();
+    eventually("not ready while NATS is down", || async {
+        let (status, body) = sc.get("/readyz").await;
+        status == 503 && String::from_utf8_lossy(&body).contains("NATS disconnected")
+    })
+    .await;
+    // Still serving the index.
+    assert_eq!(
+        sc.filter_index()
+            .await
+            .overlap(&h.sequence)
+            .of(&WorkerKey::new(5, 0)),
+        1
+    );
+    eventually("source age grows", || async {
+        sc.frame(0, 0, 0).await.source_age_ms > 0
+    })
+    .await;
+
+    nats.restart().await;
+    let client = nats.client().await;
+    publish_event(
+        &client,
+        "nso",
+        1,
+        &stored(5, 1, Some(1), &[(2, h.local[1])]),
+    )
+    .await;
+    sc.ready().await;
+    eventually("events after the outage", || async {
+        sc.blocks(5).await == 2
+    })
+    .await;
+    assert_eq!(sc.frame(0, 0, 0).await.source_age_ms, 0);
+    assert_eq!(sc.state().await["totals"]["gaps"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_and_the_legacy_stream() {
+    let nats = Nats::start().await;
+    let client = nats.client().await;
+    // Dynamo's old durable path: a JetStream stream with JSON RouterEvents.
+    let js = async_nats::jetstream::new(client.clone());
+    let legacy = "namespace-nsl-component-backend-kv-events";
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: legacy.into(),
+        subjects: vec![format!("{legacy}.kv-events")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let h = hashes();
+    let ev = stored(6, 1, None, &[(1, h.local[0]), (2, h.local[1])]);
+    js.publish(
+        format!("{legacy}.kv-events"),
+        encode_router_event_json(&ev).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let sc = Sidecar::start(&[
+        "--nats-url",
+        &nats.url(),
+        "--namespace",
+        "nsl",
+        "--durable",
+        "dl",
+    ])
+    .await;
+    sc.ready().await;
+    eventually("legacy JSON events applied", || async {
+        sc.blocks(6).await == 2
+    })
+    .await;
+
+    let report = WorkerLoadReport {
+        worker: WorkerKey::new(6, 0),
+        kv_used_blocks: Some(77),
+        active_decode_blocks: Some(5),
+        ..Default::default()
+    };
+    publish(
+        &client,
+        kv_metrics_endpoint_subject("nsl", "backend", "generate"),
+        encode_load_envelope(1, 0, 0, &report),
+    )
+    .await;
+    let later = WorkerLoadReport {
+        worker: WorkerKey::new(6, 0),
+        kv_used_blocks: Some(80),
+        ..Default::default()
+    };
+    publish(
+        &client,
+        kv_metrics_subject("nsl"),
+        encode_load_envelope(1, 1, 0, &later),
+    )
+    .await;
+    eventually("loads in the frame", || async {
+        let f = sc.frame(0, 0, 0).await;
+        f.loads.unwrap_or_default().iter().any(|l| {
+            l.worker == WorkerKey::new(6, 0)
+                && l.kv_used_blocks == Some(80)
+                && l.active_decode_blocks == Some(5)
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stream_name_binds_the_stream_that_captures_the_subjects() {
+    let nats = Nats::start().await;
+    let a = Sidecar::start(&[
+        "--nats-url",
+        &nats.url(),
+        "--namespace",
+        "nss",
+        "--durable",
+        "a",
+        "--stream",
+        "first",
+    ])
+    .await;
+    a.ready().await;
+    let b = Sidecar::start(&[
+        "--nats-url",
+        &nats.url(),
+        "--namespace",
+        "nss",
+        "--durable",
+        "b",
+        "--stream",
+        "second",
+    ])
+    .await;
+    b.ready().await;
+    let client = nats.client().await;
+    let h = hashes();
+    publish_event(&client, "nss", 0, &stored(4, 0, None, &[(1, h.local[0])])).await;
+    eventually("both sidecars follow the one stream", || async {
+        a.blocks(4).await == 1 && b.blocks(4).await == 1
+    })
+    .await;
+    assert!(b
+        .log()
+        .contains("reading the stream that captures its subjects"));
+}

@@ -1,0 +1,91 @@
+//! Real Envoy + the filter in static mode (workers from the plugin configuration, no
+//! sidecar) in front of mock workers: the worker Envoy forwarded to is the one the filter
+//! chose, a repeated long prompt goes to the worker that has it, headers and token ids
+//! reach the worker intact, bad inputs get JSON errors.
+
+use crate::common::*;
+use kvgate_tests::stack::{http_post, Stack, StackOptions};
+use serde_json::json;
+
+#[test]
+fn static_mode_in_real_envoy() {
+    let dir = test_dir("envoy-static");
+    let mut opts = StackOptions::new(&dir);
+    opts.sidecar = false;
+    opts.workers = 3;
+    opts.plugin = json!({"decision_header": true});
+    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+    let url = stack.envoy.url("/v1/chat/completions");
+
+    // The chosen worker is the one that served it, and the first choice sticks.
+    let mut first = None;
+    for q in ["a", "b", "c", "d"] {
+        let r = http_post(
+            &url,
+            &[
+                ("x-worker-instance-id", "3"),
+                ("x-gateway-destination-endpoint", "127.0.0.1:1"),
+            ],
+            &long_chat(q),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let served = r.header("x-kvgate-worker").unwrap().to_string();
+        let decision = r.header("x-kvgate-decision").unwrap().to_string();
+        assert!(
+            decision.contains(&format!("{served}/0 ")),
+            "decision {decision} vs served by {served}"
+        );
+        match &first {
+            None => first = Some(served),
+            Some(f) => assert_eq!(&served, f, "repeated prefix moved: {decision}"),
+        }
+    }
+    // What the workers received: routing headers, never the client's, and token ids.
+    let log = request_log(&stack.request_log);
+    assert_eq!(log.len(), 4);
+    for line in &log {
+        let h = &line["routing_headers"];
+        assert_eq!(
+            h["x-worker-instance-id"].as_str().unwrap(),
+            line["worker_id"].to_string()
+        );
+        assert_ne!(
+            h["x-gateway-destination-endpoint"].as_str().unwrap(),
+            "127.0.0.1:1"
+        );
+        assert!(line["token_ids"].as_array().unwrap().len() > 500);
+    }
+    // A golden chat reaches the worker with exactly Hugging Face's token ids.
+    let case = &golden()[0];
+    let r = http_post(&url, &[], &golden_body(case)).unwrap();
+    assert_eq!(r.status, 200);
+    let last = request_log(&stack.request_log).pop().unwrap();
+    let ids: Vec<u64> = last["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, golden_ids(case));
+
+    // Bad input gets JSON errors from the gateway.
+    let r = http_post(&url, &[], b"{oops").unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_json");
+    let r = http_post(
+        &url,
+        &[],
+        br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 404);
+    // /v1/models passes through to a worker.
+    let (status, _) = kvgate_tests::stack::http_get(&stack.envoy.url("/v1/models")).unwrap();
+    assert_eq!(status, 200);
+    let prom = stack.envoy.prometheus();
+    assert!(
+        prom.contains("kvgate_decisions_routed"),
+        "filter metrics on /stats/prometheus"
+    );
+}

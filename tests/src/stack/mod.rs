@@ -1,0 +1,251 @@
+//! Launchers for the real local stack — nats-server, the kvgate-sync sidecar, mock
+//! workers and Envoy with the kvgate filter — used by `make run`, the end-to-end tests
+//! and the benchmarks. Every process stops when its handle is dropped.
+
+mod envoy;
+mod nats;
+mod proc;
+mod tools;
+mod workers;
+
+pub use envoy::{render as render_envoy, Envoy, EnvoyKind, EnvoyOptions};
+pub use nats::Nats;
+pub use proc::{free_port, wait_for, Proc, StackError};
+pub use tools::Tools;
+pub use workers::{Sidecar, Worker};
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The served model of the local stack.
+pub const MODEL: &str = "Qwen/Qwen3-0.6B";
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// GET `url` → (status, body).
+pub fn http_get(url: &str) -> Result<(u16, String), ureq::Error> {
+    let mut r = agent().get(url).call()?;
+    let status = r.status().as_u16();
+    Ok((status, r.body_mut().read_to_string()?))
+}
+
+/// A response: status, headers (lower-case names) and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl Response {
+    /// First value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (Null if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// POST `body` to `url` with extra headers.
+pub fn http_post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, ureq::Error> {
+    let mut req = agent().post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.send(body)?;
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()?;
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Mock workers (instance ids 1..=n).
+    pub workers: usize,
+    /// Extra mock-worker arguments for every worker.
+    pub worker_args: Vec<String>,
+    /// Start nats-server and the sidecar (else: static workers in the filter config).
+    pub sidecar: bool,
+    /// Extra sidecar arguments.
+    pub sidecar_args: Vec<String>,
+    /// Filter configuration overrides (merged over the stack's own keys).
+    pub plugin: Value,
+    /// Envoy worker threads.
+    pub concurrency: u32,
+    /// Envoy template.
+    pub kind: EnvoyKind,
+    /// Where logs and rendered configs go.
+    pub dir: PathBuf,
+    /// Fixed Envoy listener and admin ports (None = free ones).
+    pub ports: Option<(u16, u16)>,
+}
+
+impl StackOptions {
+    /// Defaults: 4 workers, sidecar on, 2 Envoy threads, files under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        StackOptions {
+            workers: 4,
+            worker_args: Vec::new(),
+            sidecar: true,
+            sidecar_args: Vec::new(),
+            plugin: json!({}),
+            concurrency: 2,
+            kind: EnvoyKind::Kvgate,
+            dir: dir.to_path_buf(),
+            ports: None,
+        }
+    }
+}
+
+/// A running stack. Dropping it stops everything (Envoy first).
+pub struct Stack {
+    /// Envoy.
+    pub envoy: Envoy,
+    /// Mock workers.
+    pub workers: Vec<Worker>,
+    /// The sidecar.
+    pub sidecar: Option<Sidecar>,
+    /// nats-server.
+    pub nats: Option<Nats>,
+    /// Paths of the parts.
+    pub tools: Tools,
+    /// Logs and configs.
+    pub dir: PathBuf,
+    /// The mock workers' shared request log.
+    pub request_log: PathBuf,
+}
+
+impl Stack {
+    /// Starts the stack.
+    pub fn start(opts: &StackOptions) -> Result<Stack, StackError> {
+        let tools = Tools::from_env()?;
+        std::fs::create_dir_all(&opts.dir)?;
+        let request_log = opts.dir.join("mock-requests.jsonl");
+        let nats = if opts.sidecar {
+            Some(Nats::start(&tools, &opts.dir)?)
+        } else {
+            None
+        };
+        let mut worker_args = vec![
+            "--request-log".to_string(),
+            request_log.display().to_string(),
+        ];
+        if let Some(n) = &nats {
+            worker_args.extend(["--nats-url".to_string(), n.url()]);
+        }
+        worker_args.extend(opts.worker_args.iter().cloned());
+        let mut workers = Vec::new();
+        for id in 1..=opts.workers as u64 {
+            workers.push(Worker::start(&tools, &opts.dir, id, &worker_args)?);
+        }
+        let sidecar = match &nats {
+            Some(n) => {
+                let mut args = vec![
+                    "--nats-url".to_string(),
+                    n.url(),
+                    "--model".to_string(),
+                    format!("{MODEL}={}", tools.model_dir.display()),
+                ];
+                args.extend(opts.sidecar_args.iter().cloned());
+                Some(Sidecar::start(&tools, &opts.dir, &args)?)
+            }
+            None => None,
+        };
+        let mut plugin = json!({ "sync_wait_ms": 500 });
+        if sidecar.is_none() {
+            let list: Vec<Value> = workers
+                .iter()
+                .map(|w| json!({"instance_id": w.instance_id, "endpoint": w.endpoint, "model": MODEL, "block_size": 16}))
+                .collect();
+            plugin["sidecar_cluster"] = json!("");
+            plugin["workers"] = Value::Array(list);
+        }
+        if let (Value::Object(p), Value::Object(o)) = (&mut plugin, &opts.plugin) {
+            for (k, v) in o {
+                p.insert(k.clone(), v.clone());
+            }
+        }
+        let vm_config = if sidecar.is_none() {
+            static_vm_config(&tools)?
+        } else {
+            String::new()
+        };
+        let envoy_opts = EnvoyOptions {
+            kind: opts.kind,
+            plugin_config: plugin,
+            vm_config,
+            workers: workers.iter().map(|w| w.endpoint.clone()).collect(),
+            sidecar_port: sidecar.as_ref().map(|s| s.port).unwrap_or(1),
+            concurrency: opts.concurrency,
+            port: opts.ports.map(|p| p.0),
+            admin_port: opts.ports.map(|p| p.1),
+            ..EnvoyOptions::default()
+        };
+        let envoy = Envoy::start(&tools, &envoy_opts, &opts.dir)?;
+        Ok(Stack {
+            envoy,
+            workers,
+            sidecar,
+            nats,
+            tools,
+            dir: opts.dir.clone(),
+            request_log,
+        })
+    }
+
+    /// The worker with this endpoint.
+    pub fn worker_at(&self, endpoint: &str) -> Option<&Worker> {
+        self.workers.iter().find(|w| w.endpoint == endpoint)
+    }
+}
+
+/// VM configuration carrying the model files inline (static mode, no sidecar).
+pub fn static_vm_config(tools: &Tools) -> Result<String, StackError> {
+    let read = |f: &str| std::fs::read_to_string(tools.model_dir.join(f));
+    Ok(json!({"models": [{
+        "name": MODEL,
+        "block_size": 16,
+        "tokenizer_json": read("tokenizer.json")?,
+        "tokenizer_config_json": read("tokenizer_config.json")?,
+    }]})
+    .to_string())
+}
