@@ -68,7 +68,12 @@ lint: wasm-target ## cargo fmt --check and clippy -D warnings (native and wasm32
 	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-filter -- -D warnings
 
 test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end)
+	cargo build --workspace --bins
 	cargo test --workspace --no-fail-fast
+
+run: setup wasm ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C
+	cargo build --workspace --bins
+	$(CARGO_TARGET_DIR)/debug/kvgate-stack --dir $(ROOT)/target/run
 
 clean: ## Remove build outputs of this clone (keeps the shared cargo cache)
 	rm -rf target

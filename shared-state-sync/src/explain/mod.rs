@@ -21,13 +21,10 @@ use kvgate_core::hash::BlockHasher;
 use kvgate_core::index::PrefixIndex;
 use kvgate_core::load::WorkerLoad;
 use kvgate_core::route::{self, LoadView, ReportedLoad, RouteRequest};
-use kvgate_core::score::Scored;
 use kvgate_core::sync::{self, ModelFiles, RemoteLoad, SyncFrame, SyncState};
-use kvgate_core::workers::WorkerRole;
 use kvgate_core::WorkerKey;
 use kvgate_prompt::request::{self, Payload, Prompt};
 use kvgate_prompt::{Endpoint, Limits, ModelPrompt, PromptOptions};
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
 

@@ -147,18 +147,26 @@ pub struct StatsReport {
     pub speedup: f64,
     /// HTTP requests received on the serving endpoints.
     pub http_requests: u64,
-    /// Sums over ranks (`dp_rank` is the number of ranks here).
-    pub totals: RankStats,
+    /// Number of data-parallel ranks.
+    pub dp_size: u32,
+    /// Sums over ranks: the per-rank counters without `dp_rank`.
+    pub totals: serde_json::Value,
     /// Per-rank counters, load and event counters.
     pub ranks: Vec<RankReport>,
 }
 
-/// Sums per-rank counters.
+/// Per-rank counters as JSON without the rank.
+fn totals_json(t: &RankStats) -> serde_json::Value {
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("dp_rank");
+    }
+    v
+}
+
+/// Sums per-rank counters (`dp_rank` is left 0).
 pub fn totals(ranks: &[RankReport]) -> RankStats {
-    let mut t = RankStats {
-        dp_rank: ranks.len() as u32,
-        ..RankStats::default()
-    };
+    let mut t = RankStats::default();
     for r in ranks {
         let s = &r.stats;
         t.requests += s.requests;
@@ -192,7 +200,8 @@ async fn stats(State(st): State<Arc<AppState>>) -> Response {
         block_size: st.block_size,
         speedup: st.engine.clock().speedup(),
         http_requests: st.received.load(Ordering::Relaxed),
-        totals: totals(&ranks),
+        dp_size: st.engine.dp_size(),
+        totals: totals_json(&totals(&ranks)),
         ranks,
     })
     .into_response()

@@ -118,12 +118,14 @@ impl EventSink for NatsSink {
     }
 }
 
-/// A rank's load as Dynamo's worker-published `ActiveLoad` (no scheduler scope).
+/// A rank's load as Dynamo's workers publish it: `active_decode_blocks` and
+/// `kv_used_blocks`, no prefill tokens, no scheduler scope.
 pub fn load_report(worker: WorkerKey, load: &LoadSnapshot) -> WorkerLoadReport {
     WorkerLoadReport {
         worker,
         active_decode_blocks: Some(load.active_decode_blocks),
-        active_prefill_tokens: Some(load.active_prefill_tokens),
+        // Real workers leave this to the routers' schedulers (scheduler-scoped reports).
+        active_prefill_tokens: None,
         kv_used_blocks: Some(load.kv_used_blocks),
         scheduler_load_scope: None,
     }

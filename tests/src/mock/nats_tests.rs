@@ -137,7 +137,7 @@ fn load_reports_are_active_load() {
         (Some(5), Some(1))
     );
     assert_eq!(v["active_decode_blocks"], 4);
-    assert_eq!(v["active_prefill_tokens"], 100);
+    assert_eq!(v["active_prefill_tokens"], Value::Null);
     assert_eq!(v["kv_used_blocks"], 9);
     assert_eq!(decode_load(&bytes, 1 << 20).unwrap().report, report);
     assert_eq!(kv_metrics_subject("dynamo"), "namespace.dynamo.kv_metrics");

@@ -98,6 +98,7 @@ impl Proc {
             let _ = Command::new("kill")
                 .arg(format!("-{sig}"))
                 .arg(pid.to_string())
+                .stderr(Stdio::null())
                 .status();
         }
     }
@@ -110,6 +111,7 @@ impl Proc {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
+            .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {

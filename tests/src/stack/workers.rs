@@ -115,6 +115,13 @@ impl Sidecar {
         cmd.arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args);
+        // The sidecar rejects unknown KVGATE_* variables (typos in configuration); the
+        // launchers' own path variables are not configuration.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KVGATE_") && kvgate_core::config::keys::by_env(&k).is_none() {
+                cmd.env_remove(k);
+            }
+        }
         let mut proc = Proc::spawn("kvgate-sync", cmd, &dir.join(format!("sidecar-{port}.log")))?;
         let ok = wait_for(Duration::from_secs(60), || {
             if !proc.alive() {

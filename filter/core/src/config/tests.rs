@@ -154,3 +154,15 @@ fn every_key_has_a_raw_field_and_env_names_are_unique() {
         );
     }
 }
+
+/// The README's configuration table is generated from the key table; it must be current.
+#[test]
+fn readme_table_is_current() {
+    let readme = include_str!("../../../../README.md");
+    let table = keys::markdown_table();
+    if !readme.contains(&table) {
+        let path = std::env::temp_dir().join("kvgate-config-table.md");
+        let _ = std::fs::write(&path, &table);
+        panic!("README.md's configuration table is out of date; the current one is in {}", path.display());
+    }
+}
