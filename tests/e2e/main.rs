@@ -12,5 +12,6 @@
 )]
 
 mod common;
+mod envoy_sidecar;
 mod envoy_static;
 mod host_filter;

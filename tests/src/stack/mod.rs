@@ -103,6 +103,8 @@ pub struct StackOptions {
     pub workers: usize,
     /// Extra mock-worker arguments for every worker.
     pub worker_args: Vec<String>,
+    /// Extra arguments per worker (index 0 = instance id 1), after `worker_args`.
+    pub per_worker_args: Vec<Vec<String>>,
     /// Start nats-server and the sidecar (else: static workers in the filter config).
     pub sidecar: bool,
     /// Extra sidecar arguments.
@@ -125,6 +127,7 @@ impl StackOptions {
         StackOptions {
             workers: 4,
             worker_args: Vec::new(),
+            per_worker_args: Vec::new(),
             sidecar: true,
             sidecar_args: Vec::new(),
             plugin: json!({}),
@@ -175,7 +178,11 @@ impl Stack {
         worker_args.extend(opts.worker_args.iter().cloned());
         let mut workers = Vec::new();
         for id in 1..=opts.workers as u64 {
-            workers.push(Worker::start(&tools, &opts.dir, id, &worker_args)?);
+            let mut args = worker_args.clone();
+            if let Some(extra) = opts.per_worker_args.get(id as usize - 1) {
+                args.extend(extra.iter().cloned());
+            }
+            workers.push(Worker::start(&tools, &opts.dir, id, &args)?);
         }
         let sidecar = match &nats {
             Some(n) => {
@@ -190,20 +197,22 @@ impl Stack {
             }
             None => None,
         };
-        let mut plugin = json!({ "sync_wait_ms": 500 });
+        let mut plugin = serde_json::Map::new();
+        plugin.insert("sync_wait_ms".into(), json!(500));
         if sidecar.is_none() {
             let list: Vec<Value> = workers
                 .iter()
                 .map(|w| json!({"instance_id": w.instance_id, "endpoint": w.endpoint, "model": MODEL, "block_size": 16}))
                 .collect();
-            plugin["sidecar_cluster"] = json!("");
-            plugin["workers"] = Value::Array(list);
+            plugin.insert("sidecar_cluster".into(), json!(""));
+            plugin.insert("workers".into(), Value::Array(list));
         }
-        if let (Value::Object(p), Value::Object(o)) = (&mut plugin, &opts.plugin) {
+        if let Value::Object(o) = &opts.plugin {
             for (k, v) in o {
-                p.insert(k.clone(), v.clone());
+                plugin.insert(k.clone(), v.clone());
             }
         }
+        let plugin = Value::Object(plugin);
         let vm_config = if sidecar.is_none() {
             static_vm_config(&tools)?
         } else {
@@ -229,6 +238,39 @@ impl Stack {
             tools,
             dir: opts.dir.clone(),
             request_log,
+        })
+    }
+
+    /// Waits until the filter routes with its tokenizer and knows all `workers` (needs
+    /// `decision_header: true`): sends a probe request until its `x-kvgate-decision` shows
+    /// no degradation and every worker as a candidate. Returns the probe's decision line.
+    pub fn wait_routable(&self, timeout: Duration) -> Result<String, StackError> {
+        let body = json!({"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]}).to_string();
+        let want = self.workers.len();
+        let mut last = String::new();
+        let ok = wait_for(timeout, || {
+            let r = http_post(
+                &self.envoy.url("/v1/chat/completions"),
+                &[],
+                body.as_bytes(),
+            )
+            .ok()?;
+            last = r
+                .header("x-kvgate-decision")
+                .unwrap_or_default()
+                .to_string();
+            let ids: std::collections::BTreeSet<&str> = last
+                .split(" | ")
+                .skip(1)
+                .filter_map(|c| c.trim_start_matches("prefill:").trim().split('/').next())
+                .collect();
+            (r.status == 200 && !last.contains("degraded=") && ids.len() >= want)
+                .then(|| last.clone())
+        });
+        ok.ok_or_else(|| {
+            self.envoy
+                .proc
+                .error(&format!("filter not routable yet; last decision: `{last}`"))
         })
     }
 

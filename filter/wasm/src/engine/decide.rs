@@ -434,7 +434,10 @@ impl Engine {
         Outcome::Route {
             headers,
             body: new_body,
-            explain: d.explain.to_string(),
+            explain: match degraded {
+                Some(why) => format!("{} | degraded={why}", d.explain),
+                None => d.explain.to_string(),
+            },
             worker: d.decode.worker,
             matched_blocks,
             prompt_tokens: tokens.len(),

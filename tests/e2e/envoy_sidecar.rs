@@ -1,0 +1,155 @@
+//! The whole stack on loopback: real Envoy + the filter, the kvgate-sync sidecar, a real
+//! nats-server, and mock workers publishing real Dynamo KV events. A request sharing a
+//! long prefix goes to the worker whose cache (known from its events) holds it; the
+//! sidecar's index matches the workers' real caches; disaggregated requests carry the
+//! prefill worker to the decode worker.
+
+use crate::common::*;
+use kvgate_tests::stack::{http_get, http_post, wait_for, Stack, StackOptions};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The blocks of worker `id` in the sidecar's `/v1/state`.
+fn sidecar_blocks(stack: &Stack, id: u64) -> u64 {
+    let Some(s) = &stack.sidecar else { return 0 };
+    let Ok((_, body)) = http_get(&s.url("/v1/state")) else {
+        return 0;
+    };
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let mut total = 0;
+    for w in v["index"]["by_worker"].as_array().into_iter().flatten() {
+        if w["worker_id"].as_u64() == Some(id) {
+            total += w["blocks"].as_u64().unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn second_request_with_a_shared_prefix_goes_to_the_worker_holding_it() {
+    let dir = test_dir("envoy-sidecar");
+    let mut opts = StackOptions::new(&dir);
+    opts.workers = 3;
+    opts.plugin = json!({"decision_header": true});
+    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+    stack
+        .wait_routable(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = stack.envoy.url("/v1/chat/completions");
+
+    let r = http_post(&url, &[], &long_chat("How do I return a parcel?")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let holder: u64 = r.header("x-kvgate-worker").unwrap().parse().unwrap();
+    // The worker's KV events reach the sidecar's index ...
+    let blocks = wait_for(Duration::from_secs(20), || {
+        Some(sidecar_blocks(&stack, holder)).filter(|b| *b >= 40)
+    });
+    assert!(
+        blocks.is_some(),
+        "sidecar never indexed worker {holder}'s blocks"
+    );
+    // ... and the filter: the next request with the same system prompt goes there, with
+    // most of its prompt matched.
+    let decided = wait_for(Duration::from_secs(10), || {
+        let r = http_post(&url, &[], &long_chat("Can I change the delivery address?")).ok()?;
+        let d = r.header("x-kvgate-decision")?.to_string();
+        let served: u64 = r.header("x-kvgate-worker")?.parse().ok()?;
+        let ov: u32 = d
+            .split(" | ")
+            .find(|c| c.starts_with(&format!("{holder}/0 ")))?
+            .split("ov=")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        (ov >= 40).then_some((served, d))
+    });
+    let (served, decision) = decided.expect("the filter never saw the holder's blocks");
+    assert_eq!(served, holder, "{decision}");
+
+    // The index converged to the workers' real caches.
+    for w in &stack.workers {
+        let (_, body) = http_get(&w.url("/kvgate/cache")).unwrap();
+        let cache: Value = serde_json::from_str(&body).unwrap();
+        let real: u64 = cache["ranks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["cached_blocks"].as_u64().unwrap_or(0))
+            .sum();
+        let indexed = wait_for(Duration::from_secs(10), || {
+            Some(sidecar_blocks(&stack, w.instance_id)).filter(|b| *b == real)
+        });
+        assert_eq!(
+            indexed,
+            Some(real),
+            "worker {} index vs cache",
+            w.instance_id
+        );
+    }
+
+    // A streamed response passes through and the request is freed afterwards.
+    let mut body: Value = serde_json::from_slice(&long_chat("Stream please")).unwrap();
+    body["stream"] = json!(true);
+    let r = http_post(&url, &[], body.to_string().as_bytes()).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("data: [DONE]"), "{}", r.body);
+}
+
+#[test]
+fn disaggregated_requests_name_their_prefill_worker() {
+    let dir = test_dir("envoy-disagg");
+    let mut opts = StackOptions::new(&dir);
+    opts.workers = 3;
+    opts.per_worker_args = vec![
+        vec!["--role".into(), "prefill".into()],
+        vec!["--role".into(), "decode".into()],
+        vec!["--role".into(), "decode".into()],
+    ];
+    opts.plugin = json!({"decision_header": true});
+    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+    stack
+        .wait_routable(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = http_post(
+        &stack.envoy.url("/v1/chat/completions"),
+        &[],
+        &long_chat("disaggregate me"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r
+        .header("x-kvgate-decision")
+        .unwrap()
+        .starts_with("mode=disaggregated"));
+    let served: u64 = r.header("x-kvgate-worker").unwrap().parse().unwrap();
+    assert!(
+        served == 2 || served == 3,
+        "decode workers are 2 and 3, got {served}"
+    );
+    let line = request_log(&stack.request_log)
+        .into_iter()
+        .find(|l| l["worker_id"].as_u64() == Some(served))
+        .unwrap();
+    let h = &line["routing_headers"];
+    assert_eq!(h["x-prefill-instance-id"], "1");
+    assert_eq!(h["x-dynamo-prefill-instance-id"], "1");
+    assert_eq!(h["x-dynamo-routing-mode"], "disaggregated");
+    // The prefill worker really ran the prefill.
+    let prefill_ran = request_log(&stack.request_log)
+        .iter()
+        .any(|l| l["worker_id"].as_u64() == Some(1))
+        || http_get(&stack.workers[0].url("/kvgate/stats"))
+            .map(|(_, b)| b.contains("\"requests\":1"))
+            .unwrap_or(false);
+    let ids: BTreeSet<u64> = request_log(&stack.request_log)
+        .iter()
+        .filter_map(|l| l["worker_id"].as_u64())
+        .collect();
+    assert!(
+        prefill_ran || ids.contains(&1),
+        "prefill worker 1 saw nothing: {ids:?}"
+    );
+}
