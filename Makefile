@@ -67,13 +67,36 @@ lint: wasm-target ## cargo fmt --check and clippy -D warnings (native and wasm32
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-filter -- -D warnings
 
-test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end)
+test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks)
 	cargo build --workspace --bins
 	cargo test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory check-deploy
 
 run: setup wasm ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C
 	cargo build --workspace --bins
 	$(CARGO_TARGET_DIR)/debug/kvgate-stack --dir $(ROOT)/target/run
+
+# ---- deploy/: Istio, Helm chart, Wasm OCI image (see deploy/README-istio.md) ---------------
+OCI_OUT    := $(ROOT)/target/oci/kvgate-filter
+DEPLOY_OUT := $(ROOT)/target/deploy-check
+KVGATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+.PHONY: oci
+oci: wasm ## Package the filter as a Wasm OCI image (layout + .tar) in target/oci, no Docker
+	python3 deploy/oci/build_oci.py $(WASM) $(OCI_OUT) --tag $(KVGATE_VERSION)
+
+check-deploy: $(VENV)/.done oci ## Render the chart (every example), validate against upstream schemas, check OCI image and plugin configs
+	python3 deploy/oci/check_oci.py --self-test
+	python3 deploy/oci/check_oci.py $(OCI_OUT) $(WASM)
+	rm -rf $(DEPLOY_OUT)
+	$(VENV)/bin/python deploy/tools/render.py $(DEPLOY_OUT)/rendered --check-manifests
+	$(VENV)/bin/python deploy/tools/validate.py $(DEPLOY_OUT)/rendered/*.yaml
+	$(VENV)/bin/python deploy/tools/check_filter_chain.py $(DEPLOY_OUT)/plugin-config $(DEPLOY_OUT)/rendered/*.yaml
+	cargo run -q -p kvgate-sync -- check-config $(DEPLOY_OUT)/plugin-config/*.json
+	@if cargo run -q -p kvgate-sync -- check-config deploy/tools/testdata/misspelt-plugin-config.json 2>/dev/null; then \
+	  echo "check-config accepted a misspelt key" >&2; exit 1; fi
+	@echo "check-deploy: ok"
+# ---- end deploy/ ----------------------------------------------------------------------------
 
 clean: ## Remove build outputs of this clone (keeps the shared cargo cache)
 	rm -rf target

@@ -14,7 +14,10 @@ One job: walk ``index.json`` → manifest → config and layer blobs of the layo
 * the config's ``rootfs.diff_ids`` is the sha256 of the uncompressed layer;
 * the ``.tar`` holds the same files as the directory.
 
-Usage: check_oci.py OCI_DIR WASM
+``--self-test`` builds a tiny image with build_oci.py and checks that it passes and that
+a flipped layer byte, a wrong media type and a second layer are each refused.
+
+Usage: check_oci.py OCI_DIR WASM | check_oci.py --self-test
 """
 
 import gzip
@@ -99,7 +102,70 @@ def check_tar(root: str) -> None:
     need(got == want, f"{root}.tar does not hold the same files as {root}/")
 
 
+def self_test() -> int:
+    """The checker accepts a good image and refuses broken ones."""
+    import shutil
+    import tempfile
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.dont_write_bytecode = True
+    import build_oci
+
+    wasm = b"\0asm\x01\x00\x00\x00self-test"
+
+    def fresh(tmp):
+        blobs, index, _ = build_oci.build(wasm, "t")
+        root = os.path.join(tmp, "img")
+        build_oci.write_layout(root, blobs, index)
+        with open(os.path.join(root, "index.json")) as f:
+            mdesc = json.load(f)["manifests"][0]
+        with open(os.path.join(root, "blobs", "sha256", mdesc["digest"][7:])) as f:
+            return root, json.load(f)
+
+    def rewrite_manifest(root, manifest):
+        data = build_oci.canonical_json(manifest)
+        digest = build_oci.sha256(data)
+        with open(os.path.join(root, "blobs", "sha256", digest), "wb") as f:
+            f.write(data)
+        index = {"schemaVersion": 2, "manifests": [{"mediaType": MANIFEST, "digest": "sha256:" + digest, "size": len(data)}]}
+        with open(os.path.join(root, "index.json"), "w") as f:
+            json.dump(index, f)
+
+    def flip_layer(root, manifest):
+        path = os.path.join(root, "blobs", "sha256", manifest["layers"][0]["digest"][7:])
+        with open(path, "r+b") as f:
+            f.seek(20)
+            b = f.read(1)
+            f.seek(20)
+            f.write(bytes([b[0] ^ 1]))
+
+    def wrong_type(root, manifest):
+        manifest["layers"][0]["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
+        rewrite_manifest(root, manifest)
+
+    def two_layers(root, manifest):
+        manifest["layers"].append(manifest["layers"][0])
+        rewrite_manifest(root, manifest)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root, _ = fresh(tmp)
+        check(root, wasm)
+        for breaker in (flip_layer, wrong_type, two_layers):
+            shutil.rmtree(root)
+            root, manifest = fresh(tmp)
+            breaker(root, manifest)
+            try:
+                check(root, wasm)
+            except (Fail, OSError, ValueError, KeyError, tarfile.TarError):
+                continue
+            print(f"check_oci: FAIL self-test: {breaker.__name__} was accepted", file=sys.stderr)
+            return 1
+    print("check_oci: ok self-test (a good image passes; a flipped byte, a wrong media type, two layers fail)")
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     if len(sys.argv) != 3:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2

@@ -16,7 +16,8 @@ the package registries); ``make check-deploy`` does not run it, it only checks
   CRDs (Istio) or API types (Gateway API); ``ts-json-schema-generator`` turns the
   declaration of each kind into a JSON schema, then the kubeconform strict rule is
   applied: ``additionalProperties: false`` on every object schema that lists
-  ``properties`` (free-form objects such as ``pluginConfig`` stay open).
+  ``properties`` (free-form objects such as ``pluginConfig`` stay open). One generator
+  gap is repaired (``restore_exclude_branch``).
 """
 
 import hashlib
@@ -73,6 +74,29 @@ def strict(node):
     return node
 
 
+def restore_exclude_branch(node):
+    """ts-json-schema-generator drops TypeScript ``Exclude<T, ...>`` members of a union.
+    @kubernetes-models writes the CRD's ``oneOf: [{not: {anyOf: [{required: [a]}, ...]}},
+    {required: [a]}, ...]`` as ``Exclude<T, ...> | (T & {a}) | ...``, so an object naming
+    none of a, b, ... (e.g. an EnvoyFilter match with only a context) would be refused.
+    Put that branch back: same properties, none of the required keys."""
+    if isinstance(node, dict):
+        alts = node.get("anyOf")
+        if (isinstance(alts, list) and len(alts) > 1
+                and all(isinstance(a, dict) and len(a.get("required", [])) == 1 and "properties" in a for a in alts)
+                and all(a["properties"] == alts[0]["properties"] for a in alts)):
+            keys = [a["required"][0] for a in alts]
+            none = {k: v for k, v in alts[0].items() if k != "required"}
+            none["not"] = {"anyOf": [{"required": [k]} for k in keys]}
+            alts.insert(0, none)
+        for v in node.values():
+            restore_exclude_branch(v)
+    elif isinstance(node, list):
+        for v in node:
+            restore_exclude_branch(v)
+    return node
+
+
 def vendor_kubernetes(tmp):
     req = os.path.join(tmp, "req.txt")
     with open(req, "w") as f:
@@ -102,7 +126,7 @@ def vendor_crds(tmp):
              "--additional-properties", "--expose", "none", "--jsDoc", "none",
              "-o", raw])
         with open(raw) as f:
-            schema = strict(json.load(f))
+            schema = strict(restore_exclude_branch(json.load(f)))
         schema["$comment"] = f"Derived from npm {package} ({decl}, {iface}); see PROVENANCE.md."
         path = os.path.join(HERE, "crds", target)
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -8,6 +8,8 @@ and the plain manifests kept in step with the chart:
   aggregated render (what ``make check-deploy`` runs);
 * ``--write-manifests``: rewrite deploy/manifests/aggregated.yaml from the render.
 
+``helm lint`` runs first for each example (warnings and errors fail).
+
 Helm comes from the PyPI wheel ``helm-python-sdk`` (Helm v4's Go SDK behind a C ABI,
 hash-pinned in tests/tools/requirements.txt): no helm binary is needed. The release is
 named ``kvgate`` in namespace ``kvgate``, as an install would be.
@@ -58,6 +60,13 @@ def main() -> int:
     g.add_argument("--write-manifests", action="store_true")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    for name in sorted(os.listdir(EXAMPLES)):
+        with open(os.path.join(EXAMPLES, name)) as f:
+            lint = helm.lint(CHART, values=yaml.safe_load(f), namespace=NAMESPACE)
+        problems = [m for m in lint.get("messages", []) if m.get("severity", 0) >= 2] + lint.get("errors", [])
+        if problems:
+            print(f"render: FAIL helm lint with examples/{name}: {problems}", file=sys.stderr)
+            return 1
     examples = sorted(n for n in os.listdir(EXAMPLES) if n.endswith(".yaml"))
     if "aggregated.yaml" not in examples:
         print("render: examples/aggregated.yaml is missing", file=sys.stderr)

@@ -21,6 +21,16 @@ pub enum Command {
     Hash(HashArgs),
     /// Show how the filter would route one request, with the sidecar's current index.
     Explain(ExplainArgs),
+    /// Check plugin configuration files (JSON objects) with the filter's own parser.
+    CheckConfig(CheckConfigArgs),
+}
+
+/// Flags of `check-config`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckConfigArgs {
+    /// JSON files, each one plugin configuration object (the keys of the README table).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 /// Flags of `serve`.

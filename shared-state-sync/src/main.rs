@@ -69,6 +69,29 @@ fn main() -> ExitCode {
             }
         }
         Command::Explain(args) => explain(&args),
+        Command::CheckConfig(args) => check_config(&args),
+    }
+}
+
+/// Parses every file with the filter's configuration parser; exit 2 if any is invalid.
+fn check_config(args: &kvgate_sync::cli::CheckConfigArgs) -> ExitCode {
+    let mut failed = false;
+    for file in &args.files {
+        let result = std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|b| kvgate_core::config::Config::from_json(&b).map_err(|e| e.to_string()));
+        match result {
+            Ok(_) => println!("ok {}", file.display()),
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(CONFIG_ERROR)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
