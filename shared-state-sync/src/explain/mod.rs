@@ -1,9 +1,8 @@
-//! `explain`: how the filter would route one request right now. The request is parsed,
-//! templated and tokenized by `kvgate-prompt` with the filter's settings (block-size cap
-//! included), hashed with the core's `BlockHasher`, matched against a snapshot fetched
-//! from the sidecar (`/v1/sync?epoch=0&since=0`), and decided by the core's
-//! `route::route` — the same functions the filter calls — with the sidecar's loads
-//! (other replicas and worker reports; this tool books nothing).
+//! `explain`: how the filter would route one request right now. It runs the filter's own
+//! engine (`kvgate_filter::engine`) natively — the same parse, template, tokenizer, block
+//! hashes, overlaps and cost formula as in Envoy — on a snapshot fetched from the sidecar
+//! (`/v1/sync?epoch=0&since=0`), with the sidecar's loads (other replicas and worker
+//! reports). It books nothing.
 
 mod report;
 
@@ -16,54 +15,14 @@ use crate::models::read_model;
 use crate::settings::{load_config, process_env};
 use crate::time::now_ms;
 use anyhow::{anyhow, bail, Context};
-use kvgate_core::config::Config;
-use kvgate_core::hash::BlockHasher;
-use kvgate_core::index::PrefixIndex;
-use kvgate_core::load::WorkerLoad;
-use kvgate_core::route::{self, LoadView, ReportedLoad, RouteRequest};
-use kvgate_core::sync::{self, ModelFiles, RemoteLoad, SyncFrame, SyncState};
-use kvgate_core::WorkerKey;
-use kvgate_prompt::request::{self, Payload, Prompt};
-use kvgate_prompt::{Endpoint, Limits, ModelPrompt, PromptOptions};
+use kvgate_core::sync::{self, ModelFiles, SyncFrame};
+use kvgate_filter::engine::{DecideInput, Engine, Outcome};
+use kvgate_filter::headers::RoutedPath;
 use serde_json::Value;
 use std::collections::HashMap;
 
 /// Largest snapshot accepted.
 const MAX_FRAME: usize = 512 << 20;
-
-struct Loads(HashMap<WorkerKey, RemoteLoad>);
-
-impl LoadView for Loads {
-    fn load(&self, w: &WorkerKey) -> WorkerLoad {
-        self.0.get(w).map(|r| r.replicas).unwrap_or_default()
-    }
-    fn new_blocks(&self, _w: &WorkerKey, blocks: &[u64]) -> u64 {
-        blocks.len() as u64
-    }
-    fn reported(&self, w: &WorkerKey) -> Option<ReportedLoad> {
-        self.0.get(w).map(|r| ReportedLoad {
-            kv_used_blocks: r.kv_used_blocks,
-            active_decode_blocks: r.active_decode_blocks,
-            active_prefill_tokens: r.active_prefill_tokens,
-        })
-    }
-}
-
-/// The filter's prompt options for `block_size` (see the filter's `engine::models`).
-pub fn prompt_options(cfg: &Config, block_size: u32) -> PromptOptions {
-    let g = &cfg.gateway;
-    let mut o = PromptOptions {
-        limits: Limits {
-            max_body_bytes: g.max_body_bytes,
-            max_messages: g.max_messages,
-            ..Limits::default()
-        },
-        max_prompt_tokens: g.max_match_blocks.saturating_mul(block_size as usize),
-        ..PromptOptions::default()
-    };
-    o.cache.max_entries = g.segment_cache_entries;
-    o
-}
 
 async fn snapshot(target: &Target) -> anyhow::Result<SyncFrame> {
     let (status, body) =
@@ -121,28 +80,33 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
         std::fs::read(&args.request)
             .with_context(|| format!("cannot read {}", args.request.display()))?
     };
-    let endpoint = match args.endpoint.as_deref() {
-        Some("chat") => Endpoint::ChatCompletions,
-        Some("completions") => Endpoint::Completions,
+    let path = match args.endpoint.as_deref() {
+        Some("chat") => RoutedPath::Chat,
+        Some("completions") => RoutedPath::Completions,
         Some(other) => {
             bail!("invalid value for `--endpoint`: `{other}` is not chat or completions")
         }
         None => {
             let v: Value = serde_json::from_slice(&body).context("the request is not JSON")?;
             if v.get("messages").is_some() {
-                Endpoint::ChatCompletions
+                RoutedPath::Chat
             } else {
-                Endpoint::Completions
+                RoutedPath::Completions
             }
         }
     };
     let target = Target::parse(&args.sidecar)?;
-    let frame = snapshot(&target).await?;
-    let all_workers = frame.workers.clone().unwrap_or_default();
-    let workers: Vec<_> = all_workers
-        .into_iter()
-        .filter(|w| w.model == args.model)
-        .collect();
+    let mut frame = snapshot(&target).await?;
+    if let Some(bs) = args.block_size {
+        for m in frame.models.iter_mut().flatten() {
+            if m.name == args.model {
+                m.block_size = bs;
+            }
+        }
+    }
+    let now = now_ms();
+    let mut engine = Engine::new(cfg, 0, 0);
+    engine.apply_frame(&frame, now)?;
     let block_size = args
         .block_size
         .or_else(|| {
@@ -153,72 +117,55 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
                 .find(|m| m.name == args.model)
                 .map(|m| m.block_size)
         })
-        .or_else(|| workers.iter().find_map(|w| w.block_size))
-        .unwrap_or(cfg.router.block_size);
+        .or_else(|| {
+            engine
+                .fleet()
+                .for_model(&args.model)
+                .iter()
+                .find_map(|w| w.block_size)
+        })
+        .unwrap_or(engine.cfg.router.block_size);
     let files = model_files(args, &frame, &target, block_size).await?;
-    let opts = prompt_options(&cfg, block_size);
-    let limits = opts.limits.clone();
-    let mut model = ModelPrompt::new(&files.tokenizer_json, &files.tokenizer_config_json, opts)?;
-    let req = request::parse(endpoint, &body, &limits)?;
-    let from_ids =
-        matches!(&req.payload, Payload::Completion(c) if matches!(c.prompt, Prompt::Tokens(_)));
-    let out = model.prompt(&req, now_ms())?;
-    let salt = args.tenant.clone().filter(|t| !t.is_empty()).or_else(|| {
-        req.nvext
-            .as_ref()
-            .and_then(|n| n.get("cache_salt"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
-    let hashes = BlockHasher::new(block_size).hash(
-        &out.token_ids,
-        None,
-        salt.as_deref(),
-        cfg.gateway.max_match_blocks,
-    );
+    engine
+        .load_model("explain", &files)
+        .map_err(|e| anyhow!(e))?;
 
-    let mut index = PrefixIndex::new();
-    SyncState::default().apply(&frame, &mut index)?;
-    let overlaps = index.overlap(&hashes.sequence);
-    let loads = Loads(
-        frame
-            .loads
-            .iter()
-            .flatten()
-            .map(|l| (l.worker, *l))
-            .collect(),
-    );
-    let isl = if out.complete || from_ids {
-        out.token_ids.len() as u64
-    } else {
-        (out.token_ids.len() as u64).max(1)
+    let input = DecideInput {
+        ctx: 1,
+        path,
+        body: &body,
+        tenant: args.tenant.as_deref(),
+        now_ms: now,
+        other_loads: &HashMap::new(),
     };
-    let rreq = RouteRequest {
-        isl_tokens: isl,
-        block_size,
-        sequence: &hashes.sequence,
-        overlaps: &overlaps,
+    let mut prepared = match engine.prepare(&input) {
+        Ok(p) => p,
+        Err(Outcome::Reply { status, body, .. }) => {
+            bail!(
+                "the filter would answer {status}: {}",
+                String::from_utf8_lossy(&body)
+            )
+        }
+        Err(Outcome::Forward { reason }) => {
+            bail!("the filter would forward this request unrouted ({reason})")
+        }
+        Err(Outcome::Route { .. }) => bail!("unexpected outcome"),
     };
-    let decision = route::route(
-        &cfg.router,
-        &workers,
-        &rreq,
-        &loads,
-        &mut fastrand::Rng::with_seed(0),
-    );
+    let decision = engine.choose(&mut prepared, &HashMap::new());
 
-    let rows: Vec<WorkerRow> = workers
+    let rows: Vec<WorkerRow> = prepared
+        .workers
         .iter()
         .flat_map(|w| w.keys().map(move |k| (w, k)))
         .map(|(w, k)| {
-            let l = loads.0.get(&k);
+            let l = engine.remote_load(&k);
             WorkerRow {
                 worker_id: k.worker_id,
                 dp_rank: k.dp_rank,
                 endpoint: w.endpoint.clone(),
                 role: w.role,
-                overlap_blocks: overlaps.of(&k),
-                cached_blocks: overlaps.tree_size(&k),
+                overlap_blocks: prepared.overlaps.of(&k),
+                cached_blocks: prepared.overlaps.tree_size(&k),
                 replica_load: l.map(|r| r.replicas),
                 kv_used_blocks: l.and_then(|r| r.kv_used_blocks),
                 active_decode_blocks: l.and_then(|r| r.active_decode_blocks),
@@ -237,18 +184,22 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
                 busy: d.explain.busy.clone(),
             }),
             None,
-            d.explain.to_string(),
+            match prepared.degraded {
+                Some(why) => format!("{} | degraded={why}", d.explain),
+                None => d.explain.to_string(),
+            },
         ),
         Err(e) => (None, Some(e.to_string()), format!("no decision: {e}")),
     };
+    let salt = args.tenant.clone().filter(|t| !t.is_empty());
     let report = Report {
         model: args.model.clone(),
-        block_size,
-        prompt_tokens: out.token_ids.len(),
-        complete: out.complete,
+        block_size: prepared.block_size,
+        prompt_tokens: prepared.tokens.len(),
+        complete: prepared.complete,
         cache_salt: salt,
-        block_hashes: hashes.local,
-        sequence_hashes: hashes.sequence,
+        block_hashes: prepared.hashes.local,
+        sequence_hashes: prepared.hashes.sequence,
         index_version: frame.to_version,
         source_age_ms: frame.source_age_ms,
         workers: rows,

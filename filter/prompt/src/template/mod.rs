@@ -39,9 +39,12 @@ pub enum ContentFormat {
 /// Settings of a [`ChatTemplate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateOptions {
-    /// minijinja fuel per render (≈ instructions plus bytes/64 built). Default 20 000 000: the
-    /// 24-message τ-bench request with 14 tools uses well under 1% of it; a 10 000-message
-    /// request stays far inside; a runaway loop stops within ~0.1–0.5 s.
+    /// minijinja fuel per render (≈ instructions plus bytes/64 built). Default 2 000 000: the
+    /// 24-message τ-bench request with 14 tools uses ~3 000, a 10 000-message request ~600 000,
+    /// a 4 MB message ~310 000. Fuel is also the only bound on memory: a template may build
+    /// strings of up to ~64 bytes per unit of fuel (`'{:>N}'.format(x)`, `replace`, doubling
+    /// concatenations), so 2 000 000 caps that at ~128 MB (20 000 000 let a template allocate
+    /// over 1 GB, found by fuzzing); a runaway loop stops within ~0.05 s.
     pub fuel: Option<u64>,
     /// Deepest macro/include recursion (default 64; minijinja's own cap is 500, too deep for
     /// the 1 MiB wasm stack).
@@ -53,7 +56,7 @@ pub struct TemplateOptions {
 impl Default for TemplateOptions {
     fn default() -> Self {
         TemplateOptions {
-            fuel: Some(20_000_000),
+            fuel: Some(2_000_000),
             recursion_limit: 64,
             content_format: None,
         }

@@ -88,6 +88,22 @@ fn runaway_templates_run_out_of_fuel() {
     assert!(rec.render(RenderInput::default()).is_err());
 }
 
+/// Found by fuzzing (tests/fuzz, target `template`): with the former default fuel (20M) these
+/// templates built strings of 200 MB to over 1 GB before running out of fuel. The default fuel
+/// must stop each of them before it allocates ~128 MB.
+#[test]
+fn default_fuel_bounds_template_memory() {
+    for src in [
+        "{{ '{:>200000000}'.format(1) }}",
+        "{{ ('x' * 20000000) | replace('x', 'xxxxxxxxxx') }}",
+        "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+    ] {
+        let t = ChatTemplate::from_source(src, Map::new(), &TemplateOptions::default()).unwrap();
+        let err = t.render(RenderInput::default()).unwrap_err();
+        assert_eq!(err, TemplateError::OutOfFuel, "{src}");
+    }
+}
+
 #[test]
 fn special_tokens_and_kwargs_are_variables() {
     let config = br#"{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>", "unk_token": null,

@@ -6,7 +6,7 @@ use super::Engine;
 use crate::body::{self, Rewrite};
 use crate::headers::{self as h, RoutedPath};
 use kvgate_core::config::{FailPolicy, UnknownModel};
-use kvgate_core::hash::BlockHasher;
+use kvgate_core::hash::{BlockHasher, BlockHashes};
 use kvgate_core::index::OverlapScores;
 use kvgate_core::load::{LoadBook, WorkerLoad};
 use kvgate_core::route::{self, Decision, LoadView, ReportedLoad, RouteError, RouteRequest};
@@ -50,6 +50,34 @@ pub struct Timings {
     pub score_us: u64,
     /// The whole decision.
     pub total_us: u64,
+}
+
+/// A request made ready for the cost formula by [`Engine::prepare`].
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Workers serving the model.
+    pub workers: Vec<kvgate_core::workers::WorkerInfo>,
+    /// Tokens per block for the model.
+    pub block_size: u32,
+    /// Prompt token ids (capped at `max_match_blocks` blocks).
+    pub tokens: Vec<u32>,
+    /// Whether `tokens` is the whole prompt.
+    pub complete: bool,
+    /// Whether the prompt came as token ids.
+    pub from_ids: bool,
+    /// Segment cache hits and misses.
+    pub segments: (u32, u32),
+    /// Block and sequence hashes.
+    pub hashes: BlockHashes,
+    /// Overlap per worker (events index and/or predictions).
+    pub overlaps: OverlapScores,
+    /// Set when the decision can only use load, and why.
+    pub degraded: Option<&'static str>,
+    /// Whether the body has an `nvext` object.
+    pub has_nvext: bool,
+    /// Stage times so far.
+    pub timings: Timings,
+    started: Instant,
 }
 
 /// What to do with the request.
@@ -168,8 +196,9 @@ impl Engine {
         }
     }
 
-    /// Decides where one request goes, and books it when routed.
-    pub fn decide(&mut self, input: &DecideInput<'_>) -> Outcome {
+    /// Everything up to the cost formula: parse, model lookup, template, tokenize,
+    /// hash, overlaps. `Err` is the outcome for requests that end here (errors, fail-open).
+    pub fn prepare(&mut self, input: &DecideInput<'_>) -> Result<Prepared, Outcome> {
         let start = Instant::now();
         let mut t = Timings::default();
         let endpoint = match input.path {
@@ -179,57 +208,13 @@ impl Engine {
         let limits = self.prompt_options(self.cfg.router.block_size).limits;
         let parsed = request::parse(endpoint, input.body, &limits);
         t.parse_us = us(start);
-        let req = match parsed {
-            Ok(r) => r,
-            Err(e) => {
-                return match e.disposition() {
-                    Disposition::Reject => {
-                        self.counters.rejected += 1;
-                        Outcome::Reply {
-                            status: e.status(),
-                            body: e.openai_body(),
-                            kind: e.code(),
-                        }
-                    }
-                    Disposition::Forward => {
-                        self.counters.passthrough += 1;
-                        Outcome::Forward {
-                            reason: "unsupported_request",
-                        }
-                    }
-                };
-            }
-        };
+        let req = parsed.map_err(|e| self.api_error(&e, "unsupported_request"))?;
         if self.fleet.is_empty() {
-            return self.fail("no_workers", "no inference worker is known to the gateway");
+            return Err(self.fail("no_workers", "no inference worker is known to the gateway"));
         }
         let workers = self.fleet.for_model(&req.model).to_vec();
         if workers.is_empty() {
-            return match self.cfg.gateway.unknown_model {
-                UnknownModel::Reject => {
-                    self.counters.rejected += 1;
-                    let msg = format!(
-                        "The model `{}` does not exist or is not served here.",
-                        req.model
-                    );
-                    Outcome::Reply {
-                        status: 404,
-                        body: openai_error_body(
-                            &msg,
-                            "invalid_request_error",
-                            "model_not_found",
-                            Some("model"),
-                        ),
-                        kind: "model_not_found",
-                    }
-                }
-                UnknownModel::Passthrough => {
-                    self.counters.passthrough += 1;
-                    Outcome::Forward {
-                        reason: "unknown_model",
-                    }
-                }
-            };
+            return Err(self.unknown_model(&req.model));
         }
         let block_size = self
             .models
@@ -239,11 +224,20 @@ impl Engine {
             .unwrap_or(self.cfg.router.block_size);
 
         // Prompt → tokens.
-        let mut degraded = None;
-        let mut tokens: Vec<u32> = Vec::new();
-        let mut complete = false;
-        let mut from_ids = false;
-        let mut segments = (0, 0);
+        let mut p = Prepared {
+            workers,
+            block_size,
+            tokens: Vec::new(),
+            complete: false,
+            from_ids: false,
+            segments: (0, 0),
+            hashes: BlockHashes::default(),
+            overlaps: OverlapScores::default(),
+            degraded: None,
+            has_nvext: req.nvext.is_some(),
+            timings: t,
+            started: start,
+        };
         let max_tokens = self
             .cfg
             .gateway
@@ -254,29 +248,29 @@ impl Engine {
             .get_mut(&req.model)
             .and_then(|m| m.prompt.as_mut())
         {
-            None => degraded = Some("no_tokenizer"),
+            None => p.degraded = Some("no_tokenizer"),
             Some(model) => {
                 let add_special_tokens = req.effective_add_special_tokens();
                 let text = match &req.payload {
                     Payload::Chat(chat) => {
                         let s = Instant::now();
                         let r = model.render(chat, input.now_ms);
-                        t.template_us = us(s);
+                        p.timings.template_us = us(s);
                         Some(r)
                     }
                     Payload::Completion(c) => match &c.prompt {
                         Prompt::Text(text) => Some(Ok(text.clone())),
                         Prompt::Tokens(ids) => {
-                            tokens = ids.iter().take(max_tokens).copied().collect();
-                            complete = ids.len() <= max_tokens;
-                            from_ids = true;
+                            p.tokens = ids.iter().take(max_tokens).copied().collect();
+                            p.complete = ids.len() <= max_tokens;
+                            p.from_ids = true;
                             None
                         }
                     },
                 };
                 match text {
                     None => {}
-                    Some(Err(e)) => return self.prompt_error(&e),
+                    Some(Err(e)) => return Err(self.api_error(&e, "unsupported_prompt")),
                     Some(Ok(text)) => {
                         let s = Instant::now();
                         let enc = model.tokenizer_mut().encode(
@@ -286,17 +280,16 @@ impl Engine {
                                 add_special_tokens,
                             },
                         );
-                        t.tokenize_us = us(s);
-                        match enc {
-                            Ok(enc) => {
-                                segments = (enc.segments_hit, enc.segments_miss);
-                                complete = enc.complete;
-                                tokens = enc.ids;
-                            }
-                            Err(e) => {
-                                return self.prompt_error(&kvgate_prompt::PromptError::from(e))
-                            }
-                        }
+                        p.timings.tokenize_us = us(s);
+                        let enc = enc.map_err(|e| {
+                            self.api_error(
+                                &kvgate_prompt::PromptError::from(e),
+                                "unsupported_prompt",
+                            )
+                        })?;
+                        p.segments = (enc.segments_hit, enc.segments_miss);
+                        p.complete = enc.complete;
+                        p.tokens = enc.ids;
                     }
                 }
             }
@@ -315,57 +308,74 @@ impl Engine {
                     .and_then(Value::as_str)
                     .map(str::to_string)
             });
-        let hashes = BlockHasher::new(block_size).hash(
-            &tokens,
+        p.hashes = BlockHasher::new(block_size).hash(
+            &p.tokens,
             None,
             salt.as_deref(),
             self.cfg.gateway.max_match_blocks,
         );
-        let overlaps = if self.uses_events() {
+        p.overlaps = if self.uses_events() {
             if self.index_stale(input.now_ms) {
-                degraded = degraded.or(Some("stale_index"));
+                p.degraded = p.degraded.or(Some("stale_index"));
                 OverlapScores::default()
             } else {
-                let o = self.index.overlap(&hashes.sequence);
+                let o = self.index.overlap(&p.hashes.sequence);
                 if self.cfg.router.predicted_ttl_ms.is_some() {
                     self.approx.expire(input.now_ms);
-                    merge_max(o, self.approx.overlap(&hashes.sequence))
+                    merge_max(o, self.approx.overlap(&p.hashes.sequence))
                 } else {
                     o
                 }
             }
         } else {
             self.approx.expire(input.now_ms);
-            self.approx.overlap(&hashes.sequence)
+            self.approx.overlap(&p.hashes.sequence)
         };
-        t.hash_us = us(s);
-        match degraded {
+        p.timings.hash_us = us(s);
+        Ok(p)
+    }
+
+    /// The cost formula and selection for a prepared request, with this VM's loads.
+    /// Books nothing.
+    pub fn choose(
+        &mut self,
+        p: &mut Prepared,
+        other_loads: &HashMap<WorkerKey, WorkerLoad>,
+    ) -> Result<Decision, RouteError> {
+        let s = Instant::now();
+        let isl = if p.complete || p.from_ids {
+            p.tokens.len() as u64
+        } else {
+            (p.tokens.len() as u64).max(1)
+        };
+        let rreq = RouteRequest {
+            isl_tokens: isl,
+            block_size: p.block_size,
+            sequence: &p.hashes.sequence,
+            overlaps: &p.overlaps,
+        };
+        let view = View {
+            book: &self.book,
+            other: other_loads,
+            remote: &self.remote,
+        };
+        let decision = route::route(&self.cfg.router, &p.workers, &rreq, &view, &mut self.rng);
+        p.timings.score_us = us(s);
+        decision
+    }
+
+    /// Decides where one request goes, and books it when routed.
+    pub fn decide(&mut self, input: &DecideInput<'_>) -> Outcome {
+        let mut p = match self.prepare(input) {
+            Ok(p) => p,
+            Err(outcome) => return outcome,
+        };
+        match p.degraded {
             Some("no_tokenizer") => self.counters.no_tokenizer += 1,
             Some("stale_index") => self.counters.stale_index += 1,
             _ => {}
         }
-
-        // Score and select.
-        let s = Instant::now();
-        let isl = if complete || from_ids {
-            tokens.len() as u64
-        } else {
-            (tokens.len() as u64).max(1)
-        };
-        let rreq = RouteRequest {
-            isl_tokens: isl,
-            block_size,
-            sequence: &hashes.sequence,
-            overlaps: &overlaps,
-        };
-        let view = View {
-            book: &self.book,
-            other: input.other_loads,
-            remote: &self.remote,
-        };
-        let decision = route::route(&self.cfg.router, &workers, &rreq, &view, &mut self.rng);
-        t.score_us = us(s);
-        let d = match decision {
+        let d = match self.choose(&mut p, input.other_loads) {
             Ok(d) => d,
             Err(RouteError::NoWorkers) => {
                 return self.fail("no_workers", "no inference worker serves this model")
@@ -396,58 +406,79 @@ impl Engine {
 
         // Body: strip client routing keys, inject token ids.
         let inject =
-            self.cfg.gateway.inject_token_data && complete && !from_ids && !tokens.is_empty();
-        let needs_rewrite = inject || req.nvext.is_some();
-        let new_body = if needs_rewrite {
-            match serde_json::from_slice::<Map<String, Value>>(input.body)
-                .map_err(|e| e.to_string())
-                .and_then(|m| {
-                    body::rewrite(m, inject.then_some(tokens.as_slice())).map_err(|e| e.to_string())
-                }) {
-                Ok(Rewrite::Changed(b)) => Some(b),
-                Ok(Rewrite::Unchanged) => None,
-                Err(_) => None,
-            }
+            self.cfg.gateway.inject_token_data && p.complete && !p.from_ids && !p.tokens.is_empty();
+        let new_body = if inject || p.has_nvext {
+            serde_json::from_slice::<Map<String, Value>>(input.body)
+                .ok()
+                .and_then(|m| body::rewrite(m, inject.then_some(p.tokens.as_slice())).ok())
+                .and_then(|r| match r {
+                    Rewrite::Changed(b) => Some(b),
+                    Rewrite::Unchanged => None,
+                })
         } else {
             None
         };
 
         // Book and predict.
         if !self.uses_events() || self.cfg.router.predicted_ttl_ms.is_some() {
-            let ttl_holder = d
+            let holder = d
                 .prefill
                 .as_ref()
-                .map(|p| p.worker)
+                .map(|x| x.worker)
                 .unwrap_or(d.decode.worker);
-            self.approx
-                .record(ttl_holder, &hashes.sequence, input.now_ms);
+            self.approx.record(holder, &p.hashes.sequence, input.now_ms);
         }
         self.book.add(input.ctx, d.plan.clone(), input.now_ms);
         self.note(input.ctx, kvgate_core::sync::BookKind::Add(d.plan.clone()));
         self.counters.routed += 1;
-        t.total_us = us(start);
-        let headers = routing_headers(&d);
+        p.timings.total_us = us(p.started);
         let matched_blocks = d
             .decode
             .overlap_blocks
-            .max(d.prefill.as_ref().map(|p| p.overlap_blocks).unwrap_or(0));
+            .max(d.prefill.as_ref().map(|x| x.overlap_blocks).unwrap_or(0));
         Outcome::Route {
-            headers,
+            headers: routing_headers(&d),
             body: new_body,
-            explain: match degraded {
+            explain: match p.degraded {
                 Some(why) => format!("{} | degraded={why}", d.explain),
                 None => d.explain.to_string(),
             },
             worker: d.decode.worker,
             matched_blocks,
-            prompt_tokens: tokens.len(),
-            segments,
-            timings: t,
-            degraded,
+            prompt_tokens: p.tokens.len(),
+            segments: p.segments,
+            timings: p.timings,
+            degraded: p.degraded,
         }
     }
 
-    fn prompt_error(&mut self, e: &kvgate_prompt::PromptError) -> Outcome {
+    fn unknown_model(&mut self, model: &str) -> Outcome {
+        match self.cfg.gateway.unknown_model {
+            UnknownModel::Reject => {
+                self.counters.rejected += 1;
+                let msg = format!("The model `{model}` does not exist or is not served here.");
+                Outcome::Reply {
+                    status: 404,
+                    body: openai_error_body(
+                        &msg,
+                        "invalid_request_error",
+                        "model_not_found",
+                        Some("model"),
+                    ),
+                    kind: "model_not_found",
+                }
+            }
+            UnknownModel::Passthrough => {
+                self.counters.passthrough += 1;
+                Outcome::Forward {
+                    reason: "unknown_model",
+                }
+            }
+        }
+    }
+
+    /// The outcome of a request or prompt error: a JSON reply, or forwarding unrouted.
+    fn api_error(&mut self, e: &dyn ApiError, forward_reason: &'static str) -> Outcome {
         match e.disposition() {
             Disposition::Reject => {
                 self.counters.rejected += 1;
@@ -460,7 +491,7 @@ impl Engine {
             Disposition::Forward => {
                 self.counters.passthrough += 1;
                 Outcome::Forward {
-                    reason: "unsupported_prompt",
+                    reason: forward_reason,
                 }
             }
         }

@@ -8,7 +8,7 @@ mod lifecycle;
 mod models;
 mod sync;
 
-pub use decide::{DecideInput, Outcome, Timings};
+pub use decide::{DecideInput, Outcome, Prepared, Timings};
 pub use fleet::Fleet;
 pub use models::{ModelFiles, ModelState};
 pub use sync::SyncOutcome;
@@ -140,6 +140,11 @@ impl Engine {
     /// Bookkeeping steps not yet sent to the sidecar.
     pub fn take_outbox(&mut self) -> Vec<kvgate_core::sync::BookEvent> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// What the sidecar reported about `worker`'s load (other replicas, worker metrics).
+    pub fn remote_load(&self, worker: &WorkerKey) -> Option<RemoteLoad> {
+        self.remote.get(worker).copied()
     }
 
     /// The worker table.

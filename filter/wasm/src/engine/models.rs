@@ -16,7 +16,8 @@ pub struct ModelState {
 }
 
 impl Engine {
-    pub(crate) fn prompt_options(&self, block_size: u32) -> PromptOptions {
+    /// The prompt pipeline settings for a model with `block_size`-token blocks.
+    pub fn prompt_options(&self, block_size: u32) -> PromptOptions {
         let g = &self.cfg.gateway;
         let mut o = PromptOptions {
             limits: Limits {

@@ -1,8 +1,10 @@
 //! The filter's metrics as Envoy stats (`/stats/prometheus` shows them with the
 //! `wasmcustom` prefix): decisions by outcome, stage latencies, matched blocks, picks per
-//! worker, errors by kind, sync health.
+//! worker, errors by kind, sync health, and the bookkeeping of requests in flight.
 
 use crate::engine::{Counters, Timings};
+use kvgate_core::load::WorkerLoad;
+use kvgate_core::WorkerKey;
 use proxy_wasm::hostcalls::{define_metric, increment_metric, record_metric};
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
@@ -14,6 +16,13 @@ fn id(kind: MetricType, name: &str) -> Option<u32> {
 fn inc(m: Option<u32>, by: u64) {
     if let (Some(m), true) = (m, by > 0) {
         let _ = increment_metric(m, by as i64);
+    }
+}
+
+/// Moves a gauge shared by every VM of the Envoy by this VM's change `old → new`.
+fn shift(m: Option<u32>, old: u64, new: u64) {
+    if let (Some(m), true) = (m, old != new) {
+        let _ = increment_metric(m, new as i64 - old as i64);
     }
 }
 
@@ -47,6 +56,10 @@ pub struct Metrics {
     segment_misses: Option<u32>,
     index_blocks: Option<u32>,
     sync_failures: Option<u32>,
+    inflight_requests: Option<u32>,
+    inflight_prefill_tokens: Option<u32>,
+    inflight_decode_blocks: Option<u32>,
+    inflight_last: WorkerLoad,
     picks: HashMap<u64, Option<u32>>,
     errors: HashMap<&'static str, Option<u32>>,
     last: Counters,
@@ -79,6 +92,10 @@ impl Metrics {
             segment_misses: id(Counter, "kvgate.segment_cache.misses"),
             index_blocks: id(Gauge, "kvgate.index_blocks"),
             sync_failures: id(Counter, "kvgate.sync.failures"),
+            inflight_requests: id(Gauge, "kvgate.inflight.requests"),
+            inflight_prefill_tokens: id(Gauge, "kvgate.inflight.prefill_tokens"),
+            inflight_decode_blocks: id(Gauge, "kvgate.inflight.decode_blocks"),
+            inflight_last: WorkerLoad::default(),
             picks: HashMap::new(),
             errors: HashMap::new(),
             last: Counters::default(),
@@ -139,6 +156,29 @@ impl Metrics {
     /// Sets the index size gauge.
     pub fn index_blocks(&self, n: usize) {
         rec(self.index_blocks, n as u64);
+    }
+
+    /// Sets this VM's share of the in-flight gauges (requests, queued prefill tokens,
+    /// active decode blocks) to the sum of its booked `loads`. Every VM of the Envoy adds
+    /// only its own change, so the gauges show the whole Envoy's bookkeeping, which is
+    /// exactly zero when nothing is in flight.
+    pub fn in_flight(&mut self, loads: &[(WorkerKey, WorkerLoad)]) {
+        let total = loads
+            .iter()
+            .fold(WorkerLoad::default(), |a, (_, l)| a.plus(*l));
+        let last = self.inflight_last;
+        shift(self.inflight_requests, last.requests, total.requests);
+        shift(
+            self.inflight_prefill_tokens,
+            last.prefill_tokens,
+            total.prefill_tokens,
+        );
+        shift(
+            self.inflight_decode_blocks,
+            last.decode_blocks,
+            total.decode_blocks,
+        );
+        self.inflight_last = total;
     }
 
     /// Counts a failed sidecar call.

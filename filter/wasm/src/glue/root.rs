@@ -28,8 +28,11 @@ pub struct Vm {
 
 impl Vm {
     /// Publishes this VM's booked loads in shared data (other VMs read them per decision).
+    /// Also moves the in-flight gauges by this VM's change.
     pub fn publish_loads(&mut self, now: u64) {
-        shared::write_loads(&HostShared, self.engine.vm, now, &self.engine.own_loads());
+        let own = self.engine.own_loads();
+        shared::write_loads(&HostShared, self.engine.vm, now, &own);
+        self.metrics.in_flight(&own);
         self.loads_dirty = false;
         self.last_loads_ms = now;
     }
