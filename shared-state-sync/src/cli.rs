@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// unix socket.
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub listen: String,
+    /// Optional second listener serving only `/healthz`, `/readyz` and `/metrics` (e.g.
+    /// `0.0.0.0:9101` so kubelet probes and Prometheus reach it; the filter API stays on
+    /// `--listen`).
+    #[arg(long)]
+    pub admin_listen: Option<String>,
     /// Dynamo namespace of the workers.
     #[arg(long, default_value = "dynamo")]
     pub namespace: String,

@@ -192,6 +192,16 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         models: Arc::new(p.models),
         replica,
     };
+    if let Some(admin) = &s.admin_listen {
+        let admin = http::bind(admin).await?;
+        tracing::info!(listen = %admin.describe(), "serving health and metrics");
+        let router = http::admin_router(api.clone());
+        tokio::spawn(async move {
+            if let Err(e) = admin.serve(router, shutdown_signal()).await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        });
+    }
     bound.serve(http::router(api), shutdown_signal()).await?;
     Ok(())
 }

@@ -154,6 +154,8 @@ impl ModelSpec {
 pub struct Settings {
     /// HTTP listen address.
     pub listen: Listen,
+    /// Health/readiness/metrics-only listen address.
+    pub admin_listen: Option<Listen>,
     /// Dynamo namespace.
     pub namespace: String,
     /// Dynamo component.
@@ -334,6 +336,7 @@ impl Settings {
         }
         Ok(Settings {
             listen: Listen::parse(&args.listen)?,
+            admin_listen: args.admin_listen.as_deref().map(Listen::parse).transpose()?,
             namespace: args.namespace.clone(),
             component: args.component.clone(),
             nats: NatsSettings {

@@ -9,6 +9,8 @@
 //! | `GET /readyz` | 200 when NATS is up and replays are done, else 503 with the reason |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/state` | JSON debug view |
+//!
+//! `--admin-listen` adds a second listener with only `/healthz`, `/readyz` and `/metrics`.
 
 mod admin;
 mod sync;
@@ -41,6 +43,15 @@ pub fn router(api: Api) -> Router {
         .route("/v1/models/files", get(sync::model_files))
         .route("/v1/bookkeeping", post(admin::bookkeeping))
         .route("/v1/state", get(admin::state))
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .with_state(api)
+}
+
+/// The operations-only router (`--admin-listen`): health, readiness and metrics.
+pub fn admin_router(api: Api) -> Router {
+    Router::new()
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
