@@ -98,5 +98,56 @@ check-deploy: $(VENV)/.done oci ## Render the chart (every example), validate ag
 	@echo "check-deploy: ok"
 # ---- end deploy/ ----------------------------------------------------------------------------
 
+# ---- reliability: fault report and load soak (tests/e2e/faults.rs, tests/src/faults/) ------
+.PHONY: soak faults-report
+soak: setup wasm ## Ten-minute load soak at a fixed rate: errors, memory, latency per minute → target/soak/report.md
+	cargo build --workspace --bins
+	$(CARGO_TARGET_DIR)/debug/kvgate-soak --out $(ROOT)/target/soak $(SOAK_ARGS)
+
+faults-report: setup wasm ## Every fault-injection scenario under load → target/faults/report.md
+	cargo build --workspace --bins
+	cargo test -p kvgate-tests --test e2e -- --ignored --exact faults::fault_report --nocapture
+# ---- end reliability ------------------------------------------------------------------------
+
+# ---- fuzzing (tests/fuzz: cargo-fuzz / libFuzzer targets, see tests/fuzz/README.md) ---------
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := $(TOOLS)/cargo/bin/cargo-fuzz
+export CARGO_FUZZ
+FUZZ_TARGETS ?=
+
+.PHONY: fuzz-tools fuzz-smoke
+fuzz-tools: ## Install cargo-fuzz (pinned) into target/tools/cargo
+	@$(CARGO_FUZZ) fuzz --version 2>/dev/null | grep -qF '$(CARGO_FUZZ_VERSION)' || \
+	  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/cargo-install \
+	  cargo install --locked --quiet cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(TOOLS)/cargo
+
+fuzz-smoke: fuzz-tools $(MODEL_DIR)/tokenizer.json ## Every fuzz target for a few seconds on its seeds (FUZZ_SMOKE_SECS, default 5)
+	tests/fuzz/fuzz.sh smoke $(FUZZ_TARGETS)
+
+fuzz: fuzz-tools $(MODEL_DIR)/tokenizer.json ## Every fuzz target for 10^6 executions (FUZZ_RUNS), one after the other; crashes → target/fuzz/artifacts
+	tests/fuzz/fuzz.sh long $(FUZZ_TARGETS)
+# ---- end fuzzing ------------------------------------------------------------------------------
+
+# ---- bench: routing quality, gateway overhead, sidecar (tests/src/bench, kvgate-bench) -------
+# `make bench TRACE=path` replays another trace (Mooncake JSONL, ShareGPT JSON, MT-bench JSONL);
+# BENCH_ARGS passes any other kvgate-bench flag (`kvgate-bench --help`), e.g.
+# BENCH_ARGS="--trace-seconds 900 --speedup 10 --load 2".
+TRACE      ?= tests/fixtures/traces/mooncake/conversation_trace.jsonl
+BENCH_ARGS ?=
+BENCH_OUT  := $(ROOT)/target/bench
+
+.PHONY: bench-smoke
+bench: setup wasm ## Benchmarks, side by side in one run (~7 min): routing quality of 7 policies on a real trace, overhead vs plain Envoy, sidecar; target/bench/report.{json,md,svg}
+	cargo build -p kvgate-tests --bin mock-worker --bin kvgate-bench
+	cargo build --release -p kvgate-sync
+	KVGATE_SIDECAR=$(CARGO_TARGET_DIR)/release/kvgate-sync \
+	  $(CARGO_TARGET_DIR)/debug/kvgate-bench --trace $(abspath $(TRACE)) --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-smoke: setup wasm ## A tiny bench run (every phase, a few requests) that checks the bench works and its report is complete
+	cargo build -p kvgate-tests --bin mock-worker --bin kvgate-bench
+	cargo build -p kvgate-sync
+	$(CARGO_TARGET_DIR)/debug/kvgate-bench --smoke --no-progress --trace $(abspath $(TRACE)) --out $(ROOT)/target/bench-smoke
+# ---- end bench ------------------------------------------------------------------------------
+
 clean: ## Remove build outputs of this clone (keeps the shared cargo cache)
 	rm -rf target

@@ -9,9 +9,16 @@ use std::process::ExitCode;
 
 const CONFIG_ERROR: u8 = 2;
 
+/// `async_nats` logs the server address with its user and password at debug level, so its
+/// lines are capped at info whatever `RUST_LOG` asks for: credentials never reach the log.
+const NATS_LOG_CAP: &str = "async_nats=info";
+
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Ok(cap) = NATS_LOG_CAP.parse() {
+        filter = filter.add_directive(cap);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -336,7 +336,11 @@ impl Settings {
         }
         Ok(Settings {
             listen: Listen::parse(&args.listen)?,
-            admin_listen: args.admin_listen.as_deref().map(Listen::parse).transpose()?,
+            admin_listen: args
+                .admin_listen
+                .as_deref()
+                .map(Listen::parse)
+                .transpose()?,
             namespace: args.namespace.clone(),
             component: args.component.clone(),
             nats: NatsSettings {

@@ -119,6 +119,15 @@ impl WorkerTable {
         change
     }
 
+    /// Moves every lease end `by_ms` later (time in which announcements could not arrive).
+    pub fn extend_leases(&mut self, by_ms: u64) {
+        for e in self.entries.values_mut() {
+            if let Some(t) = e.lease_until_ms.as_mut() {
+                *t = t.saturating_add(by_ms);
+            }
+        }
+    }
+
     /// Removes announced workers whose lease ended before `now_ms`.
     pub fn expire(&mut self, now_ms: u64) -> TableChange {
         let gone: Vec<WorkerId> = self
@@ -203,5 +212,16 @@ mod tests {
         assert!(t.expire(150).removed.is_empty());
         assert_eq!(t.expire(201).removed, vec![1]);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn extended_leases_outlive_a_pause() {
+        let mut t = WorkerTable::new();
+        t.upsert(Source::Announce, w(1, "a:1"), Some(100));
+        t.upsert(Source::File, w(2, "b:1"), None);
+        t.extend_leases(5_000);
+        assert!(t.expire(4_000).removed.is_empty());
+        assert_eq!(t.expire(5_101).removed, vec![1]);
+        assert!(t.contains(2));
     }
 }

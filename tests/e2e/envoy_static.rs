@@ -13,6 +13,9 @@ fn static_mode_in_real_envoy() {
     let mut opts = StackOptions::new(&dir);
     opts.sidecar = false;
     opts.workers = 3;
+    // Static mode predicts caches per Envoy worker thread (no sidecar to share them, see
+    // README "Static mode"); one thread makes "the repeat goes to the same worker" exact.
+    opts.concurrency = 1;
     opts.plugin = json!({"decision_header": true});
     let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
     let url = stack.envoy.url("/v1/chat/completions");

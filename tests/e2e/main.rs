@@ -11,7 +11,12 @@
     missing_docs
 )]
 
+mod aborts;
 mod common;
 mod envoy_sidecar;
 mod envoy_static;
+mod faults;
 mod host_filter;
+mod hostile;
+mod security;
+mod soak;

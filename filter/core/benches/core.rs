@@ -2,7 +2,12 @@
 //! 1M blocks over 16 workers, KV events applied per second, and memory per indexed block.
 //! Prints a JSON line with the figures (`KVGATE_BENCH_JSON=path` also writes it).
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use criterion::{criterion_group, Criterion, Throughput};
 use kvgate_core::events::{KvEvent, KvEventData, StorageTier, StoredBlock};
@@ -50,12 +55,20 @@ fn events(n: usize) -> Vec<KvEvent> {
     for i in 0..n {
         let w = (i as u64) % WORKERS;
         ids[w as usize] += 1;
-        let blocks = (0..8).map(|_| StoredBlock { external: rng.u64(..), tokens_hash: rng.u64(..) }).collect();
+        let blocks = (0..8)
+            .map(|_| StoredBlock {
+                external: rng.u64(..),
+                tokens_hash: rng.u64(..),
+            })
+            .collect();
         out.push(KvEvent {
             worker: WorkerKey::new(w, 0),
             event_id: ids[w as usize],
             tier: StorageTier::Device,
-            data: KvEventData::Stored { parent: None, blocks },
+            data: KvEventData::Stored {
+                parent: None,
+                blocks,
+            },
         });
     }
     out
@@ -66,23 +79,33 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("index");
     g.throughput(Throughput::Elements(1));
     let hit = chains[1234].clone();
-    g.bench_function("overlap_64_blocks_hit_1M_index_16_workers", |b| b.iter(|| black_box(idx.overlap(black_box(&hit)))));
+    g.bench_function("overlap_64_blocks_hit_1M_index_16_workers", |b| {
+        b.iter(|| black_box(idx.overlap(black_box(&hit))))
+    });
     let mut partial = chains[4444].clone();
     partial[40] = chain(1, 2);
-    g.bench_function("overlap_64_blocks_partial_1M_index", |b| b.iter(|| black_box(idx.overlap(black_box(&partial)))));
+    g.bench_function("overlap_64_blocks_partial_1M_index", |b| {
+        b.iter(|| black_box(idx.overlap(black_box(&partial))))
+    });
     let miss: Vec<u64> = (0..64).map(|i| chain(i, 99)).collect();
-    g.bench_function("overlap_64_blocks_miss_1M_index", |b| b.iter(|| black_box(idx.overlap(black_box(&miss)))));
+    g.bench_function("overlap_64_blocks_miss_1M_index", |b| {
+        b.iter(|| black_box(idx.overlap(black_box(&miss))))
+    });
     g.finish();
 
     let evs = events(4096);
     let mut g = c.benchmark_group("indexer");
     g.throughput(Throughput::Elements(evs.len() as u64));
     g.bench_function("apply_4096_stored_events_8_blocks", |b| {
-        b.iter_batched(KvIndexer::new, |mut ix| {
-            for e in &evs {
-                black_box(ix.apply(e));
-            }
-        }, criterion::BatchSize::LargeInput)
+        b.iter_batched(
+            KvIndexer::new,
+            |mut ix| {
+                for e in &evs {
+                    black_box(ix.apply(e));
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
     });
     g.finish();
 }
@@ -95,7 +118,9 @@ fn figures() {
     let (idx, chains) = build_index();
     let stats = reg.change();
     let entries = idx.entries();
-    let bytes = stats.bytes_allocated.saturating_sub(stats.bytes_deallocated) as f64
+    let bytes = stats
+        .bytes_allocated
+        .saturating_sub(stats.bytes_deallocated) as f64
         - (chains.len() * (CHAIN as usize * 8 + 24)) as f64;
     let per_block = bytes / idx.len() as f64;
 

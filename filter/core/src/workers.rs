@@ -62,10 +62,14 @@ fn one() -> u32 {
 }
 
 impl WorkerInfo {
-    /// Every (worker, dp rank) key this worker owns.
+    /// Every (worker, dp rank) key this worker owns. Ranks stop at `u32::MAX`: a worker
+    /// announced with `dp_start_rank + dp_size` beyond it owns only the ranks that exist
+    /// (before, the addition overflowed: a panic in debug builds, wrapped ranks in release).
     pub fn keys(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        (0..self.dp_size.max(1))
-            .map(move |i| WorkerKey::new(self.instance_id, self.dp_start_rank + i))
+        (0..self.dp_size.max(1)).map_while(move |i| {
+            let rank = self.dp_start_rank.checked_add(i)?;
+            Some(WorkerKey::new(self.instance_id, rank))
+        })
     }
 }
 
@@ -88,4 +92,21 @@ pub struct WorkerAnnouncement {
 /// `namespace.{ns}.kvgate.workers`.
 pub fn announce_subject(namespace: &str) -> String {
     format!("namespace.{namespace}.kvgate.workers")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Reproduced with the `config` and `sync_codec` fuzz targets (tests/fuzz).
+    #[test]
+    fn keys_stop_at_the_last_dp_rank() {
+        let w: WorkerInfo = serde_json::from_str(
+            r#"{"instance_id": 1, "endpoint": "127.0.0.1:1", "model": "m", "dp_size": 3, "dp_start_rank": 4294967294}"#,
+        )
+        .unwrap();
+        let ranks: Vec<DpRank> = w.keys().map(|k| k.dp_rank).collect();
+        assert_eq!(ranks, vec![u32::MAX - 1, u32::MAX]);
+    }
 }

@@ -98,7 +98,12 @@ pub(crate) struct Status {
     pub nats_down_since_ms: u64,
     pub last_event_ms: u64,
     pub started_ms: u64,
+    pub last_tick_ms: u64,
 }
+
+/// A housekeeping tick this much later than the previous one means the process was
+/// stopped (SIGSTOP, a paused VM, CPU starvation): that time is not held against leases.
+const PAUSE_MS: u64 = 1_000;
 
 /// Everything behind the lock.
 pub struct State {
@@ -302,6 +307,19 @@ impl Hub {
     pub fn tick(&self) {
         let now = now_ms();
         let mut st = self.lock();
+        // Announcements cannot arrive while NATS is down or while this process is stopped:
+        // that time does not run down workers' leases (else a short outage would drop
+        // every worker and its index, which idle prefixes never rebuild).
+        let last = std::mem::replace(&mut st.status.last_tick_ms, now);
+        let since = if last == 0 {
+            0
+        } else {
+            now.saturating_sub(last)
+        };
+        let deaf = st.status.nats_used && !st.status.nats_connected;
+        if deaf || since > PAUSE_MS {
+            st.table.extend_leases(since);
+        }
         let change = st.table.expire(now);
         let mut notify = false;
         if change.changed {

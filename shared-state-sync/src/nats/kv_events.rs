@@ -65,6 +65,10 @@ pub struct KvEvents {
     pub max_payload: usize,
 }
 
+/// Consumer errors in a row (no message between them) after which the durable is set up
+/// again.
+const MAX_ERRORS_IN_A_ROW: u32 = 3;
+
 enum SetupError {
     Unavailable,
     Other(String),
@@ -278,6 +282,7 @@ impl KvEvents {
         };
         let mut unacked: Option<jetstream::Message> = None;
         let mut since_ack = 0u32;
+        let mut errors = 0u32;
         loop {
             let next = if unacked.is_some() || !replayed {
                 tokio::time::timeout(ACK_IDLE, messages.next()).await
@@ -294,18 +299,27 @@ impl KvEvents {
                     }
                 }
                 Ok(None) => return,
-                Ok(Some(Err(e))) => match e.kind() {
-                    consumer::pull::MessagesErrorKind::MissingHeartbeat
-                    | consumer::pull::MessagesErrorKind::Pull
-                    | consumer::pull::MessagesErrorKind::Other => {
-                        tracing::debug!(source, "JetStream consumer: {e}");
+                Ok(Some(Err(e))) => {
+                    errors += 1;
+                    match e.kind() {
+                        // A lone pull error can pass; a missing heartbeat or errors in a
+                        // row mean the server lost the pull (e.g. it restarted): set the
+                        // durable up again, which resumes after the last ack.
+                        consumer::pull::MessagesErrorKind::Pull
+                        | consumer::pull::MessagesErrorKind::Other
+                            if errors < MAX_ERRORS_IN_A_ROW =>
+                        {
+                            tracing::debug!(source, "JetStream consumer: {e}");
+                        }
+                        _ => {
+                            tracing::warn!(source, "JetStream consumer: {e}; setting it up again");
+                            ack(unacked.take()).await;
+                            return;
+                        }
                     }
-                    _ => {
-                        tracing::warn!(source, "JetStream consumer: {e}");
-                        return;
-                    }
-                },
+                }
                 Ok(Some(Ok(msg))) => {
+                    errors = 0;
                     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                     self.apply(msg.subject.as_str(), &msg.payload, source);
                     if !replayed && seq >= target {

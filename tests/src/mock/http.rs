@@ -53,6 +53,9 @@ pub struct AppState {
     pub received: AtomicU64,
 }
 
+/// Largest request body the mock engine reads (above the gateway's own limit).
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
     let worker = HeaderValue::from(state.engine.worker_id());
@@ -66,6 +69,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/kvgate/clear", post(clear))
         .route("/kvgate/prefill", post(prefill_handler))
         .with_state(state)
+        // Engines take long prompts (vLLM has no body limit of its own); axum's 2 MB
+        // default would answer 413 before the engine saw a 128k-token request.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(move |mut res: Response| {
             let worker = worker.clone();
             async move {

@@ -119,6 +119,12 @@ pub struct StackOptions {
     pub dir: PathBuf,
     /// Fixed Envoy listener and admin ports (None = free ones).
     pub ports: Option<(u16, u16)>,
+    /// Extra endpoints declared in Envoy's worker cluster with no worker behind them yet
+    /// (free loopback ports), so a worker started later ([`Stack::add_worker`]) is
+    /// routable: Envoy's static cluster only reaches endpoints it was configured with.
+    pub spare_endpoints: usize,
+    /// VM configuration to use instead of the stack's own (static mode: the model files).
+    pub vm_config: Option<String>,
 }
 
 impl StackOptions {
@@ -135,6 +141,8 @@ impl StackOptions {
             kind: EnvoyKind::Kvgate,
             dir: dir.to_path_buf(),
             ports: None,
+            spare_endpoints: 0,
+            vm_config: None,
         }
     }
 }
@@ -155,6 +163,10 @@ pub struct Stack {
     pub dir: PathBuf,
     /// The mock workers' shared request log.
     pub request_log: PathBuf,
+    /// Ports of spare endpoints in Envoy's worker cluster not used yet.
+    pub spare_ports: Vec<u16>,
+    /// Arguments every mock worker got (NATS URL, request log, `worker_args`).
+    worker_args: Vec<String>,
 }
 
 impl Stack {
@@ -213,16 +225,21 @@ impl Stack {
             }
         }
         let plugin = Value::Object(plugin);
-        let vm_config = if sidecar.is_none() {
-            static_vm_config(&tools)?
-        } else {
-            String::new()
+        let spare_ports: Vec<u16> = (0..opts.spare_endpoints).map(|_| free_port()).collect();
+        let vm_config = match (&opts.vm_config, &sidecar) {
+            (Some(c), _) => c.clone(),
+            (None, None) => static_vm_config(&tools)?,
+            (None, Some(_)) => String::new(),
         };
         let envoy_opts = EnvoyOptions {
             kind: opts.kind,
             plugin_config: plugin,
             vm_config,
-            workers: workers.iter().map(|w| w.endpoint.clone()).collect(),
+            workers: workers
+                .iter()
+                .map(|w| w.endpoint.clone())
+                .chain(spare_ports.iter().map(|p| format!("127.0.0.1:{p}")))
+                .collect(),
             sidecar_port: sidecar.as_ref().map(|s| s.port).unwrap_or(1),
             concurrency: opts.concurrency,
             port: opts.ports.map(|p| p.0),
@@ -238,6 +255,37 @@ impl Stack {
             tools,
             dir: opts.dir.clone(),
             request_log,
+            spare_ports,
+            worker_args,
+        })
+    }
+
+    /// Starts one more mock worker (instance id: the highest so far + 1) on the next spare
+    /// endpoint of Envoy's cluster, with the arguments every worker got plus `extra`.
+    pub fn add_worker(&mut self, extra: &[String]) -> Result<&Worker, StackError> {
+        if self.spare_ports.is_empty() {
+            return Err(StackError::Process {
+                name: "stack".into(),
+                detail: "no spare endpoint left (StackOptions::spare_endpoints)".into(),
+                log: String::new(),
+            });
+        }
+        let port = self.spare_ports.remove(0);
+        let id = self
+            .workers
+            .iter()
+            .map(|w| w.instance_id)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut args = self.worker_args.clone();
+        args.extend(extra.iter().cloned());
+        let w = Worker::start_on_port(&self.tools, &self.dir, id, port, &args)?;
+        self.workers.push(w);
+        self.workers.last().ok_or_else(|| StackError::Process {
+            name: "stack".into(),
+            detail: "worker list empty".into(),
+            log: String::new(),
         })
     }
 

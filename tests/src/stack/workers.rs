@@ -29,6 +29,18 @@ impl Worker {
         Self::start_on(tools, dir, instance_id, free_port(), extra)
     }
 
+    /// Starts `mock-worker` with `--instance-id id` on `port` (e.g. a spare endpoint
+    /// Envoy's cluster already lists), plus `extra` arguments.
+    pub fn start_on_port(
+        tools: &Tools,
+        dir: &Path,
+        instance_id: u64,
+        port: u16,
+        extra: &[String],
+    ) -> Result<Worker, StackError> {
+        Self::start_on(tools, dir, instance_id, port, extra)
+    }
+
     fn start_on(
         tools: &Tools,
         dir: &Path,

@@ -44,6 +44,11 @@ fn out_of_range_values_name_the_key() {
             r#"{"workers": [{"instance_id": 1, "endpoint": "localhost:80", "model": "m"}]}"#,
             "workers",
         ),
+        // Reproduced with the `config` fuzz target (tests/fuzz): the ranks overflowed u32.
+        (
+            r#"{"workers": [{"instance_id": 1, "endpoint": "127.0.0.1:80", "model": "m", "dp_size": 2, "dp_start_rank": 4294967295}]}"#,
+            "workers",
+        ),
     ] {
         match Config::from_json(json.as_bytes()) {
             Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{json}"),
@@ -163,6 +168,9 @@ fn readme_table_is_current() {
     if !readme.contains(&table) {
         let path = std::env::temp_dir().join("kvgate-config-table.md");
         let _ = std::fs::write(&path, &table);
-        panic!("README.md's configuration table is out of date; the current one is in {}", path.display());
+        panic!(
+            "README.md's configuration table is out of date; the current one is in {}",
+            path.display()
+        );
     }
 }

@@ -350,6 +350,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("dp_size of worker {} must be 1..=1024", w.instance_id),
             ));
         }
+        if w.dp_start_rank.checked_add(w.dp_size - 1).is_none() {
+            return Err(ConfigError::invalid(
+                "workers",
+                format!(
+                    "dp ranks of worker {} go past {} (dp_start_rank + dp_size)",
+                    w.instance_id,
+                    u32::MAX
+                ),
+            ));
+        }
     }
     let sidecar = raw
         .sidecar_cluster

@@ -44,7 +44,7 @@ pub struct TemplateOptions {
     /// a 4 MB message ~310 000. Fuel is also the only bound on memory: a template may build
     /// strings of up to ~64 bytes per unit of fuel (`'{:>N}'.format(x)`, `replace`, doubling
     /// concatenations), so 2 000 000 caps that at ~128 MB (20 000 000 let a template allocate
-    /// over 1 GB, found by fuzzing); a runaway loop stops within ~0.05 s.
+    /// over 1 GB, shown with the `template` fuzz target); a runaway loop stops within ~0.05 s.
     pub fuel: Option<u64>,
     /// Deepest macro/include recursion (default 64; minijinja's own cap is 500, too deep for
     /// the 1 MiB wasm stack).

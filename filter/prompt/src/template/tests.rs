@@ -88,7 +88,7 @@ fn runaway_templates_run_out_of_fuel() {
     assert!(rec.render(RenderInput::default()).is_err());
 }
 
-/// Found by fuzzing (tests/fuzz, target `template`): with the former default fuel (20M) these
+/// Reproduced with the `template` fuzz target (tests/fuzz): with the former default fuel (20M) these
 /// templates built strings of 200 MB to over 1 GB before running out of fuel. The default fuel
 /// must stop each of them before it allocates ~128 MB.
 #[test]

@@ -198,6 +198,9 @@ impl Engine {
 
     /// Everything up to the cost formula: parse, model lookup, template, tokenize,
     /// hash, overlaps. `Err` is the outcome for requests that end here (errors, fail-open).
+    // `Err` is built once per request that ends early and returned straight to the caller;
+    // boxing it would only add an allocation.
+    #[allow(clippy::result_large_err)]
     pub fn prepare(&mut self, input: &DecideInput<'_>) -> Result<Prepared, Outcome> {
         let start = Instant::now();
         let mut t = Timings::default();
