@@ -29,7 +29,7 @@ export KVGATE_MODEL_DIR := $(MODEL_DIR)
 export KVGATE_REPO := $(ROOT)
 export KVGATE_PYTHON := $(VENV)/bin/python
 
-.PHONY: help setup build wasm test lint run bench fuzz check-deploy clean
+.PHONY: help setup build wasm test lint run bench bench-smoke fuzz fuzz-smoke soak faults-report check-deploy clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -67,10 +67,12 @@ lint: wasm-target ## cargo fmt --check and clippy -D warnings (native and wasm32
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-filter -- -D warnings
 
-test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks)
+test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks, fuzz and bench smoke runs)
 	cargo build --workspace --bins
 	cargo test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory check-deploy
+	$(MAKE) --no-print-directory fuzz-smoke
+	$(MAKE) --no-print-directory bench-smoke
 
 run: setup wasm ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C
 	cargo build --workspace --bins
@@ -111,15 +113,17 @@ faults-report: setup wasm ## Every fault-injection scenario under load → targe
 
 # ---- fuzzing (tests/fuzz: cargo-fuzz / libFuzzer targets, see tests/fuzz/README.md) ---------
 CARGO_FUZZ_VERSION := 0.13.2
-CARGO_FUZZ := $(TOOLS)/cargo/bin/cargo-fuzz
+# Installed beside the shared cargo target directory (outside the clone), so CI reuses it.
+CARGO_FUZZ_ROOT := $(abspath $(CARGO_TARGET_DIR)/..)/tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+CARGO_FUZZ := $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz
 export CARGO_FUZZ
 FUZZ_TARGETS ?=
 
 .PHONY: fuzz-tools fuzz-smoke
-fuzz-tools: ## Install cargo-fuzz (pinned) into target/tools/cargo
+fuzz-tools: ## Install cargo-fuzz (pinned) beside the cargo target directory
 	@$(CARGO_FUZZ) fuzz --version 2>/dev/null | grep -qF '$(CARGO_FUZZ_VERSION)' || \
 	  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/cargo-install \
-	  cargo install --locked --quiet cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(TOOLS)/cargo
+	  cargo install --locked --quiet cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(CARGO_FUZZ_ROOT)
 
 fuzz-smoke: fuzz-tools $(MODEL_DIR)/tokenizer.json ## Every fuzz target for a few seconds on its seeds (FUZZ_SMOKE_SECS, default 5)
 	tests/fuzz/fuzz.sh smoke $(FUZZ_TARGETS)
@@ -138,14 +142,13 @@ BENCH_OUT  := $(ROOT)/target/bench
 
 .PHONY: bench-smoke
 bench: setup wasm ## Benchmarks, side by side in one run (~7 min): routing quality of 7 policies on a real trace, overhead vs plain Envoy, sidecar; target/bench/report.{json,md,svg}
-	cargo build -p kvgate-tests --bin mock-worker --bin kvgate-bench
+	cargo build --workspace --bins
 	cargo build --release -p kvgate-sync
 	KVGATE_SIDECAR=$(CARGO_TARGET_DIR)/release/kvgate-sync \
 	  $(CARGO_TARGET_DIR)/debug/kvgate-bench --trace $(abspath $(TRACE)) --out $(BENCH_OUT) $(BENCH_ARGS)
 
 bench-smoke: setup wasm ## A tiny bench run (every phase, a few requests) that checks the bench works and its report is complete
-	cargo build -p kvgate-tests --bin mock-worker --bin kvgate-bench
-	cargo build -p kvgate-sync
+	cargo build --workspace --bins
 	$(CARGO_TARGET_DIR)/debug/kvgate-bench --smoke --no-progress --trace $(abspath $(TRACE)) --out $(ROOT)/target/bench-smoke
 # ---- end bench ------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ case "$MODE" in smoke | long) shift ;; *)
 esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-CARGO_FUZZ=${CARGO_FUZZ:-$ROOT/target/tools/cargo/bin/cargo-fuzz}
+CARGO_FUZZ=${CARGO_FUZZ:-cargo-fuzz}
 WORK=${FUZZ_WORK:-$ROOT/target/fuzz}
 RUNS=${FUZZ_RUNS:-1000000}
 SMOKE_SECS=${FUZZ_SMOKE_SECS:-5}

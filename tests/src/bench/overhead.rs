@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 
 /// Tokens per packed chat message.
 pub const MESSAGE_TOKENS: usize = 2048;
+/// The filter's histogram of model loads (tokenizer + chat template) per VM, ms.
+pub const MODEL_LOAD: &str = "model_load_ms";
+
 /// The stage histograms of the filter, in pipeline order.
 pub const STAGES: [&str; 6] = [
     "parse_us",
@@ -366,6 +369,7 @@ pub fn stage_quantiles(stats: &Value) -> std::collections::BTreeMap<String, Quan
             };
             let Some(stage) = STAGES
                 .iter()
+                .chain(std::iter::once(&MODEL_LOAD))
                 .find(|s| name.ends_with(&format!("kvgate.{s}")))
             else {
                 continue;

@@ -210,6 +210,18 @@ impl Report {
                     s.push_str("|\n");
                 }
             }
+            if let Some(q) = o
+                .bodies
+                .iter()
+                .find_map(|b| b.breakdown.get(super::overhead::MODEL_LOAD))
+            {
+                let _ = write!(
+                    s,
+                    "\nVM start: loading the model (tokenizer.json + chat template) takes \
+                     {:.0} ms p50, {:.0} ms p99 per VM (`kvgate.model_load_ms`).\n",
+                    q.p50, q.p99
+                );
+            }
             s.push('\n');
         }
         if let Some(c) = &self.sidecar {

@@ -153,6 +153,11 @@ impl Metrics {
         inc(m, 1);
     }
 
+    /// Records how long loading one model (tokenizer + chat template) took in this VM.
+    pub fn model_load_ms(ms: u64) {
+        rec(id(MetricType::Histogram, "kvgate.model_load_ms"), ms);
+    }
+
     /// Sets the index size gauge.
     pub fn index_blocks(&self, n: usize) {
         rec(self.index_blocks, n as u64);

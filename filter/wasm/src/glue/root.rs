@@ -186,12 +186,12 @@ impl Root {
         for (name, digest) in vm.engine.missing_models() {
             match HostShared.get(&shared::model_key(&name, &digest)).0 {
                 Some(bytes) => match postcard::from_bytes::<ModelFiles>(&bytes) {
-                    Ok(files) => match vm.engine.load_model(&digest, &files) {
-                        Ok(()) => Self::log(
+                    Ok(files) => match timed(|| vm.engine.load_model(&digest, &files)) {
+                        (Ok(()), ms) => Self::log(
                             LogLevel::Info,
-                            &format!("kvgate: loaded tokenizer of {name}"),
+                            &format!("kvgate: loaded tokenizer of {name} in {ms} ms"),
                         ),
-                        Err(e) => Self::log(LogLevel::Error, &format!("kvgate: {e}")),
+                        (Err(e), _) => Self::log(LogLevel::Error, &format!("kvgate: {e}")),
                     },
                     Err(e) => Self::log(
                         LogLevel::Error,
@@ -322,9 +322,15 @@ impl RootContext for Root {
                 tokenizer_json: m.tokenizer_json.as_bytes().to_vec(),
                 tokenizer_config_json: m.tokenizer_config_json.as_bytes().to_vec(),
             };
-            if let Err(e) = engine.load_model("vm-config", &files) {
-                Self::log(LogLevel::Critical, &format!("kvgate: {e}"));
-                return false;
+            match timed(|| engine.load_model("vm-config", &files)) {
+                (Ok(()), ms) => Self::log(
+                    LogLevel::Info,
+                    &format!("kvgate: loaded tokenizer of {} in {ms} ms", m.name),
+                ),
+                (Err(e), _) => {
+                    Self::log(LogLevel::Critical, &format!("kvgate: {e}"));
+                    return false;
+                }
             }
         }
         shared::register_vm(&HostShared, self.vm_tag);
@@ -416,4 +422,13 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// Runs `f`, records its wall time as a model load, and returns both.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let start = now_ms();
+    let out = f();
+    let ms = now_ms().saturating_sub(start);
+    Metrics::model_load_ms(ms);
+    (out, ms)
 }
