@@ -8,10 +8,12 @@ use super::metrics::Metrics;
 use crate::engine::{Engine, ModelFiles};
 use crate::shared::{self, Shared};
 use kvgate_core::config::Config;
+use kvgate_core::sync::BookEvent;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use serde::Deserialize;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -62,9 +64,17 @@ fn sixteen() -> u32 {
 
 enum Call {
     Sync,
-    Book,
-    Model { name: String, digest: String },
+    /// The bookkeeping steps in flight (put back in front of the queue if they fail).
+    Book(Vec<BookEvent>),
+    Model {
+        name: String,
+        digest: String,
+    },
 }
+
+/// Most bookkeeping steps kept for the sidecar while it does not answer; older ones are
+/// dropped (the sidecar also expires unfreed requests after `active_request_ttl_ms`).
+const MAX_BOOK_QUEUE: usize = 65_536;
 
 /// The root context.
 pub struct Root {
@@ -74,6 +84,10 @@ pub struct Root {
     calls: Vec<(u32, Call)>,
     backoff_until: u64,
     failures: u32,
+    /// Bookkeeping steps not yet accepted by the sidecar, oldest first. One POST is in
+    /// flight at a time so the sidecar sees each request's steps in order (a `Free`
+    /// overtaking its `Add` would leave the request booked there).
+    book_queue: VecDeque<BookEvent>,
 }
 
 impl Root {
@@ -86,6 +100,7 @@ impl Root {
             calls: Vec::new(),
             backoff_until: 0,
             failures: 0,
+            book_queue: VecDeque::new(),
         }
     }
 
@@ -97,10 +112,52 @@ impl Root {
         self.calls.iter().any(|(_, c)| matches!(c, Call::Sync))
     }
 
-    fn dispatch(&mut self, path: String, call: Call, timeout_ms: u64) {
-        self.dispatch_with(path, "GET", None, call, timeout_ms);
+    fn book_in_flight(&self) -> bool {
+        self.calls.iter().any(|(_, c)| matches!(c, Call::Book(_)))
     }
 
+    /// Queues this VM's new bookkeeping steps and sends the queue when no POST is in flight.
+    fn send_bookkeeping(&mut self, outbox: Vec<BookEvent>) {
+        self.book_queue.extend(outbox);
+        if self.book_queue.len() > MAX_BOOK_QUEUE {
+            let drop = self.book_queue.len() - MAX_BOOK_QUEUE;
+            self.book_queue.drain(..drop);
+            Self::log(
+                LogLevel::Warn,
+                &format!("kvgate: sidecar unreachable: dropped {drop} bookkeeping steps"),
+            );
+        }
+        if self.book_queue.is_empty() || self.book_in_flight() {
+            return;
+        }
+        let events: Vec<BookEvent> = self.book_queue.drain(..).collect();
+        let batch = kvgate_core::sync::BookBatch { events };
+        let Ok(bytes) = postcard::to_allocvec(&batch) else {
+            return;
+        };
+        if let Err(Call::Book(events)) = self.dispatch_with(
+            "/v1/bookkeeping".into(),
+            "POST",
+            Some(&bytes),
+            Call::Book(batch.events),
+            5_000,
+        ) {
+            self.requeue_bookkeeping(events);
+        }
+    }
+
+    /// Puts steps that did not reach the sidecar back in front of the queue.
+    fn requeue_bookkeeping(&mut self, events: Vec<BookEvent>) {
+        for ev in events.into_iter().rev() {
+            self.book_queue.push_front(ev);
+        }
+    }
+
+    fn dispatch(&mut self, path: String, call: Call, timeout_ms: u64) {
+        let _ = self.dispatch_with(path, "GET", None, call, timeout_ms);
+    }
+
+    /// Sends a call to the sidecar; gives `call` back when it could not be sent.
     fn dispatch_with(
         &mut self,
         path: String,
@@ -108,13 +165,13 @@ impl Root {
         body: Option<&[u8]>,
         call: Call,
         timeout_ms: u64,
-    ) {
-        let Some(vm) = &self.vm else { return };
+    ) -> Result<(), Call> {
+        let Some(vm) = &self.vm else { return Err(call) };
         let (cluster, authority) = {
             let v = vm.borrow();
             match &v.engine.cfg.gateway.sidecar_cluster {
                 Some(c) => (c.clone(), v.engine.cfg.gateway.sidecar_authority.clone()),
-                None => return,
+                None => return Err(call),
             }
         };
         let headers = vec![
@@ -129,13 +186,17 @@ impl Root {
             vec![],
             Duration::from_millis(timeout_ms),
         ) {
-            Ok(token) => self.calls.push((token, call)),
+            Ok(token) => {
+                self.calls.push((token, call));
+                Ok(())
+            }
             Err(e) => {
                 Self::log(
                     LogLevel::Warn,
                     &format!("kvgate: sidecar call to cluster `{cluster}` failed: {e:?}"),
                 );
                 self.failed();
+                Err(call)
             }
         }
     }
@@ -232,11 +293,18 @@ impl Context for Root {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        if status.as_deref() != Some("200") {
+        // 200 for sync and model files; 204 for accepted bookkeeping.
+        if !status
+            .as_deref()
+            .is_some_and(|s| s.len() == 3 && s.starts_with('2'))
+        {
             Self::log(
                 LogLevel::Warn,
                 &format!("kvgate: sidecar answered {status:?}"),
             );
+            if let Call::Book(events) = call {
+                self.requeue_bookkeeping(events);
+            }
             self.failed();
             return;
         }
@@ -269,7 +337,7 @@ impl Context for Root {
                 }
                 vm.metrics.index_blocks(vm.engine.index_blocks());
             }
-            Call::Book => {}
+            Call::Book(_) => {}
             Call::Model { name, digest } => {
                 HostShared.set(&shared::model_key(&name, &digest), &body, None);
                 Self::load_missing_models(&mut vm);
@@ -372,17 +440,8 @@ impl RootContext for Root {
             )
         };
         // Every VM sends its own bookkeeping steps (replica sync); no leader needed.
-        if !outbox.is_empty() {
-            let batch = kvgate_core::sync::BookBatch { events: outbox };
-            if let Ok(bytes) = postcard::to_allocvec(&batch) {
-                self.dispatch_with(
-                    "/v1/bookkeeping".into(),
-                    "POST",
-                    Some(&bytes),
-                    Call::Book,
-                    5_000,
-                );
-            }
+        if has_sidecar {
+            self.send_bookkeeping(outbox);
         }
         if !has_sidecar
             || now < self.backoff_until
