@@ -226,7 +226,14 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(|state, value, method, args| {
+            if method == "format" {
+                if let Some(spec) = value.as_str() {
+                    check_format_widths(spec)?;
+                }
+            }
+            minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+        });
         env.set_fuel(options.fuel);
         env.set_recursion_limit(options.recursion_limit);
         env.set_formatter(|out, _state, value| {
@@ -418,6 +425,58 @@ fn raise_exception(message: String) -> Result<Value, minijinja::Error> {
         minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
             .with_source(Raised(message)),
     )
+}
+
+/// Widest padding a template may ask of `str.format` (`'{:>N}'`). The padded string is
+/// built in one allocation, before fuel could stop it, so wider specs are refused.
+pub const MAX_FORMAT_WIDTH: u64 = 1 << 20;
+
+/// Refuses `str.format` specs that pad wider than [`MAX_FORMAT_WIDTH`] or take their width
+/// from an argument (`'{:{}}'`), which cannot be bounded before formatting.
+fn check_format_widths(fmt: &str) -> Result<(), minijinja::Error> {
+    let refuse = |why: &str| {
+        Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("str.format: {why} (limit {MAX_FORMAT_WIDTH})"),
+        ))
+    };
+    let mut chars = fmt.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '{' {
+            continue;
+        }
+        if chars.peek() == Some(&'{') {
+            chars.next();
+            continue;
+        }
+        let mut in_spec = false;
+        let mut number: u64 = 0;
+        let mut digits = false;
+        for c in chars.by_ref() {
+            match c {
+                '}' => break,
+                ':' if !in_spec => in_spec = true,
+                '{' if in_spec => return refuse("a width taken from an argument"),
+                d if in_spec && d.is_ascii_digit() => {
+                    number = number
+                        .saturating_mul(10)
+                        .saturating_add(u64::from(d as u8 - b'0'));
+                    digits = true;
+                }
+                _ => {
+                    if digits && number > MAX_FORMAT_WIDTH {
+                        return refuse("a padding width too large");
+                    }
+                    number = 0;
+                    digits = false;
+                }
+            }
+        }
+        if digits && number > MAX_FORMAT_WIDTH {
+            return refuse("a padding width too large");
+        }
+    }
+    Ok(())
 }
 
 fn strftime_now(state: &State, format: String) -> Result<String, minijinja::Error> {
