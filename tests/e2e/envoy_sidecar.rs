@@ -129,8 +129,11 @@ fn disaggregated_requests_name_their_prefill_worker() {
         served == 2 || served == 3,
         "decode workers are 2 and 3, got {served}"
     );
+    // The last line of that worker: earlier ones are wait_routable's pings, some sent before
+    // the prefill worker was known.
     let line = request_log(&stack.request_log)
         .into_iter()
+        .rev()
         .find(|l| l["worker_id"].as_u64() == Some(served))
         .unwrap();
     let h = &line["routing_headers"];
