@@ -7,7 +7,6 @@ use futures::StreamExt;
 use kvgate_core::events::dynamo::namespace_subject;
 use kvgate_core::events::metrics::{decode_load, is_kv_metrics_subject, KV_METRICS_TOPIC};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The subscriptions covering every `kv_metrics` subject of `namespace`.
 pub fn load_subjects(namespace: &str) -> Vec<String> {
@@ -22,24 +21,8 @@ pub fn load_subjects(namespace: &str) -> Vec<String> {
 /// Follows load reports forever.
 pub async fn run(client: async_nats::Client, hub: Arc<Hub>, namespace: String, max_payload: usize) {
     let subjects = load_subjects(&namespace);
-    let mut streams = Vec::new();
-    for subject in subjects {
-        loop {
-            match client.subscribe(subject.clone()).await {
-                Ok(s) => {
-                    streams.push(s);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(%subject, "cannot subscribe: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-    let _ = client.flush().await;
+    let mut all = super::subscribe_all(&client, subjects).await;
     hub.done("kv-metrics");
-    let mut all = futures::stream::select_all(streams);
     while let Some(m) = all.next().await {
         if !is_kv_metrics_subject(m.subject.as_str()) {
             continue;

@@ -50,6 +50,31 @@ pub fn backoff(attempts: usize) -> Duration {
     Duration::from_millis(base + fastrand::u64(0..=base / 5))
 }
 
+/// Subscribes to every subject (retrying each every second until NATS takes it), flushes so
+/// the server has them all, and merges them into one stream of messages.
+pub async fn subscribe_all(
+    client: &async_nats::Client,
+    subjects: impl IntoIterator<Item = String>,
+) -> futures::stream::SelectAll<async_nats::Subscriber> {
+    let mut streams = Vec::new();
+    for subject in subjects {
+        loop {
+            match client.subscribe(subject.clone()).await {
+                Ok(s) => {
+                    streams.push(s);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(%subject, "cannot subscribe: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+    let _ = client.flush().await;
+    futures::stream::select_all(streams)
+}
+
 /// Creates the client. It connects (and reconnects) in the background forever; the
 /// returned task mirrors the connection state into the hub.
 pub async fn connect(

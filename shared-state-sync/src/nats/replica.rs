@@ -13,7 +13,6 @@ use kvgate_core::events::replica::{
     is_active_sequences_subject, ReplicaEvent, ACTIVE_SEQUENCES_TOPIC,
 };
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Queue of events waiting to be published (newest dropped when full, as in Dynamo).
@@ -64,24 +63,8 @@ pub async fn follow(
             component_subject(&namespace, &component)
         ),
     ];
-    let mut streams = Vec::new();
-    for subject in subjects {
-        loop {
-            match client.subscribe(subject.clone()).await {
-                Ok(s) => {
-                    streams.push(s);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(%subject, "cannot subscribe: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-    let _ = client.flush().await;
+    let mut all = super::subscribe_all(&client, subjects).await;
     hub.done("replica-sync");
-    let mut all = futures::stream::select_all(streams);
     while let Some(m) = all.next().await {
         if !is_active_sequences_subject(m.subject.as_str()) {
             continue;

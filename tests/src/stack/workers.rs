@@ -64,18 +64,11 @@ impl Worker {
             &dir.join(format!("worker-{instance_id}.log")),
         )?;
         let endpoint = format!("127.0.0.1:{port}");
-        let ok = wait_for(Duration::from_secs(60), || {
-            if !proc.alive() {
-                return Some(false);
-            }
-            super::http_get(&format!("http://{endpoint}/health"))
-                .ok()
-                .filter(|r| r.0 == 200)
-                .map(|_| true)
-        });
-        if ok != Some(true) {
-            return Err(proc.error("did not become healthy"));
-        }
+        wait_healthy(
+            &mut proc,
+            &format!("http://{endpoint}/health"),
+            "did not become healthy",
+        )?;
         Ok(Worker {
             proc,
             instance_id,
@@ -135,18 +128,11 @@ impl Sidecar {
             }
         }
         let mut proc = Proc::spawn("kvgate-sync", cmd, &dir.join(format!("sidecar-{port}.log")))?;
-        let ok = wait_for(Duration::from_secs(60), || {
-            if !proc.alive() {
-                return Some(false);
-            }
-            super::http_get(&format!("http://127.0.0.1:{port}/healthz"))
-                .ok()
-                .filter(|r| r.0 == 200)
-                .map(|_| true)
-        });
-        if ok != Some(true) {
-            return Err(proc.error("did not answer /healthz"));
-        }
+        wait_healthy(
+            &mut proc,
+            &format!("http://127.0.0.1:{port}/healthz"),
+            "did not answer /healthz",
+        )?;
         Ok(Sidecar {
             proc,
             port,
@@ -171,5 +157,24 @@ impl Sidecar {
         super::http_get(&self.url("/readyz"))
             .map(|r| r.0 == 200)
             .unwrap_or(false)
+    }
+}
+
+/// Waits up to 60 s for `url` to answer 200 while `proc` runs; `failure` names what went
+/// wrong otherwise.
+fn wait_healthy(proc: &mut Proc, url: &str, failure: &str) -> Result<(), StackError> {
+    let ok = wait_for(Duration::from_secs(60), || {
+        if !proc.alive() {
+            return Some(false);
+        }
+        super::http_get(url)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| true)
+    });
+    if ok == Some(true) {
+        Ok(())
+    } else {
+        Err(proc.error(failure))
     }
 }

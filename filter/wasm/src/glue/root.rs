@@ -133,6 +133,7 @@ impl Root {
         let events: Vec<BookEvent> = self.book_queue.drain(..).collect();
         let batch = kvgate_core::sync::BookBatch { events };
         let Ok(bytes) = postcard::to_allocvec(&batch) else {
+            self.requeue_bookkeeping(batch.events);
             return;
         };
         if let Err(Call::Book(events)) = self.dispatch_with(
