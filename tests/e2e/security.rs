@@ -203,12 +203,15 @@ fn envoy_strips_forged_routing_and_never_routes_to_a_dropped_worker() {
         .unwrap_or_else(|e| panic!("{e}"));
     let addr = format!("127.0.0.1:{}", stack.envoy.port);
     let endpoints: Vec<String> = stack.workers.iter().map(|w| w.endpoint.clone()).collect();
-    let send = |headers: &[(String, String)], body: &Value, path: &str| {
+    let send_within = |headers: &[(String, String)], body: &Value, path: &str, limit| {
         let mut req = Request::post_json(path, serde_json::to_vec(body).unwrap());
         for (k, v) in headers {
             req = req.header(k, v);
         }
-        client::send(&addr, &req, Stop::Never, Duration::from_secs(30))
+        client::send(&addr, &req, Stop::Never, limit)
+    };
+    let send = |headers: &[(String, String)], body: &Value, path: &str| {
+        send_within(headers, body, path, Duration::from_secs(30))
     };
     let log_len = || request_log(&stack.request_log).len();
 
@@ -299,9 +302,15 @@ fn envoy_strips_forged_routing_and_never_routes_to_a_dropped_worker() {
         (!table_workers(&s).contains(&victim.instance_id)).then_some(())
     });
     assert!(dropped.is_some(), "sidecar never dropped the frozen worker");
-    // The filter learns it within a sync.
-    let learned = wait_for(Duration::from_secs(10), || {
-        let r = send(&[], &prefix_body("probe"), "/v1/chat/completions");
+    // The filter learns it within a sync. Until then a probe may still be sent to the
+    // frozen worker and hang, so each probe gets a short time limit of its own.
+    let learned = wait_for(Duration::from_secs(20), || {
+        let r = send_within(
+            &[],
+            &prefix_body("probe"),
+            "/v1/chat/completions",
+            Duration::from_secs(2),
+        );
         let d = Decision::parse(r.header("x-kvgate-decision")?)?;
         (r.ok() && !d.worker_ids().contains(&victim.instance_id)).then_some(())
     });

@@ -6,7 +6,6 @@ use kvgate_core::sync::{decode, SyncFrame, SyncState};
 use kvgate_sync::client::{self, Target};
 use serde_json::Value;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,11 +13,8 @@ use std::time::{Duration, Instant};
 /// How long a condition may take to come true.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
+/// A free loopback port below the ephemeral range (see `kvgate_tests::stack::free_port`).
+pub use kvgate_tests::stack::free_port;
 
 fn nats_binary() -> PathBuf {
     if let Ok(p) = std::env::var("KVGATE_NATS_SERVER") {

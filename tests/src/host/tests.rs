@@ -1,6 +1,7 @@
-//! Development checks of the host against the throw-away filter in
-//! `/work/scratch/host-dev-filter`; they run only when `KVGATE_HOST_DEV_WASM` names its
-//! `.wasm` (skipped otherwise). The pure parts have their own unit tests next to the code.
+//! Checks of the host against `tests/host-probe`, a guest that calls every host function
+//! and misbehaves on request (built by `make wasm`; its path is `KVGATE_HOST_PROBE_WASM`),
+//! and a smoke check against the real filter. The pure parts have their own unit tests
+//! next to the code.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,27 +14,30 @@ use std::time::Duration;
 
 use super::*;
 
-fn dev_module() -> Option<FilterModule> {
-    let path = std::env::var("KVGATE_HOST_DEV_WASM").ok()?;
+/// A wasm module built by `make wasm`: `var` names it, else the release target dir holds it.
+/// Missing is a failure, not a skip: `make test` always builds both.
+fn built_wasm(var: &str, file: &str) -> String {
+    let path = std::env::var(var).unwrap_or_else(|_| {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_string());
+        format!("{target}/wasm32-wasip1/release/{file}")
+    });
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "{path} missing: run `make wasm` (or set {var})"
+    );
+    path
+}
+
+fn probe_module() -> FilterModule {
+    let path = built_wasm("KVGATE_HOST_PROBE_WASM", "kvgate_host_probe.wasm");
     let module = FilterModule::load(&path).unwrap();
     eprintln!(
-        "dev module {path}: {} bytes, compiled in {:?}",
+        "probe module {path}: {} bytes, compiled in {:?}",
         module.size(),
         module.compile_time()
     );
-    Some(module)
-}
-
-macro_rules! dev_module {
-    () => {
-        match dev_module() {
-            Some(m) => m,
-            None => {
-                eprintln!("KVGATE_HOST_DEV_WASM not set: skipped");
-                return;
-            }
-        }
-    };
+    module
 }
 
 #[test]
@@ -67,7 +71,7 @@ fn with(extra: (&'static str, &'static str)) -> Vec<(&'static str, &'static str)
 
 #[test]
 fn startup_sequence_logs_and_settings() {
-    let module = dev_module!();
+    let module = probe_module();
     let shared = SharedStore::new();
     let opts = VmOptions {
         vm_config: b"hello".to_vec(),
@@ -105,7 +109,7 @@ fn startup_sequence_logs_and_settings() {
 
 #[test]
 fn rejected_configurations() {
-    let module = dev_module!();
+    let module = probe_module();
     let err = Vm::new(&module, b"fail", PLUGIN, SharedStore::new()).unwrap_err();
     assert!(matches!(err, HostError::VmStartRejected { .. }), "{err}");
     let err = Vm::new(&module, b"", b"bad", SharedStore::new()).unwrap_err();
@@ -119,7 +123,7 @@ fn rejected_configurations() {
 
 #[test]
 fn buffered_request_headers_body_properties_metrics_queue() {
-    let module = dev_module!();
+    let module = probe_module();
     let shared = SharedStore::new();
     let vm = vm(&module, &shared);
     let mut s = vm.new_stream();
@@ -168,7 +172,7 @@ fn buffered_request_headers_body_properties_metrics_queue() {
 
 #[test]
 fn body_replacement_and_response_path() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     s.send_request(REQ, b"REPLACE:new body").unwrap();
@@ -188,7 +192,7 @@ fn body_replacement_and_response_path() {
 
 #[test]
 fn set_header_pairs_replaces_the_map() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     assert_eq!(
@@ -206,7 +210,7 @@ fn set_header_pairs_replaces_the_map() {
 
 #[test]
 fn local_response_stops_the_request() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     s.send_request(&with(("x-deny", "1")), b"ignored").unwrap();
@@ -223,7 +227,7 @@ fn local_response_stops_the_request() {
 
 #[test]
 fn guest_panic_is_a_typed_trap_and_kills_the_vm() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     let err = s
@@ -251,7 +255,7 @@ fn guest_panic_is_a_typed_trap_and_kills_the_vm() {
 
 #[test]
 fn headers_are_gone_after_continue_like_envoy() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     let action = s
@@ -269,7 +273,7 @@ fn headers_are_gone_after_continue_like_envoy() {
 
 #[test]
 fn bad_guest_pointers_get_invalid_memory_access() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     s.request_headers(&with(("x-bad-ptr", "1")), true).unwrap();
@@ -279,7 +283,7 @@ fn bad_guest_pointers_get_invalid_memory_access() {
 
 #[test]
 fn proc_exit_is_reported() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     let err = s.request_headers(&with(("x-exit", "1")), true).unwrap_err();
@@ -288,7 +292,7 @@ fn proc_exit_is_reported() {
 
 #[test]
 fn tick_http_call_response_fills_shared_data() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     vm.tick().unwrap();
     let calls = vm.http_calls();
@@ -321,7 +325,7 @@ fn tick_http_call_response_fills_shared_data() {
 
 #[test]
 fn http_call_failure_reports_broken_connection() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     vm.tick().unwrap();
     let token = vm.http_calls()[0].token;
@@ -331,7 +335,7 @@ fn http_call_failure_reports_broken_connection() {
 
 #[test]
 fn unknown_cluster_is_bad_argument() {
-    let module = dev_module!();
+    let module = probe_module();
     let opts = VmOptions {
         plugin_config: b"upstream=nope".to_vec(),
         clusters: Some(vec!["sidecar".into()]),
@@ -345,7 +349,7 @@ fn unknown_cluster_is_bad_argument() {
 
 #[test]
 fn http_call_from_a_stream_resumes_it() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     assert_eq!(
@@ -367,7 +371,7 @@ fn http_call_from_a_stream_resumes_it() {
 
 #[test]
 fn several_vms_share_data_queues_and_metrics() {
-    let module = dev_module!();
+    let module = probe_module();
     let shared = SharedStore::new();
     let vm1 = vm(&module, &shared);
     let vm2 = vm(&module, &shared);
@@ -397,7 +401,7 @@ fn several_vms_share_data_queues_and_metrics() {
 
 #[test]
 fn advance_time_fires_ticks() {
-    let module = dev_module!();
+    let module = probe_module();
     let shared = SharedStore::new();
     let vm = vm(&module, &shared);
     let t0 = shared.clock().now_nanos();
@@ -407,18 +411,11 @@ fn advance_time_fires_ticks() {
     assert_eq!(vm.all_http_calls().len(), 3);
 }
 
-/// Smoke check against the real filter when `KVGATE_WASM` names it: it compiles, links (every
+/// Smoke check against the real filter (`KVGATE_WASM`): it compiles, links (every
 /// import satisfied), starts without trapping, and a second load comes from the cache.
 #[test]
 fn real_filter_compiles_links_and_is_cached() {
-    let Ok(path) = std::env::var("KVGATE_WASM") else {
-        eprintln!("KVGATE_WASM not set: skipped");
-        return;
-    };
-    if !std::path::Path::new(&path).exists() {
-        eprintln!("{path} does not exist: skipped");
-        return;
-    }
+    let path = built_wasm("KVGATE_WASM", "kvgate_filter.wasm");
     let module = FilterModule::load(&path).unwrap();
     eprintln!(
         "{path}: {} bytes, compiled in {:?}",
@@ -449,7 +446,7 @@ fn real_filter_compiles_links_and_is_cached() {
 
 #[test]
 fn trailers_release_the_buffered_body_and_reset_is_recorded() {
-    let module = dev_module!();
+    let module = probe_module();
     let vm = vm(&module, &SharedStore::new());
     let mut s = vm.new_stream();
     assert_eq!(s.request_headers(REQ, false).unwrap(), Action::Pause);
@@ -477,7 +474,7 @@ fn trailers_release_the_buffered_body_and_reset_is_recorded() {
 
 #[test]
 fn vms_on_threads_share_cas_counters() {
-    let module = dev_module!();
+    let module = probe_module();
     let shared = SharedStore::new();
     let workers: Vec<_> = (0..4)
         .map(|_| {

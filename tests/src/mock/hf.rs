@@ -97,17 +97,20 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    /// The Qwen3 model files, if fetched (`tests/tools/fetch-model.sh`): `KVGATE_MODEL_DIR`
-    /// or `target/models/Qwen3-0.6B` in the workspace.
-    fn model_dir() -> Option<PathBuf> {
-        let default = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()?
-            .join("target/models/Qwen3-0.6B");
+    /// The Qwen3 model files (`make setup` fetches them): `KVGATE_MODEL_DIR` or
+    /// `target/models/Qwen3-0.6B` in the workspace. Missing is a failure, not a skip.
+    fn model_dir() -> PathBuf {
         let dir = std::env::var_os("KVGATE_MODEL_DIR")
             .map(PathBuf::from)
-            .unwrap_or(default);
-        (dir.join("tokenizer.json").is_file() && dir.join("tokenizer_config.json").is_file())
-            .then_some(dir)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models/Qwen3-0.6B")
+            });
+        assert!(
+            dir.join("tokenizer.json").is_file() && dir.join("tokenizer_config.json").is_file(),
+            "no Qwen3 tokenizer files in {}: run `make setup`",
+            dir.display()
+        );
+        dir
     }
 
     #[test]
@@ -116,11 +119,8 @@ mod tests {
     }
 
     #[test]
-    fn chat_uses_the_qwen_template_when_available() {
-        let Some(dir) = model_dir() else {
-            eprintln!("skipped: no Qwen3 tokenizer files");
-            return;
-        };
+    fn chat_uses_the_qwen_template() {
+        let dir = model_dir();
         let t = HfTokenizer::load(&dir, "Qwen/Qwen3-0.6B").unwrap();
         let ids = t
             .chat(&json!({"messages": [{"role": "user", "content": "hello"}]}))

@@ -1,6 +1,6 @@
 //! Tests of what the mock puts on NATS: the Dynamo shapes of its messages (checked with
 //! serde, independently of the core encoder), round trips through the core decoders, and
-//! — when a `nats-server` binary is available — a live worker's events, load reports and
+//! against a live `nats-server`, a worker's events, load reports and
 //! announcements.
 
 #![allow(
@@ -153,23 +153,22 @@ impl Drop for Server {
     }
 }
 
-fn nats_server() -> Option<Server> {
+/// Starts a nats-server; a missing binary fails the test (`make setup` installs it).
+fn nats_server() -> Server {
     let bin = std::env::var_os("KVGATE_NATS_SERVER")
         .map(std::path::PathBuf::from)
-        .or_else(|| Some(std::path::PathBuf::from("/usr/sbin/nats-server")))
-        .filter(|p| p.is_file())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
+        .into_iter()
+        .chain(["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(Into::into))
+        .find(|p| p.is_file())
+        .expect("nats-server not found: run `make setup` or set KVGATE_NATS_SERVER");
+    let port = crate::stack::free_port();
     let child = std::process::Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .ok()?;
-    Some(Server(child, format!("nats://127.0.0.1:{port}")))
+        .expect("start nats-server");
+    Server(child, format!("nats://127.0.0.1:{port}"))
 }
 
 async fn next_payload(sub: &mut async_nats::Subscriber) -> Bytes {
@@ -182,10 +181,7 @@ async fn next_payload(sub: &mut async_nats::Subscriber) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_worker_publishes_events_load_and_announcements() {
-    let Some(server) = nats_server() else {
-        eprintln!("skipped: no nats-server");
-        return;
-    };
+    let server = nats_server();
     let mut client = None;
     for _ in 0..100 {
         if let Ok(c) = async_nats::connect(&server.1).await {

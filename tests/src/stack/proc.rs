@@ -6,6 +6,7 @@ use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Errors of the launchers.
@@ -139,8 +140,36 @@ impl Drop for Proc {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// Lowest port handed out by [`free_port`].
+const PORT_FLOOR: u32 = 10_000;
+
+/// A free TCP port on 127.0.0.1 for a child process to listen on, never handed out twice
+/// by this process. The port lies below the kernel's ephemeral range, so between this
+/// check and the child's `bind` it cannot become another connection's source port or
+/// another `bind(0)`'s pick: with many tests in parallel that race made Envoy fail with
+/// "Address already in use". Falls back to an ephemeral port when the range leaves no
+/// room below it.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ceiling = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(u32::from(u16::MAX));
+    let span = ceiling.saturating_sub(PORT_FLOOR);
+    if span >= 1_000 {
+        // Each process starts at its own place, so concurrent test binaries rarely meet.
+        let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let Ok(port) = u16::try_from(PORT_FLOOR + (start + n) % span) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
