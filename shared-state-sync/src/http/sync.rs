@@ -53,18 +53,16 @@ pub async fn sync(State(api): State<Api>, Query(q): Query<SyncQuery>) -> Respons
         if Instant::now() >= deadline {
             break;
         }
-        match wait {
-            Some(d) => tokio::time::sleep_until((Instant::now() + d).min(deadline)).await,
-            None => {
-                tokio::select! {
-                    changed = rx.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                    }
-                    _ = tokio::time::sleep_until(deadline) => break,
+        // Load changes are held back until `loads_interval_ms`, but anything else that
+        // changes meanwhile (a KV event) still answers at once.
+        let until = wait.map_or(deadline, |d| (Instant::now() + d).min(deadline));
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    break;
                 }
             }
+            _ = tokio::time::sleep_until(until) => {}
         }
     }
     let (_, bytes) = api.hub.frame(&q.client, q.epoch, q.since, now_ms());

@@ -180,3 +180,72 @@ async fn a_second_stream_name_binds_the_stream_that_captures_the_subjects() {
         .log()
         .contains("reading the stream that captures its subjects"));
 }
+
+/// A long poll holding back a load change (answered at most every `loads_interval_ms`)
+/// still answers at once when a KV event arrives: the held-back wait used to ignore index
+/// changes, so every event waited out the loads interval (found by the lag benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_event_answers_a_long_poll_that_holds_back_loads() {
+    let nats = Nats::start().await;
+    let sc = Sidecar::start(&[
+        "--nats-url",
+        &nats.url(),
+        "--namespace",
+        "nsh",
+        "--durable",
+        "dh",
+        "--loads-interval-ms",
+        "120000",
+    ])
+    .await;
+    sc.ready().await;
+    let client = nats.client().await;
+    let h = hashes();
+    publish_event(&client, "nsh", 0, &stored(9, 0, None, &[(1, h.local[0])])).await;
+    eventually("first event applied", || async { sc.blocks(9).await == 1 }).await;
+    // This client's view: everything, loads just sent.
+    let f0 = sc.frame(0, 0, 0).await;
+    // A load change: held back for 120 s from now on.
+    publish(
+        &client,
+        kv_metrics_subject("nsh"),
+        encode_load_envelope(
+            1,
+            0,
+            0,
+            &WorkerLoadReport {
+                worker: WorkerKey::new(9, 0),
+                kv_used_blocks: Some(3),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    eventually("load report applied", || async {
+        let s = sc.state().await;
+        s.to_string().contains("\"kv_used_blocks\":3")
+    })
+    .await;
+    // A long poll of 60 s, then an event: the event answers it, not the 60 s timeout.
+    let poll = sc.frame(f0.epoch, f0.to_version, 60_000);
+    let publish_later = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        publish_event(
+            &client,
+            "nsh",
+            1,
+            &stored(9, 1, Some(1), &[(2, h.local[1])]),
+        )
+        .await;
+    };
+    let (f, ()) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        tokio::join!(poll, publish_later)
+    })
+    .await
+    .expect("the long poll waited for the loads interval instead of answering the KV event");
+    assert!(!f.snapshot);
+    assert!(
+        !f.ops.is_empty(),
+        "answered without the event's delta: {f:?}"
+    );
+}

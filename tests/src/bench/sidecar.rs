@@ -12,9 +12,11 @@
 //!   (the sidecar also serves the filter's index deltas meanwhile).
 //! * **Visibility lag**: for each sample, a fresh random 4-block prompt; at t0 one
 //!   `Stored` event for it is published (and flushed) for the pretend worker; then the
-//!   same prompt is sent through Envoy + kvgate every millisecond or so on new
-//!   connections (so both Envoy worker threads' VMs answer) until `x-kvgate-decision`
-//!   shows the pretend worker holding all 4 blocks; the lag is t0 → that response. Each
+//!   same prompt is sent through Envoy + kvgate by [`LAG_PROBERS`] staggered probers on
+//!   new connections (so both Envoy worker threads' VMs answer) until `x-kvgate-decision`
+//!   shows the pretend worker holding all 4 blocks; the lag is t0 → the moment that probe
+//!   was sent (its decision is made on arrival; a probe that misses is served by a mock
+//!   engine for tens of ms, which would otherwise count as lag). Each
 //!   sample starts at a random phase of the filter's 20 ms sync tick. Meanwhile the
 //!   sidecar's `/v1/state` is polled too, so the lag splits into NATS + JetStream + the
 //!   sidecar applying the event (`apply_lag_*`), and the sync to the filter's VMs.
@@ -36,6 +38,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Instance id of the pretend worker.
 pub const FAKE_WORKER: u64 = 900_001;
+/// Concurrent probers of each visibility-lag sample.
+const LAG_PROBERS: u64 = 6;
+
 /// Blocks of each visibility-lag prompt.
 pub const LAG_BLOCKS: usize = 4;
 
@@ -358,23 +363,37 @@ pub fn run(
                     }
                     None
                 };
-                // The filter's side: a decision shows the blocks on the pretend worker.
-                let decided = async {
-                    let mut polls = 0usize;
-                    while t0.elapsed() < timeout {
-                        polls += 1;
-                        let o = client::post(&http, &url, &[], body.clone(), false, || {}).await;
-                        let seen = o
-                            .decision
-                            .as_deref()
-                            .and_then(|d| client::decision_overlap(d, FAKE_WORKER))
-                            .is_some_and(|ov| ov as usize >= LAG_BLOCKS);
-                        if seen {
-                            return (Some(t0.elapsed()), polls);
+                // The filter's side: a decision shows the blocks on the pretend worker. Probes
+                // that miss are served by a mock engine (tens of ms), so several probers run
+                // staggered, and the lag is taken at the send time of the first probe whose
+                // decision shows the blocks (the decision is made as the request arrives),
+                // not at its response.
+                let polls = std::cell::Cell::new(0usize);
+                let probe = |stagger: u64| {
+                    let (http, url, body, polls) = (&http, &url, &body, &polls);
+                    Box::pin(async move {
+                        tokio::time::sleep(Duration::from_micros(stagger)).await;
+                        while t0.elapsed() < timeout {
+                            polls.set(polls.get() + 1);
+                            let sent = t0.elapsed();
+                            let o = client::post(http, url, &[], body.clone(), false, || {}).await;
+                            let seen = o
+                                .decision
+                                .as_deref()
+                                .and_then(|d| client::decision_overlap(d, FAKE_WORKER))
+                                .is_some_and(|ov| ov as usize >= LAG_BLOCKS);
+                            if seen {
+                                return Some(sent);
+                            }
+                            tokio::time::sleep(Duration::from_micros(500)).await;
                         }
-                        tokio::time::sleep(Duration::from_micros(500)).await;
-                    }
-                    (None, polls)
+                        None
+                    })
+                };
+                let decided = async {
+                    let probers = (0..LAG_PROBERS).map(|k| probe(k * 1_000 / LAG_PROBERS));
+                    let (d, _, _) = futures::future::select_all(probers).await;
+                    (d, polls.get())
                 };
                 let (a, (d, polls)) = tokio::join!(applied, decided);
                 Ok::<_, BenchError>((d, a, polls))

@@ -74,6 +74,9 @@ impl Http {
         };
         let now = now_ms();
         let mut vm = self.vm.borrow_mut();
+        if vm.engine.has_sidecar() {
+            vm.follow_ring(now);
+        }
         let other = shared::read_other_loads(&HostShared, vm.engine.vm, now);
         let input = DecideInput {
             ctx: self.id,

@@ -38,6 +38,40 @@ impl Vm {
         self.loads_dirty = false;
         self.last_loads_ms = now;
     }
+
+    /// Applies ring frames this VM has not seen; falls back to the snapshot when behind.
+    /// Called on every tick and before every decision (one shared-data read when current),
+    /// so a frame the leader VM published is used by every VM's next decision.
+    pub fn follow_ring(&mut self, now: u64) {
+        let head = shared::head(&HostShared);
+        let mut seq = self.engine.ring_seq;
+        if head <= seq {
+            return;
+        }
+        if head - seq > shared::RING {
+            seq = self.load_snapshot(now).unwrap_or(seq);
+        }
+        while seq < head {
+            let next = seq + 1;
+            let applied = shared::read_frame(&HostShared, next)
+                .map(|f| self.engine.apply_frame_bytes(&f, now));
+            match applied {
+                Some(Ok(_)) => seq = next,
+                _ => match self.load_snapshot(now) {
+                    Some(s) if s > seq => seq = s,
+                    _ => break,
+                },
+            }
+        }
+        self.engine.ring_seq = seq;
+        self.metrics.index_blocks(self.engine.index_blocks());
+    }
+
+    fn load_snapshot(&mut self, now: u64) -> Option<u64> {
+        let (seq, frame) = shared::read_snapshot(&HostShared)?;
+        self.engine.apply_frame_bytes(&frame, now).ok()?;
+        Some(seq)
+    }
 }
 
 /// VM configuration: model files for static mode (no sidecar).
@@ -202,6 +236,22 @@ impl Root {
         }
     }
 
+    /// Sends the long poll for the next sync frame unless one is in flight, when this VM
+    /// holds (or takes) the sync lease and is not backing off. False without the lease.
+    fn poll_sidecar(&mut self, now: u64, (epoch, since): (u64, u64), wait_ms: u64) -> bool {
+        if now < self.backoff_until || !shared::acquire_lease(&HostShared, self.vm_tag, now) {
+            return false;
+        }
+        if !self.sync_in_flight() {
+            self.dispatch(
+                format!("/v1/sync?epoch={epoch}&since={since}&wait_ms={wait_ms}"),
+                Call::Sync,
+                wait_ms + 5000,
+            );
+        }
+        true
+    }
+
     fn failed(&mut self) {
         self.failures = self.failures.saturating_add(1);
         let backoff = 100u64.saturating_mul(1 << self.failures.min(5));
@@ -209,38 +259,6 @@ impl Root {
         if let Some(vm) = &self.vm {
             vm.borrow().metrics.sync_failure();
         }
-    }
-
-    /// Applies ring frames this VM has not seen; falls back to the snapshot when behind.
-    fn follow_ring(vm: &mut Vm, now: u64) {
-        let head = shared::head(&HostShared);
-        let mut seq = vm.engine.ring_seq;
-        if head <= seq {
-            return;
-        }
-        if head - seq > shared::RING {
-            seq = Self::load_snapshot(vm, now).unwrap_or(seq);
-        }
-        while seq < head {
-            let next = seq + 1;
-            let applied =
-                shared::read_frame(&HostShared, next).map(|f| vm.engine.apply_frame_bytes(&f, now));
-            match applied {
-                Some(Ok(_)) => seq = next,
-                _ => match Self::load_snapshot(vm, now) {
-                    Some(s) if s > seq => seq = s,
-                    _ => break,
-                },
-            }
-        }
-        vm.engine.ring_seq = seq;
-        vm.metrics.index_blocks(vm.engine.index_blocks());
-    }
-
-    fn load_snapshot(vm: &mut Vm, now: u64) -> Option<u64> {
-        let (seq, frame) = shared::read_snapshot(&HostShared)?;
-        vm.engine.apply_frame_bytes(&frame, now).ok()?;
-        Some(seq)
     }
 
     fn load_missing_models(vm: &mut Vm) -> Vec<(String, String)> {
@@ -309,16 +327,20 @@ impl Context for Root {
             self.failed();
             return;
         }
-        let Some(vm) = self.vm.clone() else { return };
+        let Some(vm_rc) = self.vm.clone() else {
+            return;
+        };
         let now = now_ms();
-        let mut vm = vm.borrow_mut();
+        let mut vm = vm_rc.borrow_mut();
+        let mut repoll = false;
         match call {
             Call::Sync => {
                 // Bring this VM up to the ring head first, so the frame continues our state.
-                Self::follow_ring(&mut vm, now);
+                vm.follow_ring(now);
                 match vm.engine.apply_frame_bytes(&body, now) {
                     Ok(_) => {
                         self.failures = 0;
+                        repoll = true;
                         if let Some(seq) = shared::publish_frame(&HostShared, &body) {
                             vm.engine.ring_seq = seq;
                             if seq % 64 == 1 || body.len() > 1 << 16 {
@@ -346,6 +368,17 @@ impl Context for Root {
         }
         let counters = vm.engine.counters;
         vm.metrics.export(&counters);
+        // After an applied frame the next long poll goes out now, not at the next tick: a
+        // KV event arriving in between would otherwise wait for the tick to be delivered.
+        // (A refused frame waits for the tick, so a bad sidecar cannot make a busy loop.)
+        if repoll {
+            let (position, wait_ms) = (
+                vm.engine.sync_position(),
+                vm.engine.cfg.gateway.sync_wait_ms,
+            );
+            drop(vm);
+            self.poll_sidecar(now, position, wait_ms);
+        }
     }
 }
 
@@ -427,7 +460,7 @@ impl RootContext for Root {
             if !v.engine.has_sidecar() {
                 return;
             }
-            Self::follow_ring(&mut v, now);
+            v.follow_ring(now);
             let missing = Self::load_missing_models(&mut v);
             let counters = v.engine.counters;
             v.metrics.export(&counters);
@@ -444,19 +477,8 @@ impl RootContext for Root {
         if has_sidecar {
             self.send_bookkeeping(outbox);
         }
-        if !has_sidecar
-            || now < self.backoff_until
-            || !shared::acquire_lease(&HostShared, self.vm_tag, now)
-        {
+        if !has_sidecar || !self.poll_sidecar(now, position, wait_ms) {
             return;
-        }
-        if !self.sync_in_flight() {
-            let (epoch, since) = position;
-            self.dispatch(
-                format!("/v1/sync?epoch={epoch}&since={since}&wait_ms={wait_ms}"),
-                Call::Sync,
-                wait_ms + 5000,
-            );
         }
         for (name, digest) in missing {
             let busy = self
