@@ -14,23 +14,21 @@ use std::time::Duration;
 
 use super::*;
 
-/// A wasm module built by `make wasm`: `var` names it, else the release target dir holds it.
+/// A wasm module built by `make wasm` (`var` names it, else the cargo target dir holds it).
 /// Missing is a failure, not a skip: `make test` always builds both.
-fn built_wasm(var: &str, file: &str) -> String {
-    let path = std::env::var(var).unwrap_or_else(|_| {
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_string());
-        format!("{target}/wasm32-wasip1/release/{file}")
-    });
-    assert!(
-        std::path::Path::new(&path).is_file(),
-        "{path} missing: run `make wasm` (or set {var})"
-    );
-    path
+fn built_wasm(what: &'static str, var: &'static str, file: &str) -> String {
+    crate::stack::require(what, var, &crate::stack::wasm_path(var, file))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .display()
+        .to_string()
 }
 
 fn probe_module() -> FilterModule {
-    let path = built_wasm("KVGATE_HOST_PROBE_WASM", "kvgate_host_probe.wasm");
+    let path = built_wasm(
+        "kvgate_host_probe.wasm (make wasm)",
+        "KVGATE_HOST_PROBE_WASM",
+        "kvgate_host_probe.wasm",
+    );
     let module = FilterModule::load(&path).unwrap();
     eprintln!(
         "probe module {path}: {} bytes, compiled in {:?}",
@@ -415,7 +413,11 @@ fn advance_time_fires_ticks() {
 /// import satisfied), starts without trapping, and a second load comes from the cache.
 #[test]
 fn real_filter_compiles_links_and_is_cached() {
-    let path = built_wasm("KVGATE_WASM", "kvgate_filter.wasm");
+    let path = built_wasm(
+        "kvgate_filter.wasm (make wasm)",
+        "KVGATE_WASM",
+        "kvgate_filter.wasm",
+    );
     let module = FilterModule::load(&path).unwrap();
     eprintln!(
         "{path}: {} bytes, compiled in {:?}",

@@ -13,6 +13,7 @@
 use super::*;
 use crate::mock::client::request;
 use crate::mock::{MockArgs, MockWorker};
+use crate::stack::{free_port, nats_server_path, require, Nats};
 use kvgate_core::events::dynamo::decode_kv_message;
 use kvgate_core::events::metrics::decode_load;
 use kvgate_core::events::{KvEventData, StorageTier, StoredBlock};
@@ -143,32 +144,17 @@ fn load_reports_are_active_load() {
     assert_eq!(kv_metrics_subject("dynamo"), "namespace.dynamo.kv_metrics");
 }
 
-/// A nats-server on a free port, killed on drop.
-struct Server(std::process::Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a nats-server; a missing binary fails the test (`make setup` installs it).
-fn nats_server() -> Server {
-    let bin = std::env::var_os("KVGATE_NATS_SERVER")
-        .map(std::path::PathBuf::from)
-        .into_iter()
-        .chain(["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(Into::into))
-        .find(|p| p.is_file())
-        .expect("nats-server not found: run `make setup` or set KVGATE_NATS_SERVER");
-    let port = crate::stack::free_port();
-    let child = std::process::Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    Server(child, format!("nats://127.0.0.1:{port}"))
+/// Starts a nats-server (stopped on drop); a missing binary fails the test (`make setup`
+/// installs it).
+fn nats_server() -> Nats {
+    let bin = require(
+        "nats-server (make setup)",
+        "KVGATE_NATS_SERVER",
+        &nats_server_path(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("kvgate-mock-nats-{}", std::process::id()));
+    Nats::start_on(&bin, &dir, free_port()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn next_payload(sub: &mut async_nats::Subscriber) -> Bytes {
@@ -184,7 +170,7 @@ async fn a_live_worker_publishes_events_load_and_announcements() {
     let server = nats_server();
     let mut client = None;
     for _ in 0..100 {
-        if let Ok(c) = async_nats::connect(&server.1).await {
+        if let Ok(c) = async_nats::connect(server.url()).await {
             client = Some(c);
             break;
         }
@@ -203,7 +189,7 @@ async fn a_live_worker_publishes_events_load_and_announcements() {
     client.flush().await.unwrap();
     let args = MockArgs::from_args([
         "--nats-url",
-        &server.1,
+        &server.url(),
         "--namespace",
         "testns",
         "--instance-id",

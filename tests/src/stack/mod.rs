@@ -11,7 +11,7 @@ mod workers;
 pub use envoy::{render as render_envoy, Envoy, EnvoyKind, EnvoyOptions};
 pub use nats::Nats;
 pub use proc::{free_port, wait_for, Proc, StackError};
-pub use tools::Tools;
+pub use tools::{nats_server_path, require, wasm_path, Tools};
 pub use workers::{Sidecar, Worker};
 
 use serde_json::{json, Value};

@@ -24,7 +24,8 @@ impl Nats {
         Self::start_on(&tools.nats_bin()?, dir, free_port())
     }
 
-    fn start_on(bin: &Path, dir: &Path, port: u16) -> Result<Nats, StackError> {
+    /// Starts the nats-server binary `bin` with JetStream on `port`, store under `dir/nats`.
+    pub(crate) fn start_on(bin: &Path, dir: &Path, port: u16) -> Result<Nats, StackError> {
         let store = dir.join("nats");
         std::fs::create_dir_all(&store)?;
         let mut cmd = Command::new(bin);

@@ -37,6 +37,30 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The repository root: `KVGATE_REPO`, else the parent of this crate.
+fn repo_root() -> PathBuf {
+    env_path("KVGATE_REPO").unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// A module `make wasm` builds: the path in `var`, else `file` in the release output of the
+/// cargo target directory (`CARGO_TARGET_DIR`, else `target/` in the repository).
+pub fn wasm_path(var: &str, file: &str) -> PathBuf {
+    env_path(var).unwrap_or_else(|| {
+        env_path("CARGO_TARGET_DIR")
+            .unwrap_or_else(|| repo_root().join("target"))
+            .join("wasm32-wasip1/release")
+            .join(file)
+    })
+}
+
+/// Where nats-server is looked for: `KVGATE_NATS_SERVER`, else on `PATH`, else where the
+/// Debian package puts it (checked when started, [`Tools::nats_bin`]).
+pub fn nats_server_path() -> PathBuf {
+    env_path("KVGATE_NATS_SERVER")
+        .or_else(|| which("nats-server"))
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
 /// The directory holding this executable's sibling binaries (`target/<profile>`).
 fn bin_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -67,8 +91,7 @@ impl Tools {
     /// checked when started ([`Tools::sidecar_bin`], [`Tools::mock_worker_bin`],
     /// [`Tools::envoy_cmd`]), so tests that need only some parts can run without the rest.
     pub fn from_env() -> Result<Tools, StackError> {
-        let repo = env_path("KVGATE_REPO")
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+        let repo = repo_root();
         let bins = bin_dir().unwrap_or_else(|| repo.join("target/debug"));
         let envoy = match std::env::var("KVGATE_ENVOY").ok().filter(|v| !v.is_empty()) {
             Some(cmd) => cmd.split_whitespace().map(str::to_string).collect(),
@@ -77,12 +100,8 @@ impl Tools {
                 .display()
                 .to_string()],
         };
-        let nats_server = env_path("KVGATE_NATS_SERVER")
-            .or_else(|| which("nats-server"))
-            .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"));
-        let cargo_target = env_path("CARGO_TARGET_DIR").unwrap_or_else(|| repo.join("target"));
-        let wasm = env_path("KVGATE_WASM")
-            .unwrap_or_else(|| cargo_target.join("wasm32-wasip1/release/kvgate_filter.wasm"));
+        let nats_server = nats_server_path();
+        let wasm = wasm_path("KVGATE_WASM", "kvgate_filter.wasm");
         Ok(Tools {
             envoy,
             nats_server,

@@ -236,13 +236,20 @@ impl Root {
         }
     }
 
-    /// Sends the long poll for the next sync frame unless one is in flight, when this VM
-    /// holds (or takes) the sync lease and is not backing off. False without the lease.
-    fn poll_sidecar(&mut self, now: u64, (epoch, since): (u64, u64), wait_ms: u64) -> bool {
+    /// Sends the long poll for the next sync frame, from this VM's sync position, unless
+    /// one is in flight, when this VM holds (or takes) the sync lease and is not backing off.
+    /// False without the lease. The caller must not hold the VM borrowed.
+    fn poll_sidecar(&mut self, now: u64) -> bool {
         if now < self.backoff_until || !shared::acquire_lease(&HostShared, self.vm_tag, now) {
             return false;
         }
         if !self.sync_in_flight() {
+            let Some(((epoch, since), wait_ms)) = self.vm.as_ref().map(|vm| {
+                let v = vm.borrow();
+                (v.engine.sync_position(), v.engine.cfg.gateway.sync_wait_ms)
+            }) else {
+                return false;
+            };
             self.dispatch(
                 format!("/v1/sync?epoch={epoch}&since={since}&wait_ms={wait_ms}"),
                 Call::Sync,
@@ -327,11 +334,9 @@ impl Context for Root {
             self.failed();
             return;
         }
-        let Some(vm_rc) = self.vm.clone() else {
-            return;
-        };
+        let Some(vm) = self.vm.clone() else { return };
         let now = now_ms();
-        let mut vm = vm_rc.borrow_mut();
+        let mut vm = vm.borrow_mut();
         let mut repoll = false;
         match call {
             Call::Sync => {
@@ -372,12 +377,8 @@ impl Context for Root {
         // KV event arriving in between would otherwise wait for the tick to be delivered.
         // (A refused frame waits for the tick, so a bad sidecar cannot make a busy loop.)
         if repoll {
-            let (position, wait_ms) = (
-                vm.engine.sync_position(),
-                vm.engine.cfg.gateway.sync_wait_ms,
-            );
             drop(vm);
-            self.poll_sidecar(now, position, wait_ms);
+            self.poll_sidecar(now);
         }
     }
 }
@@ -449,7 +450,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(vm) = self.vm.clone() else { return };
         let now = now_ms();
-        let (has_sidecar, wait_ms, position, missing, outbox) = {
+        let (missing, outbox) = {
             let mut v = vm.borrow_mut();
             if v.engine.expire(now) {
                 v.loads_dirty = true;
@@ -464,20 +465,11 @@ impl RootContext for Root {
             let missing = Self::load_missing_models(&mut v);
             let counters = v.engine.counters;
             v.metrics.export(&counters);
-            let outbox = v.engine.take_outbox();
-            (
-                true,
-                v.engine.cfg.gateway.sync_wait_ms,
-                v.engine.sync_position(),
-                missing,
-                outbox,
-            )
+            (missing, v.engine.take_outbox())
         };
         // Every VM sends its own bookkeeping steps (replica sync); no leader needed.
-        if has_sidecar {
-            self.send_bookkeeping(outbox);
-        }
-        if !has_sidecar || !self.poll_sidecar(now, position, wait_ms) {
+        self.send_bookkeeping(outbox);
+        if !self.poll_sidecar(now) {
             return;
         }
         for (name, digest) in missing {
