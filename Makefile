@@ -67,7 +67,11 @@ build: setup wasm ## Build everything (filter, sidecar, tools)
 lint: wasm-target ## cargo fmt --check and clippy -D warnings (native and wasm32-wasip1)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-filter -p kvgate-host-probe -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-engine -p kvgate-filter -p kvgate-host-probe -- -D warnings
+	@# Only the glue crate may link proxy-wasm; the core stays free of async runtimes.
+	@! cargo tree -q -p kvgate-sync -e normal | grep -q ' proxy-wasm ' || { echo "kvgate-sync links proxy-wasm" >&2; exit 1; }
+	@! cargo tree -q -p kvgate-engine -e normal | grep -qE ' (proxy-wasm|tokio) ' || { echo "kvgate-engine links proxy-wasm or tokio" >&2; exit 1; }
+	@! cargo tree -q -p kvgate-core -e normal | grep -qE ' (proxy-wasm|tokio|async-nats) ' || { echo "kvgate-core links a host or runtime crate" >&2; exit 1; }
 
 test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks, fuzz and bench smoke runs)
 	cargo build --workspace --bins

@@ -121,17 +121,7 @@ pub async fn post(target: &Target, path: &str, body: Vec<u8>) -> Result<(u16, By
     request(target, Method::POST, path, body).await
 }
 
-/// Percent-encodes a query value (unreserved characters kept).
-pub fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use kvgate_core::sync::query_escape;
 
 #[cfg(test)]
 mod tests {

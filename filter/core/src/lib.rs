@@ -11,6 +11,7 @@
 //! event wire formats that feed the index, [`sync`] ships the index from the sidecar to
 //! the filter, [`workers`] describes the fleet and [`config`] validates every setting.
 
+pub mod backoff;
 pub mod config;
 pub mod events;
 pub mod hash;

@@ -370,6 +370,20 @@ pub fn frame_deltas(frame: &SyncFrame) -> Result<Vec<IndexDelta>, SyncError> {
         .collect()
 }
 
+/// Percent-encodes a query value of a sidecar URL (`/v1/models/files?name=…`).
+pub fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -92,6 +92,29 @@ pub struct PromptOutput {
     pub batch_size: usize,
 }
 
+/// A request's prompt before tokenizing ([`ModelPrompt::text`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptText {
+    /// Text to tokenize.
+    Text {
+        /// The rendered chat prompt or the completion's text.
+        text: String,
+        /// Where it came from.
+        source: PromptSource,
+        /// Prompts in the request.
+        batch_size: usize,
+        /// Whether the tokenizer adds its special tokens (HF `add_special_tokens`).
+        add_special_tokens: bool,
+    },
+    /// Token ids the client sent (a completions request).
+    Tokens {
+        /// The ids, uncapped.
+        ids: Vec<u32>,
+        /// Prompts in the request.
+        batch_size: usize,
+    },
+}
+
 /// Anything that can go wrong between body and token ids.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PromptError {
@@ -205,49 +228,92 @@ impl ModelPrompt {
         self.prompt(&request, now_unix_ms)
     }
 
-    /// The prompt ids of an already parsed request (parse first to pick the model by name).
+    /// The prompt ids of an already parsed request (parse first to pick the model by name),
+    /// capped at [`PromptOptions::max_prompt_tokens`]: [`Self::text`] then [`Self::encode`].
     pub fn prompt(
         &mut self,
         request: &Request,
         now_unix_ms: u64,
     ) -> Result<PromptOutput, PromptError> {
-        let cap = self.options.max_prompt_tokens;
+        let text = self.text(request, now_unix_ms)?;
+        self.encode(text, self.options.max_prompt_tokens)
+    }
+
+    /// The first half of [`Self::prompt`]: the request's prompt text (the chat template
+    /// rendered, or a completion's text), or the token ids a completion sent.
+    pub fn text(&self, request: &Request, now_unix_ms: u64) -> Result<PromptText, PromptError> {
         let add_special_tokens = request.effective_add_special_tokens();
-        let (text, source, batch_size) = match &request.payload {
-            Payload::Chat(chat) => (self.render(chat, now_unix_ms)?, PromptSource::Chat, 1),
-            Payload::Completion(c) => match &c.prompt {
-                Prompt::Text(t) => (t.clone(), PromptSource::CompletionText, c.batch_size),
-                Prompt::Tokens(ids) => {
-                    return Ok(PromptOutput {
-                        token_ids: ids.iter().take(cap).copied().collect(),
-                        complete: ids.len() <= cap,
-                        source: PromptSource::CompletionTokens,
-                        segments_hit: 0,
-                        segments_miss: 0,
-                        tokens_from_cache: 0,
-                        prompt_bytes: 0,
-                        batch_size: c.batch_size,
-                    })
-                }
-            },
-        };
-        let encoded = self.tokenizer.encode(
-            &text,
-            EncodeOptions {
-                max_tokens: cap,
+        Ok(match &request.payload {
+            Payload::Chat(chat) => PromptText::Text {
+                text: self.render(chat, now_unix_ms)?,
+                source: PromptSource::Chat,
+                batch_size: 1,
                 add_special_tokens,
             },
-        )?;
-        Ok(PromptOutput {
-            token_ids: encoded.ids,
-            complete: encoded.complete,
-            source,
-            segments_hit: encoded.segments_hit,
-            segments_miss: encoded.segments_miss,
-            tokens_from_cache: encoded.tokens_from_cache,
-            prompt_bytes: text.len(),
-            batch_size,
+            Payload::Completion(c) => match &c.prompt {
+                Prompt::Text(t) => PromptText::Text {
+                    text: t.clone(),
+                    source: PromptSource::CompletionText,
+                    batch_size: c.batch_size,
+                    add_special_tokens,
+                },
+                Prompt::Tokens(ids) => PromptText::Tokens {
+                    ids: ids.clone(),
+                    batch_size: c.batch_size,
+                },
+            },
         })
+    }
+
+    /// The second half of [`Self::prompt`]: token ids of `text`, at most `max_tokens`.
+    pub fn encode(
+        &mut self,
+        text: PromptText,
+        max_tokens: usize,
+    ) -> Result<PromptOutput, PromptError> {
+        match text {
+            PromptText::Tokens {
+                mut ids,
+                batch_size,
+            } => {
+                let complete = ids.len() <= max_tokens;
+                ids.truncate(max_tokens);
+                Ok(PromptOutput {
+                    token_ids: ids,
+                    complete,
+                    source: PromptSource::CompletionTokens,
+                    segments_hit: 0,
+                    segments_miss: 0,
+                    tokens_from_cache: 0,
+                    prompt_bytes: 0,
+                    batch_size,
+                })
+            }
+            PromptText::Text {
+                text,
+                source,
+                batch_size,
+                add_special_tokens,
+            } => {
+                let encoded = self.tokenizer.encode(
+                    &text,
+                    EncodeOptions {
+                        max_tokens,
+                        add_special_tokens,
+                    },
+                )?;
+                Ok(PromptOutput {
+                    token_ids: encoded.ids,
+                    complete: encoded.complete,
+                    source,
+                    segments_hit: encoded.segments_hit,
+                    segments_miss: encoded.segments_miss,
+                    tokens_from_cache: encoded.tokens_from_cache,
+                    prompt_bytes: text.len(),
+                    batch_size,
+                })
+            }
+        }
     }
 
     /// Renders a chat request to its prompt text.

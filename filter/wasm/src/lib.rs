@@ -1,15 +1,30 @@
-//! kvgate-filter: the proxy-wasm HTTP filter. It parses each OpenAI request, renders the
-//! chat template, tokenizes, block-hashes, scores workers from the KV index and sets the
-//! routing headers and the `x-gateway-destination-endpoint` that Envoy's override_host
-//! policy honours.
-//!
-//! The proxy-wasm glue ([`glue`], wasm32 only) only moves bytes between host calls and the
-//! logic here and in `kvgate-core` / `kvgate-prompt`, which is tested natively.
+//! kvgate-filter: the proxy-wasm HTTP filter — glue only. Each proxy-wasm callback is
+//! translated into one call of `kvgate-engine` (which decides everything and is tested
+//! natively), and the engine's plain-data answer is applied with host calls. A panic is
+//! logged at critical level (with Envoy's `FAIL_RELOAD`, the VM is then reloaded).
 
-pub mod body;
-pub mod engine;
-pub mod headers;
-pub mod shared;
+#![cfg_attr(target_arch = "wasm32", allow(unsafe_code))] // `proxy_wasm::main!` exports a `#[no_mangle]` fn.
 
 #[cfg(target_arch = "wasm32")]
-mod glue;
+mod host;
+#[cfg(target_arch = "wasm32")]
+mod http;
+#[cfg(target_arch = "wasm32")]
+mod root;
+
+/// The module entry point Envoy calls when it loads the VM.
+#[cfg(target_arch = "wasm32")]
+mod entry {
+    use crate::root::Root;
+    use proxy_wasm::types::LogLevel;
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Info);
+        std::panic::set_hook(Box::new(|info| {
+            let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("kvgate: panic: {info}"));
+        }));
+        proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+            Box::new(Root::new())
+        });
+    }}
+}

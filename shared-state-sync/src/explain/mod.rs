@@ -1,5 +1,5 @@
 //! `explain`: how the filter would route one request right now. It runs the filter's own
-//! engine (`kvgate_filter::engine`) natively — the same parse, template, tokenizer, block
+//! engine (`kvgate-engine`) natively — the same parse, template, tokenizer, block
 //! hashes, overlaps and cost formula as in Envoy — on a snapshot fetched from the sidecar
 //! (`/v1/sync?epoch=0&since=0`), with the sidecar's loads (other replicas and worker
 //! reports). It books nothing.
@@ -16,8 +16,8 @@ use crate::settings::{load_config, process_env};
 use crate::time::now_ms;
 use anyhow::{anyhow, bail, Context};
 use kvgate_core::sync::{self, ModelFiles, SyncFrame};
-use kvgate_filter::engine::{DecideInput, Engine, Outcome};
-use kvgate_filter::headers::RoutedPath;
+use kvgate_engine::headers::RoutedPath;
+use kvgate_engine::{DecideInput, Early, Engine};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -140,16 +140,19 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
     };
     let mut prepared = match engine.prepare(&input) {
         Ok(p) => p,
-        Err(Outcome::Reply { status, body, .. }) => {
+        Err(Early::Reply(r)) => {
             bail!(
-                "the filter would answer {status}: {}",
-                String::from_utf8_lossy(&body)
+                "the filter would answer {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
             )
         }
-        Err(Outcome::Forward { reason }) => {
-            bail!("the filter would forward this request unrouted ({reason})")
+        Err(Early::Forward(reason)) => {
+            bail!(
+                "the filter would forward this request unrouted ({})",
+                reason.as_str()
+            )
         }
-        Err(Outcome::Route { .. }) => bail!("unexpected outcome"),
     };
     let decision = engine.choose(&mut prepared, &HashMap::new());
 
@@ -185,7 +188,7 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
             }),
             None,
             match prepared.degraded {
-                Some(why) => format!("{} | degraded={why}", d.explain),
+                Some(why) => format!("{} | degraded={}", d.explain, why.as_str()),
                 None => d.explain.to_string(),
             },
         ),

@@ -9,6 +9,7 @@ pub mod replica;
 
 use crate::hub::Hub;
 use crate::settings::NatsSettings;
+use kvgate_core::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,10 +45,13 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Reconnect delay after `attempts` failures: 100 ms doubling to 5 s, with jitter.
+/// Reconnect pacing of every NATS and ZMQ connection: 100 ms doubling to 5 s, +≤ 20 % jitter.
+const RECONNECT: Backoff = Backoff::new(100, 5_000).with_jitter(20);
+
+/// Reconnect delay after `attempts` failures.
 pub fn backoff(attempts: usize) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempts.min(6)).min(5000);
-    Duration::from_millis(base + fastrand::u64(0..=base / 5))
+    let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+    Duration::from_millis(RECONNECT.jittered_ms(attempts, &mut fastrand::Rng::new()))
 }
 
 /// Subscribes to every subject (retrying each every second until NATS takes it), flushes so

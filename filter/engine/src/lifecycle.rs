@@ -2,7 +2,7 @@
 //! count output tokens (when output tracking is on), and the end of the stream — however
 //! it ended — frees the booking. Every step is idempotent.
 
-use super::Engine;
+use crate::engine::Engine;
 use kvgate_core::sync::BookKind;
 
 /// Counts SSE events carrying data (each OpenAI stream chunk is one event), excluding the

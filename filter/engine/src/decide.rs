@@ -1,10 +1,11 @@
 //! The request path: body → parse → template → tokenize → block hashes → overlaps →
 //! cost formula → headers, rewritten body and booking. Every failure has a defined
-//! outcome (a JSON error reply, or forwarding without a decision under fail-open).
+//! [`Outcome`] (a JSON error reply, or forwarding without a decision under fail-open).
 
-use super::Engine;
 use crate::body::{self, Rewrite};
+use crate::engine::Engine;
 use crate::headers::{self as h, RoutedPath};
+use crate::outcome::{Degraded, Early, ForwardReason, Outcome, Reply, Route};
 use kvgate_core::config::{FailPolicy, UnknownModel};
 use kvgate_core::hash::{BlockHasher, BlockHashes};
 use kvgate_core::index::OverlapScores;
@@ -13,8 +14,8 @@ use kvgate_core::route::{self, Decision, LoadView, ReportedLoad, RouteError, Rou
 use kvgate_core::sync::RemoteLoad;
 use kvgate_core::WorkerKey;
 use kvgate_prompt::error::openai_error_body;
-use kvgate_prompt::request::{self, Payload, Prompt};
-use kvgate_prompt::{ApiError, Disposition, EncodeOptions, Endpoint};
+use kvgate_prompt::request;
+use kvgate_prompt::{ApiError, Disposition, Endpoint, PromptSource};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -72,52 +73,12 @@ pub struct Prepared {
     /// Overlap per worker (events index and/or predictions).
     pub overlaps: OverlapScores,
     /// Set when the decision can only use load, and why.
-    pub degraded: Option<&'static str>,
+    pub degraded: Option<Degraded>,
     /// Whether the body has an `nvext` object.
     pub has_nvext: bool,
     /// Stage times so far.
     pub timings: Timings,
     started: Instant,
-}
-
-/// What to do with the request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Route: set these headers (and the body), continue.
-    Route {
-        /// Headers to set on the upstream request.
-        headers: Vec<(&'static str, String)>,
-        /// A replacement body, if it changed.
-        body: Option<Vec<u8>>,
-        /// The one-line explanation.
-        explain: String,
-        /// The chosen decode worker.
-        worker: WorkerKey,
-        /// Blocks of the prompt the chosen worker holds.
-        matched_blocks: u32,
-        /// Prompt tokens used for the decision.
-        prompt_tokens: usize,
-        /// Segment cache hits and misses of this request.
-        segments: (u32, u32),
-        /// Stage times.
-        timings: Timings,
-        /// Set when the decision was made on load alone, and why.
-        degraded: Option<&'static str>,
-    },
-    /// Answer locally with this status and OpenAI-style JSON body.
-    Reply {
-        /// HTTP status.
-        status: u16,
-        /// JSON body.
-        body: Vec<u8>,
-        /// Error kind for metrics.
-        kind: &'static str,
-    },
-    /// Forward without routing headers; the cluster's load balancer picks.
-    Forward {
-        /// Why, for metrics and logs.
-        reason: &'static str,
-    },
 }
 
 struct View<'a> {
@@ -165,24 +126,24 @@ fn merge_max(mut a: OverlapScores, b: OverlapScores) -> OverlapScores {
     a
 }
 
-fn reply(status: u16, kind: &'static str, message: &str, error_type: &str) -> Outcome {
-    Outcome::Reply {
+fn reply(status: u16, code: &'static str, message: &str, error_type: &str) -> Reply {
+    Reply {
         status,
-        body: openai_error_body(message, error_type, kind, None),
-        kind,
+        body: openai_error_body(message, error_type, code, None),
+        code,
     }
 }
 
 impl Engine {
-    fn fail(&mut self, reason: &'static str, message: &str) -> Outcome {
+    fn fail(&mut self, reason: ForwardReason, message: &str) -> Early {
         match self.cfg.gateway.fail_policy {
             FailPolicy::FailOpen => {
                 self.counters.fail_open += 1;
-                Outcome::Forward { reason }
+                Early::Forward(reason)
             }
             FailPolicy::FailClosed => {
                 self.counters.fail_closed += 1;
-                reply(503, reason, message, "service_unavailable")
+                Early::Reply(reply(503, reason.as_str(), message, "service_unavailable"))
             }
         }
     }
@@ -197,11 +158,8 @@ impl Engine {
     }
 
     /// Everything up to the cost formula: parse, model lookup, template, tokenize,
-    /// hash, overlaps. `Err` is the outcome for requests that end here (errors, fail-open).
-    // `Err` is built once per request that ends early and returned straight to the caller;
-    // boxing it would only add an allocation.
-    #[allow(clippy::result_large_err)]
-    pub fn prepare(&mut self, input: &DecideInput<'_>) -> Result<Prepared, Outcome> {
+    /// hash, overlaps. `Err` is how requests that end here end (errors, fail-open).
+    pub fn prepare(&mut self, input: &DecideInput<'_>) -> Result<Prepared, Early> {
         let start = Instant::now();
         let mut t = Timings::default();
         let endpoint = match input.path {
@@ -211,9 +169,12 @@ impl Engine {
         let limits = self.prompt_options(self.cfg.router.block_size).limits;
         let parsed = request::parse(endpoint, input.body, &limits);
         t.parse_us = us(start);
-        let req = parsed.map_err(|e| self.api_error(&e, "unsupported_request"))?;
+        let req = parsed.map_err(|e| self.api_error(&e, ForwardReason::UnsupportedRequest))?;
         if self.fleet.is_empty() {
-            return Err(self.fail("no_workers", "no inference worker is known to the gateway"));
+            return Err(self.fail(
+                ForwardReason::NoWorkers,
+                "no inference worker is known to the gateway",
+            ));
         }
         let workers = self.fleet.for_model(&req.model).to_vec();
         if workers.is_empty() {
@@ -226,7 +187,7 @@ impl Engine {
             .or_else(|| workers.iter().find_map(|w| w.block_size))
             .unwrap_or(self.cfg.router.block_size);
 
-        // Prompt → tokens.
+        // Prompt → tokens, through the model's one prompt pipeline.
         let mut p = Prepared {
             workers,
             block_size,
@@ -251,50 +212,19 @@ impl Engine {
             .get_mut(&req.model)
             .and_then(|m| m.prompt.as_mut())
         {
-            None => p.degraded = Some("no_tokenizer"),
+            None => p.degraded = Some(Degraded::NoTokenizer),
             Some(model) => {
-                let add_special_tokens = req.effective_add_special_tokens();
-                let text = match &req.payload {
-                    Payload::Chat(chat) => {
-                        let s = Instant::now();
-                        let r = model.render(chat, input.now_ms);
-                        p.timings.template_us = us(s);
-                        Some(r)
-                    }
-                    Payload::Completion(c) => match &c.prompt {
-                        Prompt::Text(text) => Some(Ok(text.clone())),
-                        Prompt::Tokens(ids) => {
-                            p.tokens = ids.iter().take(max_tokens).copied().collect();
-                            p.complete = ids.len() <= max_tokens;
-                            p.from_ids = true;
-                            None
-                        }
-                    },
-                };
-                match text {
-                    None => {}
-                    Some(Err(e)) => return Err(self.api_error(&e, "unsupported_prompt")),
-                    Some(Ok(text)) => {
-                        let s = Instant::now();
-                        let enc = model.tokenizer_mut().encode(
-                            &text,
-                            EncodeOptions {
-                                max_tokens,
-                                add_special_tokens,
-                            },
-                        );
-                        p.timings.tokenize_us = us(s);
-                        let enc = enc.map_err(|e| {
-                            self.api_error(
-                                &kvgate_prompt::PromptError::from(e),
-                                "unsupported_prompt",
-                            )
-                        })?;
-                        p.segments = (enc.segments_hit, enc.segments_miss);
-                        p.complete = enc.complete;
-                        p.tokens = enc.ids;
-                    }
-                }
+                let s = Instant::now();
+                let text = model.text(&req, input.now_ms);
+                p.timings.template_us = us(s);
+                let s = Instant::now();
+                let out = text.and_then(|text| model.encode(text, max_tokens));
+                p.timings.tokenize_us = us(s);
+                let out = out.map_err(|e| self.api_error(&e, ForwardReason::UnsupportedPrompt))?;
+                p.segments = (out.segments_hit, out.segments_miss);
+                p.complete = out.complete;
+                p.from_ids = out.source == PromptSource::CompletionTokens;
+                p.tokens = out.token_ids;
             }
         }
 
@@ -319,7 +249,7 @@ impl Engine {
         );
         p.overlaps = if self.uses_events() {
             if self.index_stale(input.now_ms) {
-                p.degraded = p.degraded.or(Some("stale_index"));
+                p.degraded = p.degraded.or(Some(Degraded::StaleIndex));
                 OverlapScores::default()
             } else {
                 let o = self.index.overlap(&p.hashes.sequence);
@@ -371,40 +301,47 @@ impl Engine {
     pub fn decide(&mut self, input: &DecideInput<'_>) -> Outcome {
         let mut p = match self.prepare(input) {
             Ok(p) => p,
-            Err(outcome) => return outcome,
+            Err(early) => return early.into(),
         };
         match p.degraded {
-            Some("no_tokenizer") => self.counters.no_tokenizer += 1,
-            Some("stale_index") => self.counters.stale_index += 1,
-            _ => {}
+            Some(Degraded::NoTokenizer) => self.counters.no_tokenizer += 1,
+            Some(Degraded::StaleIndex) => self.counters.stale_index += 1,
+            None => {}
         }
         let d = match self.choose(&mut p, input.other_loads) {
             Ok(d) => d,
             Err(RouteError::NoWorkers) => {
-                return self.fail("no_workers", "no inference worker serves this model")
+                return self
+                    .fail(
+                        ForwardReason::NoWorkers,
+                        "no inference worker serves this model",
+                    )
+                    .into()
             }
             Err(RouteError::NoCapacity { .. }) => {
                 self.counters.no_capacity += 1;
-                return reply(
+                return Outcome::Reply(reply(
                     self.cfg.router.overload_status,
                     "all_workers_busy",
                     "All workers serving this model are busy; retry later.",
                     "overloaded_error",
-                );
+                ));
             }
             Err(RouteError::DisaggRequired) => {
                 self.counters.fail_closed += 1;
-                return reply(
+                return Outcome::Reply(reply(
                     503,
                     "no_prefill_worker",
                     &RouteError::DisaggRequired.to_string(),
                     "service_unavailable",
-                );
+                ));
             }
         };
         if !self.fleet.knows_endpoint(&d.decode.endpoint) {
             // Cannot happen with a consistent table; never emit an unknown destination.
-            return self.fail("unknown_endpoint", "internal routing error");
+            return self
+                .fail(ForwardReason::UnknownEndpoint, "internal routing error")
+                .into();
         }
 
         // Body: strip client routing keys, inject token ids.
@@ -439,11 +376,11 @@ impl Engine {
             .decode
             .overlap_blocks
             .max(d.prefill.as_ref().map(|x| x.overlap_blocks).unwrap_or(0));
-        Outcome::Route {
+        Outcome::Route(Box::new(Route {
             headers: routing_headers(&d),
             body: new_body,
             explain: match p.degraded {
-                Some(why) => format!("{} | degraded={why}", d.explain),
+                Some(why) => format!("{} | degraded={}", d.explain, why.as_str()),
                 None => d.explain.to_string(),
             },
             worker: d.decode.worker,
@@ -452,15 +389,15 @@ impl Engine {
             segments: p.segments,
             timings: p.timings,
             degraded: p.degraded,
-        }
+        }))
     }
 
-    fn unknown_model(&mut self, model: &str) -> Outcome {
+    fn unknown_model(&mut self, model: &str) -> Early {
         match self.cfg.gateway.unknown_model {
             UnknownModel::Reject => {
                 self.counters.rejected += 1;
                 let msg = format!("The model `{model}` does not exist or is not served here.");
-                Outcome::Reply {
+                Early::Reply(Reply {
                     status: 404,
                     body: openai_error_body(
                         &msg,
@@ -468,34 +405,30 @@ impl Engine {
                         "model_not_found",
                         Some("model"),
                     ),
-                    kind: "model_not_found",
-                }
+                    code: "model_not_found",
+                })
             }
             UnknownModel::Passthrough => {
                 self.counters.passthrough += 1;
-                Outcome::Forward {
-                    reason: "unknown_model",
-                }
+                Early::Forward(ForwardReason::UnknownModel)
             }
         }
     }
 
     /// The outcome of a request or prompt error: a JSON reply, or forwarding unrouted.
-    fn api_error(&mut self, e: &dyn ApiError, forward_reason: &'static str) -> Outcome {
+    fn api_error(&mut self, e: &dyn ApiError, forward: ForwardReason) -> Early {
         match e.disposition() {
             Disposition::Reject => {
                 self.counters.rejected += 1;
-                Outcome::Reply {
+                Early::Reply(Reply {
                     status: e.status(),
                     body: e.openai_body(),
-                    kind: e.code(),
-                }
+                    code: e.code(),
+                })
             }
             Disposition::Forward => {
                 self.counters.passthrough += 1;
-                Outcome::Forward {
-                    reason: forward_reason,
-                }
+                Early::Forward(forward)
             }
         }
     }

@@ -2,8 +2,8 @@
 //! list), and composing the snapshot frame the sync leader leaves in shared data for VMs
 //! that fell behind the ring.
 
-use super::{Engine, Fleet};
-use kvgate_core::index::IndexDelta;
+use crate::engine::Engine;
+use crate::fleet::Fleet;
 use kvgate_core::sync::{self, ModelEntry, SyncError, SyncFrame};
 use std::collections::HashMap;
 
@@ -111,12 +111,5 @@ impl Engine {
     /// Model entries of the last model list.
     pub fn model_entries(&self) -> &[ModelEntry] {
         &self.model_entries
-    }
-
-    /// Applies index deltas predicted elsewhere (tests and approximate-mode sharing).
-    pub fn apply_index_deltas(&mut self, deltas: &[IndexDelta]) {
-        for d in deltas {
-            self.index.apply(d);
-        }
     }
 }

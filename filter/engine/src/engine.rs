@@ -1,49 +1,17 @@
-//! The filter's per-VM brain, free of proxy-wasm: the index copy, bookkeeping, worker
-//! table and tokenizers of one Envoy worker thread, and the request path from body to
-//! decision. The glue calls it; native tests drive it directly with the real tokenizer.
+//! One VM's decision state: the index copy, bookkeeping, worker table, predictions and
+//! tokenizers of one Envoy worker thread (or of `explain`, or of one simulated gateway
+//! thread in the bench). The request path lives in `decide`, the response path in
+//! `lifecycle`, sync frames in `sync`, models in `models`.
 
-mod decide;
-mod fleet;
-mod lifecycle;
-mod models;
-mod sync;
-
-pub use decide::{DecideInput, Outcome, Prepared, Timings};
-pub use fleet::Fleet;
-pub use models::{ModelFiles, ModelState};
-pub use sync::SyncOutcome;
-
+use crate::fleet::Fleet;
+use crate::metrics::Counters;
+use crate::models::ModelState;
 use kvgate_core::config::Config;
 use kvgate_core::index::{ApproxIndex, PrefixIndex};
-use kvgate_core::load::LoadBook;
-use kvgate_core::sync::{RemoteLoad, SyncState};
+use kvgate_core::load::{LoadBook, WorkerLoad};
+use kvgate_core::sync::{BookEvent, BookKind, ModelEntry, RemoteLoad, SyncState};
 use kvgate_core::WorkerKey;
 use std::collections::HashMap;
-
-/// Counters the glue exports as metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Decisions made with routing headers.
-    pub routed: u64,
-    /// Requests forwarded without a decision under fail-open.
-    pub fail_open: u64,
-    /// Requests answered 503 under fail-closed.
-    pub fail_closed: u64,
-    /// Requests rejected because every worker was busy.
-    pub no_capacity: u64,
-    /// Requests not routed by design (unknown model passthrough, unsupported content).
-    pub passthrough: u64,
-    /// Requests rejected for bad input.
-    pub rejected: u64,
-    /// Decisions made on load alone because the index was stale.
-    pub stale_index: u64,
-    /// Decisions made on load alone because the model's tokenizer was not loaded.
-    pub no_tokenizer: u64,
-    /// Sync frames applied.
-    pub frames: u64,
-    /// Sync frames refused (discontinuous or malformed).
-    pub frame_errors: u64,
-}
 
 /// One VM's state.
 pub struct Engine {
@@ -61,12 +29,12 @@ pub struct Engine {
     pub(crate) fleet: Fleet,
     pub(crate) remote: HashMap<WorkerKey, RemoteLoad>,
     pub(crate) models: HashMap<String, ModelState>,
-    pub(crate) model_entries: Vec<kvgate_core::sync::ModelEntry>,
+    pub(crate) model_entries: Vec<ModelEntry>,
     pub(crate) last_sync_ms: Option<u64>,
     pub(crate) source_age_ms: u64,
     /// Counters for metrics.
     pub counters: Counters,
-    pub(crate) outbox: Vec<kvgate_core::sync::BookEvent>,
+    pub(crate) outbox: Vec<BookEvent>,
 }
 
 impl Engine {
@@ -110,7 +78,7 @@ impl Engine {
     }
 
     /// Booked loads of this VM, to publish in shared data.
-    pub fn own_loads(&self) -> Vec<(WorkerKey, kvgate_core::load::WorkerLoad)> {
+    pub fn own_loads(&self) -> Vec<(WorkerKey, WorkerLoad)> {
         self.book.loads().collect()
     }
 
@@ -129,16 +97,15 @@ impl Engine {
         self.vm.rotate_left(32) ^ u64::from(ctx)
     }
 
-    pub(crate) fn note(&mut self, ctx: u32, kind: kvgate_core::sync::BookKind) {
+    pub(crate) fn note(&mut self, ctx: u32, kind: BookKind) {
         if self.replica_sync() {
             let request_id = self.request_id(ctx);
-            self.outbox
-                .push(kvgate_core::sync::BookEvent { request_id, kind });
+            self.outbox.push(BookEvent { request_id, kind });
         }
     }
 
     /// Bookkeeping steps not yet sent to the sidecar.
-    pub fn take_outbox(&mut self) -> Vec<kvgate_core::sync::BookEvent> {
+    pub fn take_outbox(&mut self) -> Vec<BookEvent> {
         std::mem::take(&mut self.outbox)
     }
 
@@ -152,6 +119,3 @@ impl Engine {
         &self.fleet
     }
 }
-
-#[cfg(test)]
-mod tests;

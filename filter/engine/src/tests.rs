@@ -7,14 +7,16 @@
     clippy::indexing_slicing
 )]
 
-use super::*;
 use crate::headers::RoutedPath;
+use crate::outcome::{Degraded, ForwardReason, Outcome, Reply, Route};
+use crate::{DecideInput, Engine, ModelFiles};
 use kvgate_core::index::IndexDelta;
 use kvgate_core::sync::{self as ksync, ModelEntry, RemoteLoad, SyncFrame};
 use kvgate_core::workers::{WorkerInfo, WorkerRole};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
-fn model_dir() -> PathBuf {
+pub(crate) fn model_dir() -> PathBuf {
     std::env::var_os("KVGATE_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -22,7 +24,7 @@ fn model_dir() -> PathBuf {
         })
 }
 
-fn files() -> ModelFiles {
+pub(crate) fn files() -> ModelFiles {
     let dir = model_dir();
     let read = |f: &str| {
         std::fs::read(dir.join(f)).unwrap_or_else(|e| {
@@ -40,7 +42,7 @@ fn files() -> ModelFiles {
     }
 }
 
-fn worker(id: u64, role: WorkerRole) -> WorkerInfo {
+pub(crate) fn worker(id: u64, role: WorkerRole) -> WorkerInfo {
     WorkerInfo {
         instance_id: id,
         endpoint: format!("127.0.0.1:{}", 18000 + id),
@@ -69,13 +71,29 @@ fn static_engine(extra: &str) -> Engine {
     e
 }
 
-fn long_chat(user: &str) -> Vec<u8> {
+pub(crate) fn long_chat(user: &str) -> Vec<u8> {
     let system = "You are a meticulous assistant. ".repeat(60);
     serde_json::to_vec(&serde_json::json!({
         "model": "Qwen/Qwen3-0.6B",
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]
     }))
     .unwrap()
+}
+
+/// The routed decision of an outcome (fails the test otherwise).
+pub(crate) fn routed(o: Outcome) -> Route {
+    match o {
+        Outcome::Route(r) => *r,
+        other => panic!("expected a route, got {other:?}"),
+    }
+}
+
+/// The local reply of an outcome (fails the test otherwise).
+pub(crate) fn replied(o: Outcome) -> Reply {
+    match o {
+        Outcome::Reply(r) => r,
+        other => panic!("expected a reply, got {other:?}"),
+    }
 }
 
 fn decide(e: &mut Engine, ctx: u32, body: &[u8]) -> Outcome {
@@ -94,15 +112,12 @@ fn decide(e: &mut Engine, ctx: u32, body: &[u8]) -> Outcome {
 fn routes_and_injects_exact_token_ids() {
     let mut e = static_engine("");
     let body = long_chat("hello");
-    let Outcome::Route {
+    let Route {
         headers,
         body: new_body,
         prompt_tokens,
         ..
-    } = decide(&mut e, 1, &body)
-    else {
-        panic!()
-    };
+    } = routed(decide(&mut e, 1, &body));
     let get = |k: &str| {
         headers
             .iter()
@@ -127,19 +142,14 @@ fn routes_and_injects_exact_token_ids() {
 fn repeated_prefix_goes_to_the_same_worker_in_approximate_mode() {
     let mut e = static_engine("");
     let first = decide(&mut e, 1, &long_chat("first question"));
-    let Outcome::Route { worker: w1, .. } = first else {
-        panic!()
-    };
+    let w1 = routed(first).worker;
     e.request_done(1);
     for ctx in 2..6 {
-        let Outcome::Route {
+        let Route {
             worker,
             matched_blocks,
             ..
-        } = decide(&mut e, ctx, &long_chat("another one"))
-        else {
-            panic!()
-        };
+        } = routed(decide(&mut e, ctx, &long_chat("another one")));
         assert_eq!(worker, w1);
         assert!(matched_blocks > 10, "{matched_blocks}");
         e.request_done(ctx);
@@ -150,9 +160,7 @@ fn repeated_prefix_goes_to_the_same_worker_in_approximate_mode() {
 #[test]
 fn bad_input_and_unknown_model() {
     let mut e = static_engine("");
-    let Outcome::Reply { status, body, .. } = decide(&mut e, 1, b"{not json") else {
-        panic!()
-    };
+    let Reply { status, body, .. } = replied(decide(&mut e, 1, b"{not json"));
     assert_eq!(status, 400);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(
@@ -160,17 +168,13 @@ fn bad_input_and_unknown_model() {
             && v["error"]["type"].is_string()
             && v["error"]["code"].is_string()
     );
-    let Outcome::Reply { status, .. } = decide(
+    let Reply { status, .. } = replied(decide(
         &mut e,
         2,
         br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
-    ) else {
-        panic!()
-    };
+    ));
     assert_eq!(status, 404);
-    let Outcome::Reply { status, .. } = decide(&mut e, 3, br#"{"model":"Qwen/Qwen3-0.6B"}"#) else {
-        panic!()
-    };
+    let Reply { status, .. } = replied(decide(&mut e, 3, br#"{"model":"Qwen/Qwen3-0.6B"}"#));
     assert_eq!(status, 400);
     assert_eq!(e.in_flight(), 0, "nothing booked for rejected requests");
 }
@@ -181,9 +185,7 @@ fn fail_policies_with_no_workers() {
     let mut e = Engine::new(cfg, 1, 1);
     assert_eq!(
         decide(&mut e, 1, &long_chat("x")),
-        Outcome::Forward {
-            reason: "no_workers"
-        }
+        Outcome::Forward(ForwardReason::NoWorkers)
     );
     assert_eq!(e.counters.fail_open, 1);
     let cfg = kvgate_core::config::Config::from_json(
@@ -191,9 +193,7 @@ fn fail_policies_with_no_workers() {
     )
     .unwrap();
     let mut e = Engine::new(cfg, 1, 1);
-    let Outcome::Reply { status, .. } = decide(&mut e, 1, &long_chat("x")) else {
-        panic!()
-    };
+    let Reply { status, .. } = replied(decide(&mut e, 1, &long_chat("x")));
     assert_eq!(status, 503);
 }
 
@@ -221,18 +221,14 @@ fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
         vec![("Qwen/Qwen3-0.6B".to_string(), "d1".to_string())]
     );
     // Before the tokenizer arrives: load-only routing, counted.
-    let Outcome::Route { degraded, .. } = decide(&mut e, 1, &long_chat("q")) else {
-        panic!()
-    };
-    assert_eq!(degraded, Some("no_tokenizer"));
+    let degraded = routed(decide(&mut e, 1, &long_chat("q"))).degraded;
+    assert_eq!(degraded, Some(Degraded::NoTokenizer));
     e.request_done(1);
     e.load_model("d1", &files()).unwrap();
 
     // Put the request's blocks on worker 3 through a delta frame.
     let body = long_chat("which worker?");
-    let Outcome::Route { body: Some(b), .. } = decide(&mut e, 2, &body) else {
-        panic!()
-    };
+    let b = routed(decide(&mut e, 2, &body)).body.unwrap();
     e.request_done(2);
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     let toks: Vec<u32> = v["nvext"]["token_data"]
@@ -269,15 +265,12 @@ fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
             now_ms: 2_000,
             other_loads: &other,
         });
-        let Outcome::Route {
+        let Route {
             worker,
             matched_blocks,
             degraded,
             ..
-        } = out
-        else {
-            panic!()
-        };
+        } = routed(out);
         assert_eq!((worker, degraded), (w3, None));
         assert_eq!(matched_blocks as usize, seq.len());
         e.request_done(ctx);
@@ -292,15 +285,12 @@ fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
         now_ms: 12_000,
         other_loads: &other,
     });
-    let Outcome::Route {
+    let Route {
         degraded,
         matched_blocks,
         ..
-    } = out
-    else {
-        panic!()
-    };
-    assert_eq!((degraded, matched_blocks), (Some("stale_index"), 0));
+    } = routed(out);
+    assert_eq!((degraded, matched_blocks), (Some(Degraded::StaleIndex), 0));
     // Snapshot of this VM restores an identical view elsewhere.
     let mut other_vm = Engine::new(e.cfg.clone(), 2, 2);
     other_vm
@@ -313,9 +303,7 @@ fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
 #[test]
 fn lifecycle_frees_on_every_path() {
     let mut e = static_engine(r#", "router_track_output_blocks": true"#);
-    let Outcome::Route { worker, .. } = decide(&mut e, 1, &long_chat("stream me")) else {
-        panic!()
-    };
+    let worker = routed(decide(&mut e, 1, &long_chat("stream me"))).worker;
     assert!(e
         .own_loads()
         .iter()

@@ -1,9 +1,20 @@
 //! Per-model tokenizer and chat template of this VM: which model files are wanted (by
 //! digest) and the loaded [`ModelPrompt`]s.
 
-use super::Engine;
+use crate::engine::Engine;
 pub use kvgate_core::sync::ModelFiles;
-use kvgate_prompt::{Limits, ModelPrompt, PromptOptions};
+use kvgate_prompt::{Limits, ModelPrompt, PromptError, PromptOptions};
+
+/// A model's tokenizer or chat template could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("model {model}: {source}")]
+pub struct ModelLoadError {
+    /// The model name.
+    pub model: String,
+    /// What failed.
+    #[source]
+    pub source: PromptError,
+}
 
 /// One model on this VM.
 pub struct ModelState {
@@ -67,10 +78,13 @@ impl Engine {
     }
 
     /// Loads model files (from the sidecar via shared data, or the VM configuration).
-    pub fn load_model(&mut self, digest: &str, files: &ModelFiles) -> Result<(), String> {
+    pub fn load_model(&mut self, digest: &str, files: &ModelFiles) -> Result<(), ModelLoadError> {
         let opts = self.prompt_options(files.block_size);
         let prompt = ModelPrompt::new(&files.tokenizer_json, &files.tokenizer_config_json, opts)
-            .map_err(|e| format!("model {}: {e}", files.name))?;
+            .map_err(|source| ModelLoadError {
+                model: files.name.clone(),
+                source,
+            })?;
         self.models.insert(
             files.name.clone(),
             ModelState {
@@ -80,10 +94,5 @@ impl Engine {
             },
         );
         Ok(())
-    }
-
-    /// Whether the model's tokenizer is loaded.
-    pub fn model_ready(&self, name: &str) -> bool {
-        self.models.get(name).is_some_and(|m| m.prompt.is_some())
     }
 }

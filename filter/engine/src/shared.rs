@@ -5,6 +5,7 @@
 //! Every get copies the value into the VM, so values stay small (one frame, one VM's
 //! loads) except the snapshot and model files, which a VM reads once.
 
+use crate::host::{Cas, Host};
 use kvgate_core::load::WorkerLoad;
 use kvgate_core::WorkerKey;
 use std::collections::HashMap;
@@ -15,14 +16,6 @@ pub const RING: u64 = 256;
 pub const LEASE_MS: u64 = 2_000;
 /// A VM's load record older than this is ignored (the VM is gone).
 pub const LOAD_STALE_MS: u64 = 5_000;
-
-/// Access to shared data: the proxy-wasm host in Envoy, a map in tests.
-pub trait Shared {
-    /// The value and its CAS token.
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Sets the value if the CAS token still matches (None = unconditional); false on mismatch.
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-}
 
 /// Key of the sync leader lease: `"<vm tag>:<expiry ms>"`.
 pub const LEASE_KEY: &str = "kvgate/lease";
@@ -48,9 +41,16 @@ pub fn load_key(vm: u64) -> String {
     format!("kvgate/load/{vm:016x}")
 }
 
+fn split(v: Option<(Vec<u8>, Cas)>) -> (Option<Vec<u8>>, Option<Cas>) {
+    match v {
+        Some((v, c)) => (Some(v), Some(c)),
+        None => (None, None),
+    }
+}
+
 /// Takes or renews the sync lease for `vm`; true when `vm` holds it afterwards.
-pub fn acquire_lease(s: &dyn Shared, vm: u64, now_ms: u64) -> bool {
-    let (cur, cas) = s.get(LEASE_KEY);
+pub fn acquire_lease(h: &dyn Host, vm: u64, now_ms: u64) -> bool {
+    let (cur, cas) = split(h.shared_get(LEASE_KEY));
     if let Some(v) = cur.as_deref().and_then(|b| std::str::from_utf8(b).ok()) {
         let mut parts = v.split(':');
         let holder = parts.next().and_then(|h| u64::from_str_radix(h, 16).ok());
@@ -66,23 +66,22 @@ pub fn acquire_lease(s: &dyn Shared, vm: u64, now_ms: u64) -> bool {
     // With no lease yet there is no CAS token to race on: set, then read back, so of two
     // VMs racing the last writer wins and the other sees it.
     let cas = if cur.is_some() { cas } else { None };
-    s.set(LEASE_KEY, value.as_bytes(), cas)
-        && s.get(LEASE_KEY).0.as_deref() == Some(value.as_bytes())
+    h.shared_set(LEASE_KEY, value.as_bytes(), cas).is_ok()
+        && h.shared_get(LEASE_KEY).map(|(v, _)| v).as_deref() == Some(value.as_bytes())
 }
 
 /// The newest frame sequence number published (0 = none).
-pub fn head(s: &dyn Shared) -> u64 {
-    s.get(HEAD_KEY)
-        .0
-        .and_then(|b| String::from_utf8(b).ok())
+pub fn head(h: &dyn Host) -> u64 {
+    h.shared_get(HEAD_KEY)
+        .and_then(|(v, _)| String::from_utf8(v).ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
 /// Publishes `frame` as the frame after the current head; returns its sequence number,
 /// or None when another VM published concurrently (the caller is no longer the leader).
-pub fn publish_frame(s: &dyn Shared, frame: &[u8]) -> Option<u64> {
-    let (cur, cas) = s.get(HEAD_KEY);
+pub fn publish_frame(h: &dyn Host, frame: &[u8]) -> Option<u64> {
+    let (cur, cas) = split(h.shared_get(HEAD_KEY));
     let seq = cur
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|v| v.parse::<u64>().ok())
@@ -90,37 +89,38 @@ pub fn publish_frame(s: &dyn Shared, frame: &[u8]) -> Option<u64> {
         + 1;
     let mut v = seq.to_le_bytes().to_vec();
     v.extend_from_slice(frame);
-    s.set(&ring_key(seq), &v, None);
-    s.set(HEAD_KEY, seq.to_string().as_bytes(), cas)
-        .then_some(seq)
+    h.shared_set(&ring_key(seq), &v, None).ok()?;
+    h.shared_set(HEAD_KEY, seq.to_string().as_bytes(), cas)
+        .ok()
+        .map(|()| seq)
 }
 
 /// The frame with sequence `seq`, if still in the ring.
-pub fn read_frame(s: &dyn Shared, seq: u64) -> Option<Vec<u8>> {
-    let v = s.get(&ring_key(seq)).0?;
+pub fn read_frame(h: &dyn Host, seq: u64) -> Option<Vec<u8>> {
+    let (v, _) = h.shared_get(&ring_key(seq))?;
     let (tag, frame) = v.split_at_checked(8)?;
     let got = u64::from_le_bytes(tag.try_into().ok()?);
     (got == seq).then(|| frame.to_vec())
 }
 
 /// Stores a snapshot frame valid as of ring sequence `seq`.
-pub fn publish_snapshot(s: &dyn Shared, seq: u64, frame: &[u8]) {
+pub fn publish_snapshot(h: &dyn Host, seq: u64, frame: &[u8]) {
     let mut v = seq.to_le_bytes().to_vec();
     v.extend_from_slice(frame);
-    s.set(SNAPSHOT_KEY, &v, None);
+    let _ = h.shared_set(SNAPSHOT_KEY, &v, None);
 }
 
 /// The snapshot and the ring sequence it is valid at.
-pub fn read_snapshot(s: &dyn Shared) -> Option<(u64, Vec<u8>)> {
-    let v = s.get(SNAPSHOT_KEY).0?;
+pub fn read_snapshot(h: &dyn Host) -> Option<(u64, Vec<u8>)> {
+    let (v, _) = h.shared_get(SNAPSHOT_KEY)?;
     let (tag, frame) = v.split_at_checked(8)?;
     Some((u64::from_le_bytes(tag.try_into().ok()?), frame.to_vec()))
 }
 
 /// Adds `vm` to the list of VMs publishing loads.
-pub fn register_vm(s: &dyn Shared, vm: u64) {
+pub fn register_vm(h: &dyn Host, vm: u64) {
     for _ in 0..16 {
-        let (cur, cas) = s.get(VMS_KEY);
+        let (cur, cas) = split(h.shared_get(VMS_KEY));
         let mut list = cur
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
@@ -132,27 +132,26 @@ pub fn register_vm(s: &dyn Shared, vm: u64) {
             list.push(',');
         }
         list.push_str(&tag);
-        if s.set(VMS_KEY, list.as_bytes(), cas) {
+        if h.shared_set(VMS_KEY, list.as_bytes(), cas).is_ok() {
             return;
         }
     }
 }
 
 /// Writes this VM's booked loads.
-pub fn write_loads(s: &dyn Shared, vm: u64, now_ms: u64, loads: &[(WorkerKey, WorkerLoad)]) {
+pub fn write_loads(h: &dyn Host, vm: u64, now_ms: u64, loads: &[(WorkerKey, WorkerLoad)]) {
     let body = (now_ms, loads.to_vec());
     if let Ok(bytes) = postcard::to_allocvec(&body) {
-        s.set(&load_key(vm), &bytes, None);
+        let _ = h.shared_set(&load_key(vm), &bytes, None);
     }
 }
 
 /// Sum of the loads other live VMs booked.
-pub fn read_other_loads(s: &dyn Shared, me: u64, now_ms: u64) -> HashMap<WorkerKey, WorkerLoad> {
+pub fn read_other_loads(h: &dyn Host, me: u64, now_ms: u64) -> HashMap<WorkerKey, WorkerLoad> {
     let mut out: HashMap<WorkerKey, WorkerLoad> = HashMap::new();
-    let list = s
-        .get(VMS_KEY)
-        .0
-        .and_then(|b| String::from_utf8(b).ok())
+    let list = h
+        .shared_get(VMS_KEY)
+        .and_then(|(b, _)| String::from_utf8(b).ok())
         .unwrap_or_default();
     for tag in list
         .split(',')
@@ -161,7 +160,7 @@ pub fn read_other_loads(s: &dyn Shared, me: u64, now_ms: u64) -> HashMap<WorkerK
         if tag == me {
             continue;
         }
-        let Some(bytes) = s.get(&load_key(tag)).0 else {
+        let Some((bytes, _)) = h.shared_get(&load_key(tag)) else {
             continue;
         };
         let Ok((at, loads)) = postcard::from_bytes::<(u64, Vec<(WorkerKey, WorkerLoad)>)>(&bytes)
@@ -179,42 +178,15 @@ pub fn read_other_loads(s: &dyn Shared, me: u64, now_ms: u64) -> HashMap<WorkerK
     out
 }
 
-/// An in-memory [`Shared`] with Envoy's CAS semantics, for native tests.
-#[derive(Debug, Default)]
-pub struct MemShared {
-    map: std::cell::RefCell<HashMap<String, (Vec<u8>, u32)>>,
-}
-
-impl Shared for MemShared {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.map.borrow().get(key) {
-            Some((v, c)) => (Some(v.clone()), Some(*c)),
-            None => (None, None),
-        }
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        let mut m = self.map.borrow_mut();
-        let cur = m.get(key).map(|(_, c)| *c);
-        if let Some(c) = cas.filter(|c| *c != 0) {
-            if cur != Some(c) {
-                return false;
-            }
-        }
-        let next = cur.unwrap_or(0).wrapping_add(1).max(1);
-        m.insert(key.to_string(), (value.to_vec(), next));
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::testing::FakeHost;
 
     #[test]
     fn one_leader_until_its_lease_expires() {
-        let s = MemShared::default();
+        let s = FakeHost::default();
         assert!(acquire_lease(&s, 1, 0));
         assert!(!acquire_lease(&s, 2, 100));
         assert!(acquire_lease(&s, 1, 1000), "the holder renews");
@@ -225,7 +197,7 @@ mod tests {
 
     #[test]
     fn ring_and_snapshot() {
-        let s = MemShared::default();
+        let s = FakeHost::default();
         assert_eq!(head(&s), 0);
         assert_eq!(publish_frame(&s, b"a"), Some(1));
         assert_eq!(publish_frame(&s, b"b"), Some(2));
@@ -241,7 +213,7 @@ mod tests {
 
     #[test]
     fn loads_of_other_live_vms_are_summed() {
-        let s = MemShared::default();
+        let s = FakeHost::default();
         for vm in [1, 2, 3] {
             register_vm(&s, vm);
         }

@@ -1,0 +1,208 @@
+//! One HTTP stream through the filter: strip client routing headers, decide at the end of
+//! the request body, apply the decision, then follow the response (prefill done, streamed
+//! output) and free the booking when the stream ends. The glue translates each proxy-wasm
+//! callback into one call here and applies the plain-data answer.
+
+use crate::headers::{self, RoutedPath};
+use crate::host::Host;
+use crate::outcome::{Outcome, Reply};
+use crate::vm::Vm;
+use kvgate_prompt::error::openai_error_body;
+
+/// Headers of every local reply.
+pub const REPLY_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "application/json"),
+    ("x-kvgate-error", "1"),
+];
+
+/// What the glue does next with the request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Let it through as it is.
+    Continue,
+    /// Hold it (buffer the body).
+    Pause,
+    /// Answer locally and stop it.
+    Reply(Reply),
+    /// The request is complete: read the whole body and call [`Stream::decide`].
+    Decide,
+}
+
+/// The answer to the request headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadersStep {
+    /// Client headers to remove (routing headers a client may not set).
+    pub remove: Vec<String>,
+    /// What next.
+    pub next: Next,
+}
+
+/// A decision applied to the request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Continue upstream after these changes.
+    Continue {
+        /// Headers to set.
+        headers: Vec<(&'static str, String)>,
+        /// A new body (the glue also sets `content-length`).
+        body: Option<Vec<u8>>,
+        /// Whether the route must be re-matched (the headers changed).
+        clear_route_cache: bool,
+    },
+    /// Answer locally.
+    Reply(Reply),
+}
+
+/// One stream's state.
+#[derive(Debug, Clone, Default)]
+pub struct Stream {
+    id: u32,
+    path: Option<RoutedPath>,
+    tenant: Option<String>,
+    routed: bool,
+    response_started: bool,
+    explain: Option<String>,
+}
+
+impl Stream {
+    /// The stream with context id `id`.
+    pub fn new(id: u32) -> Self {
+        Stream {
+            id,
+            ..Stream::default()
+        }
+    }
+
+    fn too_large(vm: &mut Vm, host: &dyn Host, size: usize) -> Next {
+        let limit = vm.engine.cfg.gateway.max_body_bytes;
+        let msg =
+            format!("request body of {size} bytes exceeds the gateway limit of {limit} bytes");
+        let code = "request_too_large";
+        vm.count_error(host, code);
+        Next::Reply(Reply {
+            status: 413,
+            body: openai_error_body(&msg, "invalid_request_error", code, None),
+            code,
+        })
+    }
+
+    /// The request headers arrived (`end_of_stream`: there is no body).
+    pub fn request_headers(
+        &mut self,
+        vm: &mut Vm,
+        host: &dyn Host,
+        request_headers: &[(String, String)],
+        end_of_stream: bool,
+    ) -> HeadersStep {
+        let remove: Vec<String> = request_headers
+            .iter()
+            .filter(|(n, _)| headers::is_client_routing_header(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let get = |name: &str| {
+            request_headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        self.path = headers::is_routed(
+            get(":method").unwrap_or_default(),
+            get(":path").unwrap_or_default(),
+        );
+        let next = if self.path.is_none() {
+            Next::Continue
+        } else {
+            self.tenant = get(headers::TENANT_ID).map(str::to_string);
+            let declared = get("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+            match declared.filter(|n| *n > vm.engine.cfg.gateway.max_body_bytes) {
+                Some(n) => Self::too_large(vm, host, n),
+                None if end_of_stream => Next::Decide,
+                None => Next::Pause,
+            }
+        };
+        HeadersStep { remove, next }
+    }
+
+    /// `size` bytes of request body are buffered (`end_of_stream`: that is all of it).
+    pub fn request_body(
+        &mut self,
+        vm: &mut Vm,
+        host: &dyn Host,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Next {
+        if self.path.is_none() || self.routed {
+            return Next::Continue;
+        }
+        if size > vm.engine.cfg.gateway.max_body_bytes {
+            return Self::too_large(vm, host, size);
+        }
+        if end_of_stream {
+            Next::Decide
+        } else {
+            Next::Pause
+        }
+    }
+
+    /// Decides on the whole request `body` and says how to apply the decision.
+    pub fn decide(&mut self, vm: &mut Vm, host: &dyn Host, body: &[u8]) -> Verdict {
+        let Some(path) = self.path else {
+            return Verdict::Continue {
+                headers: Vec::new(),
+                body: None,
+                clear_route_cache: false,
+            };
+        };
+        match vm.decide(host, self.id, path, body, self.tenant.as_deref()) {
+            Outcome::Route(route) => {
+                self.routed = true;
+                if vm.engine.cfg.gateway.decision_header {
+                    self.explain = Some(route.explain);
+                }
+                Verdict::Continue {
+                    headers: route.headers,
+                    body: route.body,
+                    clear_route_cache: true,
+                }
+            }
+            Outcome::Reply(r) => Verdict::Reply(r),
+            Outcome::Forward(_) => Verdict::Continue {
+                headers: Vec::new(),
+                body: None,
+                clear_route_cache: false,
+            },
+        }
+    }
+
+    /// A response header to add (the decision explanation, when enabled).
+    pub fn response_header(&self) -> Option<(&'static str, &str)> {
+        self.explain.as_deref().map(|e| (headers::DECISION, e))
+    }
+
+    /// Whether [`Stream::response_body`] needs the chunk's bytes (streamed-output counting).
+    pub fn wants_response_bytes(&self, vm: &Vm, size: usize) -> bool {
+        self.routed && size > 0 && vm.engine.cfg.router.track_output_blocks
+    }
+
+    /// `size` bytes of response body arrived; `chunk` holds them when
+    /// [`Stream::wants_response_bytes`] said so.
+    pub fn response_body(&mut self, vm: &mut Vm, host: &dyn Host, size: usize, chunk: &[u8]) {
+        if !self.routed || size == 0 {
+            return;
+        }
+        if vm.engine.cfg.router.track_output_blocks {
+            vm.response_chunk(host, self.id, chunk);
+        } else if !self.response_started {
+            vm.response_started(host, self.id);
+        }
+        self.response_started = true;
+    }
+
+    /// The stream ended (completed, aborted or reset): free its booking.
+    pub fn done(&mut self, vm: &mut Vm, host: &dyn Host) {
+        vm.request_done(host, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! Native tests of one stream through the filter: header stripping, body limits, the
+//! decision applied (headers, body, route cache, decision header), the response path and
+//! the free at the end — what the glue used to do inside proxy-wasm callbacks.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use super::*;
+use crate::testing::FakeHost;
+use crate::tests::{files, long_chat, worker};
+use crate::vm::{VmConfig, VmModel};
+use kvgate_core::workers::WorkerRole;
+
+fn static_vm(host: &FakeHost, extra: &str) -> Vm {
+    let workers: Vec<_> = (1..=2).map(|i| worker(i, WorkerRole::Aggregated)).collect();
+    let cfg = format!(
+        r#"{{"sidecar_cluster": "", "max_body_bytes": 100000, "workers": {} {extra}}}"#,
+        serde_json::to_string(&workers).unwrap()
+    );
+    let f = files();
+    let vm_cfg = VmConfig {
+        models: vec![VmModel {
+            name: f.name.clone(),
+            block_size: 16,
+            tokenizer_json: String::from_utf8(f.tokenizer_json).unwrap(),
+            tokenizer_config_json: String::from_utf8(f.tokenizer_config_json).unwrap(),
+        }],
+    };
+    Vm::configure(host, 1, 1, cfg.as_bytes(), &vm_cfg).unwrap()
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn post(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut h = headers(&[(":method", "POST"), (":path", "/v1/chat/completions")]);
+    h.extend(headers(extra));
+    h
+}
+
+#[test]
+fn client_routing_headers_are_removed_on_every_path() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, "");
+    let mut s = Stream::new(1);
+    let mut get = headers(&[
+        (":method", "GET"),
+        (":path", "/v1/models"),
+        ("x-worker-instance-id", "9"),
+        ("X-Dynamo-Anything", "1"),
+        ("x-request-id", "r"),
+    ]);
+    let step = s.request_headers(&mut vm, &h, &get, true);
+    assert_eq!(
+        step.remove,
+        vec!["x-worker-instance-id", "X-Dynamo-Anything"]
+    );
+    assert_eq!(step.next, Next::Continue, "not a routed path");
+    get[0].1 = "POST".into();
+    get[1].1 = "/v1/chat/completions".into();
+    let step = Stream::new(2).request_headers(&mut vm, &h, &get, false);
+    assert_eq!(step.remove.len(), 2);
+    assert_eq!(step.next, Next::Pause, "buffer the body");
+}
+
+#[test]
+fn bodies_over_the_limit_are_answered_413_declared_or_buffered() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, "");
+    let step =
+        Stream::new(1).request_headers(&mut vm, &h, &post(&[("content-length", "100001")]), false);
+    let Next::Reply(r) = step.next else { panic!() };
+    assert_eq!((r.status, r.code), (413, "request_too_large"));
+    let mut s = Stream::new(2);
+    assert_eq!(
+        s.request_headers(&mut vm, &h, &post(&[]), false).next,
+        Next::Pause
+    );
+    assert_eq!(s.request_body(&mut vm, &h, 50_000, false), Next::Pause);
+    let Next::Reply(r) = s.request_body(&mut vm, &h, 100_001, false) else {
+        panic!()
+    };
+    assert_eq!(r.status, 413);
+    assert_eq!(h.metric_value("kvgate.errors.request_too_large"), 2);
+}
+
+#[test]
+fn a_decision_sets_headers_body_and_clears_the_route_cache() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, r#", "decision_header": true"#);
+    let mut s = Stream::new(1);
+    s.request_headers(&mut vm, &h, &post(&[("x-tenant-id", "t1")]), false);
+    let body = long_chat("hi");
+    assert_eq!(s.request_body(&mut vm, &h, body.len(), true), Next::Decide);
+    let Verdict::Continue {
+        headers,
+        body: new_body,
+        clear_route_cache,
+    } = s.decide(&mut vm, &h, &body)
+    else {
+        panic!()
+    };
+    assert!(clear_route_cache);
+    assert!(headers
+        .iter()
+        .any(|(n, v)| *n == "x-gateway-destination-endpoint" && v.starts_with("127.0.0.1:")));
+    assert!(new_body.is_some(), "token ids injected");
+    let (name, explain) = s.response_header().unwrap();
+    assert_eq!(name, "x-kvgate-decision");
+    assert!(explain.starts_with("mode=aggregated"), "{explain}");
+    assert_eq!(h.metric_value("kvgate.decisions.routed"), 1);
+    assert_eq!(h.histogram("kvgate.decision_us").len(), 1);
+    // After routing, later body callbacks pass.
+    assert_eq!(
+        s.request_body(&mut vm, &h, body.len(), true),
+        Next::Continue
+    );
+}
+
+#[test]
+fn errors_are_replied_and_forwards_leave_the_request_alone() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, r#", "unknown_model": "passthrough""#);
+    let mut s = Stream::new(1);
+    s.request_headers(&mut vm, &h, &post(&[]), false);
+    let Verdict::Reply(r) = s.decide(&mut vm, &h, b"[1,2]") else {
+        panic!()
+    };
+    assert_eq!(r.status, 400);
+    assert_eq!(h.metric_value(&format!("kvgate.errors.{}", r.code)), 1);
+    let mut s = Stream::new(2);
+    s.request_headers(&mut vm, &h, &post(&[]), false);
+    let unknown = br#"{"model":"other","messages":[{"role":"user","content":"x"}]}"#;
+    assert_eq!(
+        s.decide(&mut vm, &h, unknown),
+        Verdict::Continue {
+            headers: Vec::new(),
+            body: None,
+            clear_route_cache: false
+        }
+    );
+    assert_eq!(h.metric_value("kvgate.forwarded.unknown_model"), 1);
+    assert_eq!(s.response_header(), None);
+}
+
+#[test]
+fn the_response_ends_the_prefill_and_the_end_of_the_stream_frees() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, r#", "router_track_output_blocks": true"#);
+    let mut s = Stream::new(1);
+    s.request_headers(&mut vm, &h, &post(&[]), false);
+    let body = long_chat("stream");
+    assert!(matches!(
+        s.decide(&mut vm, &h, &body),
+        Verdict::Continue { .. }
+    ));
+    let prefill = || h.metric_value("kvgate.inflight.prefill_tokens");
+    assert!(prefill() > 0);
+    assert!(s.wants_response_bytes(&vm, 10));
+    s.response_body(&mut vm, &h, 10, b"data: {}\n\n");
+    assert_eq!(prefill(), 0, "first chunk: prefill done");
+    assert_eq!(h.metric_value("kvgate.inflight.requests"), 1);
+    s.done(&mut vm, &h);
+    s.done(&mut vm, &h);
+    assert_eq!(h.metric_value("kvgate.inflight.requests"), 0);
+    assert_eq!(h.metric_value("kvgate.inflight.decode_blocks"), 0);
+    // An unrouted stream never needs response bytes.
+    assert!(!Stream::new(9).wants_response_bytes(&vm, 10));
+}

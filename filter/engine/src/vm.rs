@@ -1,0 +1,414 @@
+//! One VM as the proxy runs it: start-up (plugin and VM configuration, models), the tick
+//! (expire bookings, publish loads, follow the index ring, poll the sidecar, fetch models,
+//! send bookkeeping), the answers to sidecar calls, and the decide / response hooks that
+//! streams call. Plain Rust over [`Host`]: every branch is a native test.
+
+use crate::engine::Engine;
+use crate::headers::RoutedPath;
+use crate::host::{CallId, CallResponse, Host, Level, MetricOp};
+use crate::metrics::{Metric, MetricsState};
+use crate::models::{ModelFiles, ModelLoadError};
+use crate::outcome::Outcome;
+use crate::shared;
+use crate::sidecar::{Pending, Sidecar, MODEL_TIMEOUT_MS};
+use crate::DecideInput;
+use kvgate_core::config::{Config, ConfigError};
+use kvgate_core::sync::query_escape;
+use serde::Deserialize;
+use std::time::Instant;
+
+/// Every VM republishes its loads at least this often (a stale record is ignored).
+pub const LOADS_REFRESH_MS: u64 = 1_000;
+
+/// A snapshot of the whole view is left in shared data every this many ring frames.
+pub const SNAPSHOT_EVERY: u64 = 64;
+
+/// A frame larger than this also refreshes the snapshot (it was probably one).
+pub const SNAPSHOT_FRAME_BYTES: usize = 1 << 16;
+
+/// Why a VM cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The VM configuration (model files for static mode) is not valid JSON of its shape.
+    #[error("invalid VM configuration: {0}")]
+    VmConfig(String),
+    /// The plugin configuration was refused.
+    #[error("invalid plugin configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A model in the VM configuration could not be loaded.
+    #[error(transparent)]
+    Model(#[from] ModelLoadError),
+}
+
+/// The VM configuration: model files for static mode (no sidecar).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Models to load at start.
+    #[serde(default)]
+    pub models: Vec<VmModel>,
+}
+
+/// One model of the VM configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmModel {
+    /// Served model name.
+    pub name: String,
+    /// Tokens per KV block.
+    #[serde(default = "sixteen")]
+    pub block_size: u32,
+    /// `tokenizer.json` contents.
+    pub tokenizer_json: String,
+    /// `tokenizer_config.json` contents (with `chat_template`).
+    pub tokenizer_config_json: String,
+}
+
+fn sixteen() -> u32 {
+    16
+}
+
+impl VmConfig {
+    /// Parses the VM configuration; empty or blank means none.
+    pub fn parse(raw: &[u8]) -> Result<Self, StartError> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(VmConfig::default());
+        }
+        serde_json::from_slice(raw).map_err(|e| StartError::VmConfig(e.to_string()))
+    }
+}
+
+/// One VM: the engine, its metric state and its calls to the sidecar.
+pub struct Vm {
+    /// The decision state.
+    pub engine: Engine,
+    metrics: MetricsState,
+    sidecar: Option<Sidecar>,
+    loads_dirty: bool,
+    last_loads_ms: u64,
+}
+
+impl Vm {
+    /// Starts a VM tagged `tag` (random per VM) with RNG seed `seed`: validates the plugin
+    /// configuration, loads the models of the VM configuration and registers in shared data.
+    pub fn configure(
+        host: &dyn Host,
+        tag: u64,
+        seed: u64,
+        plugin_config: &[u8],
+        vm_config: &VmConfig,
+    ) -> Result<Vm, StartError> {
+        let cfg = Config::from_json(plugin_config)?;
+        let sidecar = cfg
+            .gateway
+            .sidecar_cluster
+            .clone()
+            .map(|cluster| Sidecar::new(cluster, cfg.gateway.sidecar_authority.clone()));
+        let mut vm = Vm {
+            engine: Engine::new(cfg, tag, seed),
+            metrics: MetricsState::default(),
+            sidecar,
+            loads_dirty: false,
+            last_loads_ms: 0,
+        };
+        for m in &vm_config.models {
+            let files = ModelFiles {
+                name: m.name.clone(),
+                block_size: m.block_size,
+                tokenizer_json: m.tokenizer_json.as_bytes().to_vec(),
+                tokenizer_config_json: m.tokenizer_config_json.as_bytes().to_vec(),
+            };
+            vm.load_model(host, "vm-config", &files)?;
+        }
+        shared::register_vm(host, tag);
+        Ok(vm)
+    }
+
+    /// How often the host should call [`Vm::on_tick`].
+    pub fn tick_period_ms(&self) -> u64 {
+        self.engine.cfg.gateway.sync_interval_ms
+    }
+
+    fn load_model(
+        &mut self,
+        host: &dyn Host,
+        digest: &str,
+        files: &ModelFiles,
+    ) -> Result<(), ModelLoadError> {
+        let start = Instant::now();
+        self.engine.load_model(digest, files)?;
+        let ms = start.elapsed().as_millis() as u64;
+        host.metric(Metric::ModelLoadMs, MetricOp::Record(ms));
+        host.log(
+            Level::Info,
+            &format!("kvgate: loaded tokenizer of {} in {ms} ms", files.name),
+        );
+        Ok(())
+    }
+
+    /// The periodic work of a VM.
+    pub fn on_tick(&mut self, host: &dyn Host) {
+        let now = host.now_ms();
+        if self.engine.expire(now) {
+            self.loads_dirty = true;
+        }
+        if self.loads_dirty || now.saturating_sub(self.last_loads_ms) >= LOADS_REFRESH_MS {
+            self.publish_loads(host);
+        }
+        if self.sidecar.is_none() {
+            return;
+        }
+        self.follow_ring(host);
+        let missing = self.load_missing_models(host);
+        self.metrics.export(host, &self.engine.counters);
+        // Every VM sends its own bookkeeping steps (replica sync); no leader needed.
+        let outbox = self.engine.take_outbox();
+        if let Some(s) = self.sidecar.as_mut() {
+            s.send_bookkeeping(host, outbox);
+        }
+        if !self.poll(host) {
+            return;
+        }
+        for (name, digest) in missing {
+            let Some(s) = self.sidecar.as_mut() else {
+                return;
+            };
+            if s.model_in_flight(&name) {
+                continue;
+            }
+            let path = format!(
+                "/v1/models/files?name={}&digest={}",
+                query_escape(&name),
+                query_escape(&digest)
+            );
+            let pending = Pending::Model { name, digest };
+            let _ = s.send(host, "GET", &path, None, pending, MODEL_TIMEOUT_MS);
+        }
+    }
+
+    /// Publishes this VM's booked loads in shared data (other VMs read them per decision)
+    /// and moves the in-flight gauges by this VM's change.
+    pub fn publish_loads(&mut self, host: &dyn Host) {
+        let now = host.now_ms();
+        let own = self.engine.own_loads();
+        shared::write_loads(host, self.engine.vm, now, &own);
+        self.metrics.in_flight(host, &own);
+        self.loads_dirty = false;
+        self.last_loads_ms = now;
+    }
+
+    /// Applies ring frames this VM has not seen; falls back to the snapshot when behind.
+    /// Called on every tick and before every decision (one shared-data read when current),
+    /// so a frame the leader VM published is used by every VM's next decision.
+    pub fn follow_ring(&mut self, host: &dyn Host) {
+        let now = host.now_ms();
+        let head = shared::head(host);
+        let mut seq = self.engine.ring_seq;
+        if head <= seq {
+            return;
+        }
+        if head - seq > shared::RING {
+            seq = self.load_snapshot(host).unwrap_or(seq);
+        }
+        while seq < head {
+            let next = seq + 1;
+            let applied =
+                shared::read_frame(host, next).map(|f| self.engine.apply_frame_bytes(&f, now));
+            match applied {
+                Some(Ok(_)) => seq = next,
+                _ => match self.load_snapshot(host) {
+                    Some(s) if s > seq => seq = s,
+                    _ => break,
+                },
+            }
+        }
+        self.engine.ring_seq = seq;
+        host.metric(
+            Metric::IndexBlocks,
+            MetricOp::Record(self.engine.index_blocks() as u64),
+        );
+    }
+
+    fn load_snapshot(&mut self, host: &dyn Host) -> Option<u64> {
+        let (seq, frame) = shared::read_snapshot(host)?;
+        self.engine.apply_frame_bytes(&frame, host.now_ms()).ok()?;
+        Some(seq)
+    }
+
+    /// Sends the long poll for the next sync frame from this VM's position, unless one is
+    /// in flight, when this VM holds (or takes) the sync lease and is not backing off.
+    /// False without the lease.
+    fn poll(&mut self, host: &dyn Host) -> bool {
+        let now = host.now_ms();
+        let Some(s) = self.sidecar.as_mut() else {
+            return false;
+        };
+        if !s.ready(now) || !shared::acquire_lease(host, self.engine.vm, now) {
+            return false;
+        }
+        if !s.sync_in_flight() {
+            let (epoch, since) = self.engine.sync_position();
+            let wait_ms = self.engine.cfg.gateway.sync_wait_ms;
+            let path = format!("/v1/sync?epoch={epoch}&since={since}&wait_ms={wait_ms}");
+            let _ = s.send(host, "GET", &path, None, Pending::Sync, wait_ms + 5_000);
+        }
+        true
+    }
+
+    /// Loads the models whose files are in shared data; returns those still missing.
+    fn load_missing_models(&mut self, host: &dyn Host) -> Vec<(String, String)> {
+        let mut still_missing = Vec::new();
+        for (name, digest) in self.engine.missing_models() {
+            let Some((bytes, _)) = host.shared_get(&shared::model_key(&name, &digest)) else {
+                still_missing.push((name, digest));
+                continue;
+            };
+            match postcard::from_bytes::<ModelFiles>(&bytes) {
+                Ok(files) => {
+                    if let Err(e) = self.load_model(host, &digest, &files) {
+                        host.log(Level::Error, &format!("kvgate: {e}"));
+                    }
+                }
+                Err(e) => host.log(
+                    Level::Error,
+                    &format!("kvgate: bad model files for {name}: {e}"),
+                ),
+            }
+        }
+        still_missing
+    }
+
+    /// The answer to sidecar call `id`.
+    pub fn on_response(&mut self, host: &dyn Host, id: CallId, resp: CallResponse<'_>) {
+        let Some(s) = self.sidecar.as_mut() else {
+            return;
+        };
+        let Some(pending) = s.take(id) else {
+            return;
+        };
+        // 200 for sync and model files; 204 for accepted bookkeeping.
+        if !resp.status.is_some_and(|c| (200..300).contains(&c)) {
+            host.log(
+                Level::Warn,
+                &format!("kvgate: sidecar answered {:?}", resp.status),
+            );
+            if let Pending::Book(events) = pending {
+                s.requeue(events);
+            }
+            s.failed(host);
+            return;
+        }
+        let now = host.now_ms();
+        let mut repoll = false;
+        match pending {
+            Pending::Sync => {
+                // Bring this VM up to the ring head first, so the frame continues our state.
+                self.follow_ring(host);
+                match self.engine.apply_frame_bytes(resp.body, now) {
+                    Ok(_) => {
+                        if let Some(s) = self.sidecar.as_mut() {
+                            s.succeeded();
+                        }
+                        repoll = true;
+                        if let Some(seq) = shared::publish_frame(host, resp.body) {
+                            self.engine.ring_seq = seq;
+                            if seq % SNAPSHOT_EVERY == 1 || resp.body.len() > SNAPSHOT_FRAME_BYTES {
+                                shared::publish_snapshot(host, seq, &self.engine.snapshot_frame());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Out of step with the sidecar: ask for a snapshot next time.
+                        host.log(Level::Warn, &format!("kvgate: sync frame refused: {e}"));
+                        self.engine.reset_sync();
+                    }
+                }
+                host.metric(
+                    Metric::IndexBlocks,
+                    MetricOp::Record(self.engine.index_blocks() as u64),
+                );
+            }
+            Pending::Book(_) => {}
+            Pending::Model { name, digest } => {
+                let _ = host.shared_set(&shared::model_key(&name, &digest), resp.body, None);
+                self.load_missing_models(host);
+            }
+        }
+        self.metrics.export(host, &self.engine.counters);
+        // After an applied frame the next long poll goes out now, not at the next tick: a
+        // KV event arriving in between would otherwise wait for the tick to be delivered.
+        // (A refused frame waits for the tick, so a bad sidecar cannot make a busy loop.)
+        if repoll {
+            self.poll(host);
+        }
+    }
+
+    /// Decides where stream `ctx`'s request goes (following the ring first and reading
+    /// the other VMs' loads), records the metrics, and publishes the new booking.
+    pub fn decide(
+        &mut self,
+        host: &dyn Host,
+        ctx: u32,
+        path: RoutedPath,
+        body: &[u8],
+        tenant: Option<&str>,
+    ) -> Outcome {
+        let now = host.now_ms();
+        if self.sidecar.is_some() {
+            self.follow_ring(host);
+        }
+        let other = shared::read_other_loads(host, self.engine.vm, now);
+        let outcome = self.engine.decide(&DecideInput {
+            ctx,
+            path,
+            body,
+            tenant,
+            now_ms: now,
+            other_loads: &other,
+        });
+        self.metrics.export(host, &self.engine.counters);
+        match &outcome {
+            Outcome::Route(r) => {
+                self.metrics.decision(host, r);
+                self.publish_loads(host);
+            }
+            Outcome::Reply(r) => self.metrics.error(host, r.code),
+            Outcome::Forward(reason) => self.metrics.forwarded(host, *reason),
+        }
+        outcome
+    }
+
+    /// Counts a local error reply made outside a decision (e.g. a body over the limit).
+    pub fn count_error(&mut self, host: &dyn Host, code: &'static str) {
+        self.metrics.error(host, code);
+    }
+
+    /// The response to `ctx` started: its prefill is done.
+    pub fn response_started(&mut self, host: &dyn Host, ctx: u32) {
+        if self.engine.response_started(ctx) {
+            self.publish_loads(host);
+        }
+    }
+
+    /// A response body chunk of `ctx` (streamed output counting, when enabled).
+    pub fn response_chunk(&mut self, host: &dyn Host, ctx: u32, chunk: &[u8]) {
+        if self.engine.response_chunk(ctx, chunk) {
+            self.publish_loads(host);
+        }
+    }
+
+    /// Stream `ctx` ended, however it ended: free its booking.
+    pub fn request_done(&mut self, host: &dyn Host, ctx: u32) {
+        if self.engine.request_done(ctx) {
+            self.publish_loads(host);
+        }
+    }
+
+    /// Bookkeeping steps waiting for the sidecar.
+    pub fn bookkeeping_queued(&self) -> usize {
+        self.sidecar.as_ref().map_or(0, Sidecar::queued)
+    }
+}
+
+#[cfg(test)]
+mod tests;

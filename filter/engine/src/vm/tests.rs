@@ -1,0 +1,422 @@
+//! Native tests of a VM's life with the sidecar, against the fake host: the sync lease and
+//! long poll, ring and snapshot, refused frames, failures and backoff, the bookkeeping
+//! queue, model files, and loads shared between VMs — the paths only a real Envoy reached
+//! before the engine was split from the glue.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use super::*;
+use crate::host::CallResponse;
+use crate::metrics::{Inflight, Metric};
+use crate::outcome::Outcome;
+use crate::testing::{FakeHost, SentCall};
+use crate::tests::{files, long_chat, worker};
+use kvgate_core::sync::{self as ksync, BookBatch, BookKind, ModelEntry, SyncFrame};
+use kvgate_core::workers::{WorkerInfo, WorkerRole};
+
+const SIDECAR: &[u8] = br#"{"sidecar_cluster": "kvgate_sidecar", "stale_after_ms": 60000}"#;
+const REPLICA: &[u8] =
+    br#"{"sidecar_cluster": "kvgate_sidecar", "router_replica_sync": true, "stale_after_ms": 60000}"#;
+
+fn vm(host: &FakeHost, tag: u64, cfg: &[u8]) -> Vm {
+    Vm::configure(host, tag, tag, cfg, &VmConfig::default()).unwrap()
+}
+
+fn workers(n: u64) -> Vec<WorkerInfo> {
+    (1..=n).map(|i| worker(i, WorkerRole::Aggregated)).collect()
+}
+
+fn snapshot(epoch: u64, version: u64, models: Vec<ModelEntry>) -> Vec<u8> {
+    ksync::encode(&SyncFrame {
+        epoch,
+        to_version: version,
+        snapshot: true,
+        workers: Some(workers(3)),
+        models: Some(models),
+        loads: Some(Vec::new()),
+        ..Default::default()
+    })
+}
+
+fn ok(body: &[u8]) -> CallResponse<'_> {
+    CallResponse {
+        status: Some(200),
+        body,
+    }
+}
+
+fn one_call(host: &FakeHost) -> SentCall {
+    let mut calls = host.take_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    calls.remove(0)
+}
+
+#[test]
+fn one_vm_takes_the_lease_and_long_polls_once() {
+    let h1 = FakeHost::at(1_000);
+    let h2 = h1.sibling();
+    let mut a = vm(&h1, 1, SIDECAR);
+    let mut b = vm(&h2, 2, SIDECAR);
+    a.on_tick(&h1);
+    let call = one_call(&h1);
+    assert_eq!(
+        (
+            call.cluster.as_str(),
+            call.method.as_str(),
+            call.path.as_str()
+        ),
+        (
+            "kvgate_sidecar",
+            "GET",
+            "/v1/sync?epoch=0&since=0&wait_ms=1000"
+        )
+    );
+    assert_eq!(call.timeout_ms, 6_000);
+    a.on_tick(&h1);
+    assert!(h1.take_calls().is_empty(), "one poll in flight at a time");
+    b.on_tick(&h2);
+    assert!(
+        h2.take_calls().is_empty(),
+        "the other VM does not hold the lease"
+    );
+    // The lease runs out when its holder stops renewing it.
+    h2.advance(shared::LEASE_MS + 1);
+    b.on_tick(&h2);
+    assert_eq!(one_call(&h2).path, "/v1/sync?epoch=0&since=0&wait_ms=1000");
+}
+
+#[test]
+fn an_applied_frame_enters_the_ring_and_the_next_poll_goes_out_at_once() {
+    let h1 = FakeHost::at(1_000);
+    let h2 = h1.sibling();
+    let mut a = vm(&h1, 1, SIDECAR);
+    let mut b = vm(&h2, 2, SIDECAR);
+    a.on_tick(&h1);
+    let call = one_call(&h1);
+    a.on_response(&h1, call.id, ok(&snapshot(7, 5, Vec::new())));
+    assert_eq!(a.engine.fleet().all().len(), 3);
+    assert_eq!(shared::head(&h1), 1);
+    assert!(
+        shared::read_snapshot(&h1).is_some(),
+        "frame 1 leaves a snapshot"
+    );
+    assert_eq!(
+        one_call(&h1).path,
+        "/v1/sync?epoch=7&since=5&wait_ms=1000",
+        "re-polled right after the frame, from the new position"
+    );
+    assert_eq!(h1.metric_value("kvgate.sync.frames"), 1);
+    // The other VM of the same Envoy picks the frame up from the ring.
+    assert!(b.engine.fleet().is_empty());
+    b.follow_ring(&h2);
+    assert_eq!(b.engine.fleet().all().len(), 3);
+    assert_eq!(b.engine.sync_position(), (7, 5));
+}
+
+#[test]
+fn a_refused_frame_resets_the_position_and_waits_for_the_tick() {
+    let h = FakeHost::at(1_000);
+    let mut a = vm(&h, 1, SIDECAR);
+    a.on_tick(&h);
+    let call = one_call(&h);
+    a.on_response(&h, call.id, ok(&snapshot(7, 5, Vec::new())));
+    let call = one_call(&h);
+    // A delta that does not continue from version 5.
+    let bad = ksync::encode(&SyncFrame {
+        epoch: 7,
+        from_version: 9,
+        to_version: 10,
+        ..Default::default()
+    });
+    a.on_response(&h, call.id, ok(&bad));
+    assert!(
+        h.take_calls().is_empty(),
+        "no immediate re-poll after a refusal"
+    );
+    assert_eq!(a.engine.sync_position(), (0, 0), "asks for a snapshot next");
+    assert_eq!(h.metric_value("kvgate.sync.frame_errors"), 1);
+    assert!(h
+        .logs(crate::host::Level::Warn)
+        .iter()
+        .any(|l| l.contains("sync frame refused")));
+    a.on_tick(&h);
+    assert_eq!(one_call(&h).path, "/v1/sync?epoch=0&since=0&wait_ms=1000");
+}
+
+#[test]
+fn an_error_status_or_a_refused_call_backs_off() {
+    let h = FakeHost::at(1_000);
+    let mut a = vm(&h, 1, SIDECAR);
+    a.on_tick(&h);
+    let call = one_call(&h);
+    a.on_response(
+        &h,
+        call.id,
+        CallResponse {
+            status: Some(503),
+            body: b"",
+        },
+    );
+    assert_eq!(h.metric_value("kvgate.sync.failures"), 1);
+    a.on_tick(&h);
+    assert!(h.take_calls().is_empty(), "backing off");
+    h.advance(200);
+    a.on_tick(&h);
+    let call = one_call(&h);
+    // A reset (no status) counts the same; the second failure waits twice as long.
+    a.on_response(
+        &h,
+        call.id,
+        CallResponse {
+            status: None,
+            body: b"",
+        },
+    );
+    h.advance(399);
+    a.on_tick(&h);
+    assert!(h.take_calls().is_empty());
+    h.advance(1);
+    h.refuse_calls(true);
+    a.on_tick(&h);
+    assert_eq!(
+        h.metric_value("kvgate.sync.failures"),
+        3,
+        "refused by the host"
+    );
+    h.refuse_calls(false);
+    h.advance(800);
+    a.on_tick(&h);
+    let call = one_call(&h);
+    a.on_response(&h, call.id, ok(&snapshot(1, 1, Vec::new())));
+    assert_eq!(one_call(&h).path, "/v1/sync?epoch=1&since=1&wait_ms=1000");
+    // Success resets the backoff: a new failure waits 200 ms again.
+    a.on_response(
+        &h,
+        99,
+        CallResponse {
+            status: Some(500),
+            body: b"",
+        },
+    );
+    assert_eq!(
+        h.metric_value("kvgate.sync.failures"),
+        3,
+        "an answer to a call this VM did not send is ignored"
+    );
+}
+
+fn decode_batch(call: &SentCall) -> BookBatch {
+    assert_eq!(
+        (call.method.as_str(), call.path.as_str()),
+        ("POST", "/v1/bookkeeping")
+    );
+    postcard::from_bytes(call.body.as_deref().unwrap()).unwrap()
+}
+
+#[test]
+fn bookkeeping_goes_out_in_order_one_post_at_a_time_and_survives_failures() {
+    let h = FakeHost::at(1_000);
+    let mut a = vm(&h, 1, REPLICA);
+    a.on_tick(&h);
+    let sync = one_call(&h);
+    a.on_response(&h, sync.id, ok(&snapshot(3, 1, Vec::new())));
+    let _repoll = one_call(&h);
+    // Without a tokenizer the VM still routes (on load) and books.
+    assert!(matches!(
+        a.decide(
+            &h,
+            1,
+            crate::headers::RoutedPath::Chat,
+            &long_chat("a"),
+            None
+        ),
+        Outcome::Route(_)
+    ));
+    a.on_tick(&h);
+    let first = one_call(&h);
+    let batch = decode_batch(&first);
+    assert_eq!(batch.events.len(), 1);
+    assert!(matches!(batch.events[0].kind, BookKind::Add(_)));
+    // While that POST is in flight, new steps wait.
+    a.request_done(&h, 1);
+    assert!(matches!(
+        a.decide(
+            &h,
+            2,
+            crate::headers::RoutedPath::Chat,
+            &long_chat("b"),
+            None
+        ),
+        Outcome::Route(_)
+    ));
+    a.on_tick(&h);
+    assert!(h.take_calls().is_empty());
+    assert_eq!(a.bookkeeping_queued(), 2);
+    // The POST fails: its steps go back in front, and everything is resent in order.
+    a.on_response(
+        &h,
+        first.id,
+        CallResponse {
+            status: Some(500),
+            body: b"",
+        },
+    );
+    h.advance(1_000);
+    a.on_tick(&h);
+    let calls = h.take_calls();
+    let book = calls.iter().find(|c| c.method == "POST").unwrap();
+    let kinds: Vec<(u64, &str)> = decode_batch(book)
+        .events
+        .iter()
+        .map(|e| {
+            let k = match e.kind {
+                BookKind::Add(_) => "add",
+                BookKind::Free => "free",
+                _ => "other",
+            };
+            (e.request_id, k)
+        })
+        .collect();
+    let (r1, r2) = (a.engine.request_id(1), a.engine.request_id(2));
+    assert_eq!(kinds, vec![(r1, "add"), (r1, "free"), (r2, "add")]);
+    a.on_response(
+        &h,
+        book.id,
+        CallResponse {
+            status: Some(204),
+            body: b"",
+        },
+    );
+    assert_eq!(a.bookkeeping_queued(), 0);
+}
+
+#[test]
+fn model_files_are_fetched_once_shared_and_loaded_by_every_vm() {
+    let h1 = FakeHost::at(1_000);
+    let h2 = h1.sibling();
+    let mut a = vm(&h1, 1, SIDECAR);
+    let mut b = vm(&h2, 2, SIDECAR);
+    let models = vec![ModelEntry {
+        name: "Qwen/Qwen3-0.6B".into(),
+        block_size: 16,
+        files_digest: "d1".into(),
+    }];
+    a.on_tick(&h1);
+    let call = one_call(&h1);
+    a.on_response(&h1, call.id, ok(&snapshot(1, 1, models)));
+    let _repoll = one_call(&h1);
+    a.on_tick(&h1);
+    let fetch = one_call(&h1);
+    assert_eq!(
+        fetch.path,
+        "/v1/models/files?name=Qwen%2FQwen3-0.6B&digest=d1"
+    );
+    a.on_tick(&h1);
+    assert!(h1.take_calls().is_empty(), "one fetch per model in flight");
+    let bytes = postcard::to_allocvec(&files()).unwrap();
+    a.on_response(&h1, fetch.id, ok(&bytes));
+    assert!(a.engine.missing_models().is_empty());
+    assert_eq!(h1.histogram("kvgate.model_load_ms").len(), 1);
+    // The other VM loads from shared data on its next tick, without a call.
+    b.on_tick(&h2);
+    assert!(b.engine.missing_models().is_empty());
+    assert!(h2.take_calls().is_empty());
+}
+
+#[test]
+fn a_vm_far_behind_the_ring_starts_from_the_snapshot() {
+    let h1 = FakeHost::at(1_000);
+    let h2 = h1.sibling();
+    let mut a = vm(&h1, 1, SIDECAR);
+    a.on_tick(&h1);
+    let mut call = one_call(&h1);
+    a.on_response(&h1, call.id, ok(&snapshot(2, 0, Vec::new())));
+    for v in 1..=shared::RING + 10 {
+        call = one_call(&h1);
+        let delta = ksync::encode(&SyncFrame {
+            epoch: 2,
+            from_version: v - 1,
+            to_version: v,
+            ..Default::default()
+        });
+        a.on_response(&h1, call.id, ok(&delta));
+    }
+    let mut late = vm(&h2, 2, SIDECAR);
+    late.follow_ring(&h2);
+    assert_eq!(late.engine.sync_position(), a.engine.sync_position());
+    assert_eq!(late.engine.ring_seq, a.engine.ring_seq);
+    assert_eq!(late.engine.fleet().all().len(), 3);
+}
+
+#[test]
+fn loads_are_seen_by_the_other_vms_and_gauges_return_to_zero() {
+    let h1 = FakeHost::at(1_000);
+    let h2 = h1.sibling();
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "", "workers": workers(2)
+    }))
+    .unwrap();
+    let mut a = Vm::configure(&h1, 1, 1, &cfg, &VmConfig::default()).unwrap();
+    let mut b = Vm::configure(&h2, 2, 2, &cfg, &VmConfig::default()).unwrap();
+    let Outcome::Route(r) = a.decide(
+        &h1,
+        1,
+        crate::headers::RoutedPath::Chat,
+        &long_chat("x"),
+        None,
+    ) else {
+        panic!()
+    };
+    assert_eq!(h1.metric_value("kvgate.inflight.requests"), 1);
+    // B sees A's booking: with two workers and one busy, it picks the other.
+    let Outcome::Route(r2) = b.decide(
+        &h2,
+        1,
+        crate::headers::RoutedPath::Chat,
+        &long_chat("y"),
+        None,
+    ) else {
+        panic!()
+    };
+    assert_ne!(r.worker, r2.worker);
+    a.request_done(&h1, 1);
+    b.request_done(&h2, 1);
+    let total =
+        h1.metric_value("kvgate.inflight.requests") + h2.metric_value("kvgate.inflight.requests");
+    assert_eq!(total, 0);
+    assert_eq!(
+        Metric::Inflight(Inflight::Requests).name(),
+        "kvgate.inflight.requests"
+    );
+}
+
+#[test]
+fn bad_configurations_stop_the_vm_with_a_message() {
+    let h = FakeHost::at(0);
+    assert!(matches!(
+        VmConfig::parse(b"{\"modles\": []}"),
+        Err(StartError::VmConfig(_))
+    ));
+    assert!(VmConfig::parse(b"  \n").unwrap().models.is_empty());
+    let e = Vm::configure(&h, 1, 1, b"{\"block_sise\": 16}", &VmConfig::default())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("block_sise"), "{e}");
+    let broken = VmConfig {
+        models: vec![VmModel {
+            name: "m".into(),
+            block_size: 16,
+            tokenizer_json: "{}".into(),
+            tokenizer_config_json: "{}".into(),
+        }],
+    };
+    assert!(matches!(
+        Vm::configure(&h, 1, 1, b"{}", &broken),
+        Err(StartError::Model(_))
+    ));
+}

@@ -1,0 +1,109 @@
+//! The engine's [`Host`] on proxy-wasm host calls: shared data, HTTP calls, the clock,
+//! metrics (defined on first use, ids kept per VM) and the log.
+
+use kvgate_engine::host::{CallError, CallId, Cas, Host, HttpCall, Level, MetricOp, SharedError};
+use kvgate_engine::metrics::{Metric, MetricKind};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MetricType, Status};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+thread_local! {
+    static METRIC_IDS: RefCell<HashMap<Metric, Option<u32>>> = RefCell::new(HashMap::new());
+}
+
+/// proxy-wasm as the engine's host (a handle: all state lives in the host or per VM).
+pub struct ProxyHost;
+
+fn metric_id(m: Metric) -> Option<u32> {
+    METRIC_IDS.with(|ids| {
+        *ids.borrow_mut().entry(m).or_insert_with(|| {
+            let kind = match m.kind() {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+                MetricKind::Histogram => MetricType::Histogram,
+            };
+            hostcalls::define_metric(kind, &m.name()).ok()
+        })
+    })
+}
+
+impl Host for ProxyHost {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), SharedError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
+            Err(e) => Err(SharedError::Failed(format!("{e:?}"))),
+        }
+    }
+
+    fn http_call(&self, call: &HttpCall<'_>) -> Result<CallId, CallError> {
+        let mut headers = vec![
+            (":method", call.method),
+            (":path", call.path),
+            (":authority", call.authority),
+        ];
+        headers.extend_from_slice(call.headers);
+        hostcalls::dispatch_http_call(
+            call.cluster,
+            headers,
+            call.body,
+            vec![],
+            Duration::from_millis(call.timeout_ms),
+        )
+        .map_err(|e| CallError {
+            cluster: call.cluster.to_string(),
+            reason: format!("{e:?}"),
+        })
+    }
+
+    fn metric(&self, metric: Metric, op: MetricOp) {
+        let Some(id) = metric_id(metric) else { return };
+        let _ = match op {
+            MetricOp::Count(by) => {
+                hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX))
+            }
+            MetricOp::Shift(by) => hostcalls::increment_metric(id, by),
+            MetricOp::Record(v) => hostcalls::record_metric(id, v),
+        };
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        // proxy-wasm's logger (installed by `set_log_level`) writes to Envoy's log; it has
+        // no level above error, so critical goes straight to the host call.
+        match level {
+            Level::Debug => log::debug!("{message}"),
+            Level::Info => log::info!("{message}"),
+            Level::Warn => log::warn!("{message}"),
+            Level::Error => log::error!("{message}"),
+            Level::Critical => {
+                let _ = hostcalls::log(LogLevel::Critical, message);
+            }
+        }
+    }
+}
+
+/// A random u64 from the host (WASI `random_get`).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return ProxyHost.now_ms().rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15;
+    }
+    u64::from_le_bytes(b)
+}

@@ -1,0 +1,99 @@
+//! The root context of one VM: hands the VM and plugin configuration to the engine's
+//! [`Vm`], and forwards ticks and answers of sidecar calls to it.
+
+use crate::host::{random_u64, ProxyHost};
+use crate::http::Http;
+use kvgate_engine::host::{CallResponse, Host, Level};
+use kvgate_engine::{Vm, VmConfig};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The root context.
+pub struct Root {
+    tag: u64,
+    vm_config: VmConfig,
+    vm: Option<Rc<RefCell<Vm>>>,
+}
+
+impl Root {
+    /// A root context with a random VM tag.
+    pub fn new() -> Self {
+        Root {
+            tag: random_u64(),
+            vm_config: VmConfig::default(),
+            vm: None,
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        size: usize,
+        _trailers: usize,
+    ) {
+        let Some(vm) = &self.vm else { return };
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok());
+        let body = self
+            .get_http_call_response_body(0, size)
+            .unwrap_or_default();
+        let resp = CallResponse {
+            status,
+            body: &body,
+        };
+        vm.borrow_mut().on_response(&ProxyHost, token, resp);
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        let raw = self.get_vm_configuration().unwrap_or_default();
+        match VmConfig::parse(&raw) {
+            Ok(c) => {
+                self.vm_config = c;
+                true
+            }
+            Err(e) => {
+                ProxyHost.log(Level::Critical, &format!("kvgate: {e}"));
+                false
+            }
+        }
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        match Vm::configure(&ProxyHost, self.tag, random_u64(), &raw, &self.vm_config) {
+            Ok(vm) => {
+                self.set_tick_period(Duration::from_millis(vm.tick_period_ms()));
+                self.vm = Some(Rc::new(RefCell::new(vm)));
+                true
+            }
+            Err(e) => {
+                ProxyHost.log(Level::Critical, &format!("kvgate: {e}"));
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(vm) = &self.vm {
+            vm.borrow_mut().on_tick(&ProxyHost);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let vm = self.vm.clone()?;
+        Some(Box::new(Http::new(context_id, vm)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
