@@ -38,6 +38,16 @@ impl WorkerLoad {
     }
 }
 
+/// A booked prefill that has not finished: its uncached prompt tokens and when it was
+/// routed. A worker's queue of these is what the cost's prefill term decays over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedPrefill {
+    /// Prompt tokens to prefill (not cached on the worker).
+    pub tokens: u64,
+    /// When the request was routed, ms.
+    pub since_ms: u64,
+}
+
 /// What a routing decision books, derived from the decision and the tracking settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestPlan {
@@ -227,6 +237,41 @@ impl<K: Hash + Eq + Clone> LoadBook<K> {
         self.workers.get(worker).map(|w| w.load).unwrap_or_default()
     }
 
+    /// The prefills booked on `worker` that have not finished, oldest first.
+    pub fn queued_prefills(&self, worker: &WorkerKey) -> Vec<QueuedPrefill> {
+        let mut q: Vec<QueuedPrefill> = self
+            .requests
+            .values()
+            .filter(|a| a.prefilling && a.plan.prefill.unwrap_or(a.plan.decode) == *worker)
+            .map(|a| QueuedPrefill {
+                tokens: a.plan.prefill_tokens,
+                since_ms: a.added_ms,
+            })
+            .collect();
+        q.sort_by_key(|p| p.since_ms);
+        q
+    }
+
+    /// Every unfinished prefill with the worker it runs on, oldest first.
+    pub fn all_queued_prefills(&self) -> Vec<(WorkerKey, QueuedPrefill)> {
+        let mut q: Vec<(WorkerKey, QueuedPrefill)> = self
+            .requests
+            .values()
+            .filter(|a| a.prefilling && a.plan.prefill_tokens > 0)
+            .map(|a| {
+                (
+                    a.plan.prefill.unwrap_or(a.plan.decode),
+                    QueuedPrefill {
+                        tokens: a.plan.prefill_tokens,
+                        since_ms: a.added_ms,
+                    },
+                )
+            })
+            .collect();
+        q.sort_by_key(|(_, p)| p.since_ms);
+        q
+    }
+
     /// How many of `blocks` are not yet held by in-flight requests on `worker`.
     pub fn new_blocks(&self, worker: &WorkerKey, blocks: &[u64]) -> u64 {
         match self.workers.get(worker) {
@@ -285,6 +330,34 @@ mod tests {
             block_size: 4,
             track_output: true,
         }
+    }
+
+    #[test]
+    fn queued_prefills_are_the_unfinished_ones_oldest_first() {
+        let w = WorkerKey::new(1, 0);
+        let mut b: LoadBook<u32> = LoadBook::new();
+        b.add(1, plan(1, 100, &[1]), 50);
+        b.add(2, plan(1, 30, &[2]), 10);
+        b.add(3, plan(2, 7, &[3]), 20);
+        let q = b.queued_prefills(&w);
+        assert_eq!(
+            q,
+            vec![
+                QueuedPrefill {
+                    tokens: 30,
+                    since_ms: 10
+                },
+                QueuedPrefill {
+                    tokens: 100,
+                    since_ms: 50
+                }
+            ]
+        );
+        b.prefill_done(&2);
+        assert_eq!(b.queued_prefills(&w).len(), 1);
+        assert_eq!(b.all_queued_prefills().len(), 2);
+        b.free(&1);
+        assert!(b.queued_prefills(&w).is_empty());
     }
 
     #[test]

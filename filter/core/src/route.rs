@@ -4,7 +4,7 @@
 
 use crate::config::RouterConfig;
 use crate::index::OverlapScores;
-use crate::load::{RequestPlan, WorkerLoad};
+use crate::load::{QueuedPrefill, RequestPlan, WorkerLoad};
 use crate::score::{self, Candidate, ScoreParams, Scored};
 use crate::types::WorkerKey;
 use crate::workers::{WorkerInfo, WorkerRole};
@@ -30,6 +30,11 @@ pub trait LoadView {
     fn new_blocks(&self, worker: &WorkerKey, blocks: &[u64]) -> u64;
     /// What the worker reported, if anything.
     fn reported(&self, worker: &WorkerKey) -> Option<ReportedLoad>;
+    /// The unfinished prefills booked on `worker` with when each was routed, oldest
+    /// first, where the view knows them (their tokens are part of `load().prefill_tokens`).
+    fn queued_prefills(&self, _worker: &WorkerKey) -> Vec<QueuedPrefill> {
+        Vec::new()
+    }
 }
 
 /// The request as the router sees it.

@@ -56,6 +56,23 @@ pub fn rewrite(
     serde_json::to_vec(&Value::Object(body)).map(Rewrite::Changed)
 }
 
+/// The body without client routing keys in `nvext`, or None when it has none (or is not
+/// a JSON object). Used for requests forwarded unrouted.
+pub fn strip_routing_keys(body: &[u8]) -> Option<Vec<u8>> {
+    // Cheap test first: most bodies name none of the keys.
+    let names_one = NVEXT_ROUTING_KEYS
+        .iter()
+        .any(|k| body.windows(k.len()).any(|w| w == k.as_bytes()));
+    if !names_one {
+        return None;
+    }
+    let map = serde_json::from_slice::<Map<String, Value>>(body).ok()?;
+    match rewrite(map, None).ok()? {
+        Rewrite::Changed(b) => Some(b),
+        Rewrite::Unchanged => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -79,6 +96,22 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"model":"m","messages":[],"nvext":{"annotations":["a"],"token_data":[1,2]}}"#
+        );
+    }
+
+    #[test]
+    fn forwarded_bodies_lose_only_their_routing_keys() {
+        let b = br#"{"model":"m","nvext":{"backend_instance_id":7,"prefill_worker_id":2,"annotations":["a"]},"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#;
+        let out = strip_routing_keys(b).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"model":"m","nvext":{"annotations":["a"]},"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#
+        );
+        assert_eq!(strip_routing_keys(br#"{"model":"m"}"#), None);
+        assert_eq!(
+            strip_routing_keys(br#"{"model":"dp_rank"}"#),
+            None,
+            "a key name outside nvext is left alone"
         );
     }
 

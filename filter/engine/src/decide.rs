@@ -5,11 +5,13 @@
 use crate::body::{self, Rewrite};
 use crate::engine::Engine;
 use crate::headers::{self as h, RoutedPath};
+use crate::ledger::{Others, Part};
 use crate::outcome::{Degraded, Early, ForwardReason, Outcome, Reply, Route};
+use crate::predict::Prediction;
 use kvgate_core::config::{FailPolicy, UnknownModel};
 use kvgate_core::hash::{BlockHasher, BlockHashes};
 use kvgate_core::index::OverlapScores;
-use kvgate_core::load::{LoadBook, WorkerLoad};
+use kvgate_core::load::{LoadBook, QueuedPrefill, WorkerLoad};
 use kvgate_core::route::{self, Decision, LoadView, ReportedLoad, RouteError, RouteRequest};
 use kvgate_core::sync::RemoteLoad;
 use kvgate_core::WorkerKey;
@@ -32,8 +34,6 @@ pub struct DecideInput<'a> {
     pub tenant: Option<&'a str>,
     /// Wall clock, ms since the epoch.
     pub now_ms: u64,
-    /// Loads booked by the other VMs of this Envoy.
-    pub other_loads: &'a HashMap<WorkerKey, WorkerLoad>,
 }
 
 /// Time spent per stage, in microseconds.
@@ -81,16 +81,18 @@ pub struct Prepared {
     started: Instant,
 }
 
+/// The load a decision sees: this VM's book, the other VMs' bookings from the ledger,
+/// other gateway replicas' and the workers' own reports from the sidecar.
 struct View<'a> {
     book: &'a LoadBook<u32>,
-    other: &'a HashMap<WorkerKey, WorkerLoad>,
+    others: &'a Others,
     remote: &'a HashMap<WorkerKey, RemoteLoad>,
 }
 
 impl LoadView for View<'_> {
     fn load(&self, w: &WorkerKey) -> WorkerLoad {
         let mut l = self.book.load(w);
-        if let Some(o) = self.other.get(w) {
+        if let Some(o) = self.others.loads.get(w) {
             l = l.plus(*o);
         }
         if let Some(r) = self.remote.get(w) {
@@ -100,6 +102,14 @@ impl LoadView for View<'_> {
     }
     fn new_blocks(&self, w: &WorkerKey, blocks: &[u64]) -> u64 {
         self.book.new_blocks(w, blocks)
+    }
+    fn queued_prefills(&self, w: &WorkerKey) -> Vec<QueuedPrefill> {
+        let mut q = self.book.queued_prefills(w);
+        if let Some(o) = self.others.prefills.get(w) {
+            q.extend_from_slice(o);
+            q.sort_by_key(|p| p.since_ms);
+        }
+        q
     }
     fn reported(&self, w: &WorkerKey) -> Option<ReportedLoad> {
         self.remote.get(w).map(|r| ReportedLoad {
@@ -268,13 +278,9 @@ impl Engine {
         Ok(p)
     }
 
-    /// The cost formula and selection for a prepared request, with this VM's loads.
-    /// Books nothing.
-    pub fn choose(
-        &mut self,
-        p: &mut Prepared,
-        other_loads: &HashMap<WorkerKey, WorkerLoad>,
-    ) -> Result<Decision, RouteError> {
+    /// The cost formula and selection for a prepared request, with this VM's loads and
+    /// the other VMs' bookings `others`. Books nothing.
+    pub fn choose(&mut self, p: &mut Prepared, others: &Others) -> Result<Decision, RouteError> {
         let s = Instant::now();
         let isl = if p.complete || p.from_ids {
             p.tokens.len() as u64
@@ -289,7 +295,7 @@ impl Engine {
         };
         let view = View {
             book: &self.book,
-            other: other_loads,
+            others,
             remote: &self.remote,
         };
         let decision = route::route(&self.cfg.router, &p.workers, &rreq, &view, &mut self.rng);
@@ -297,48 +303,84 @@ impl Engine {
         decision
     }
 
-    /// Decides where one request goes, and books it when routed.
-    pub fn decide(&mut self, input: &DecideInput<'_>) -> Outcome {
+    /// Books decision `d` for stream `ctx` (undone by [`Engine::unbook`] if the ledger
+    /// write fails and the VM decides again).
+    pub fn book(&mut self, ctx: u32, d: &Decision, now_ms: u64) {
+        self.book.add(ctx, d.plan.clone(), now_ms);
+    }
+
+    /// Undoes a booking made by [`Engine::book`] that was not committed.
+    pub fn unbook(&mut self, ctx: u32) {
+        self.book.free(&ctx);
+    }
+
+    /// This VM's part of the ledger: its booked loads and unfinished prefills.
+    pub fn ledger_part(&self, now_ms: u64) -> Part {
+        Part {
+            vm: self.vm,
+            at_ms: now_ms,
+            loads: self.book.loads().collect(),
+            prefills: self.book.all_queued_prefills(),
+        }
+    }
+
+    /// Decides where one request goes with `others` in view, and books it when routed
+    /// (for a single VM: `explain`, tests). `Vm::decide` does the same through the ledger.
+    pub fn decide(&mut self, input: &DecideInput<'_>, others: &Others) -> Outcome {
         let mut p = match self.prepare(input) {
             Ok(p) => p,
             Err(early) => return early.into(),
         };
+        match self.choose(&mut p, others) {
+            Ok(d) => {
+                self.book(input.ctx, &d, input.now_ms);
+                self.commit(input, p, d)
+            }
+            Err(e) => self.route_failed(e),
+        }
+    }
+
+    /// The outcome of a decision that could not be made.
+    pub fn route_failed(&mut self, e: RouteError) -> Outcome {
+        match e {
+            RouteError::NoWorkers => self
+                .fail(
+                    ForwardReason::NoWorkers,
+                    "no inference worker serves this model",
+                )
+                .into(),
+            RouteError::NoCapacity { .. } => {
+                self.counters.no_capacity += 1;
+                Outcome::Reply(reply(
+                    self.cfg.router.overload_status,
+                    "all_workers_busy",
+                    "All workers serving this model are busy; retry later.",
+                    "overloaded_error",
+                ))
+            }
+            RouteError::DisaggRequired => {
+                self.counters.fail_closed += 1;
+                Outcome::Reply(reply(
+                    503,
+                    "no_prefill_worker",
+                    &RouteError::DisaggRequired.to_string(),
+                    "service_unavailable",
+                ))
+            }
+        }
+    }
+
+    /// Completes a booked decision: the new body, predictions, replica-sync note,
+    /// counters and the [`Route`] for the glue.
+    pub fn commit(&mut self, input: &DecideInput<'_>, mut p: Prepared, d: Decision) -> Outcome {
         match p.degraded {
             Some(Degraded::NoTokenizer) => self.counters.no_tokenizer += 1,
             Some(Degraded::StaleIndex) => self.counters.stale_index += 1,
             None => {}
         }
-        let d = match self.choose(&mut p, input.other_loads) {
-            Ok(d) => d,
-            Err(RouteError::NoWorkers) => {
-                return self
-                    .fail(
-                        ForwardReason::NoWorkers,
-                        "no inference worker serves this model",
-                    )
-                    .into()
-            }
-            Err(RouteError::NoCapacity { .. }) => {
-                self.counters.no_capacity += 1;
-                return Outcome::Reply(reply(
-                    self.cfg.router.overload_status,
-                    "all_workers_busy",
-                    "All workers serving this model are busy; retry later.",
-                    "overloaded_error",
-                ));
-            }
-            Err(RouteError::DisaggRequired) => {
-                self.counters.fail_closed += 1;
-                return Outcome::Reply(reply(
-                    503,
-                    "no_prefill_worker",
-                    &RouteError::DisaggRequired.to_string(),
-                    "service_unavailable",
-                ));
-            }
-        };
         if !self.fleet.knows_endpoint(&d.decode.endpoint) {
             // Cannot happen with a consistent table; never emit an unknown destination.
+            self.unbook(input.ctx);
             return self
                 .fail(ForwardReason::UnknownEndpoint, "internal routing error")
                 .into();
@@ -359,16 +401,19 @@ impl Engine {
             None
         };
 
-        // Book and predict.
-        if !self.uses_events() || self.cfg.router.predicted_ttl_ms.is_some() {
-            let holder = d
+        // Predict where the prompt's blocks will be cached.
+        if self.predicts() {
+            let worker = d
                 .prefill
                 .as_ref()
                 .map(|x| x.worker)
                 .unwrap_or(d.decode.worker);
-            self.approx.record(holder, &p.hashes.sequence, input.now_ms);
+            self.predict(Prediction {
+                worker,
+                at_ms: input.now_ms,
+                sequence: p.hashes.sequence.clone(),
+            });
         }
-        self.book.add(input.ctx, d.plan.clone(), input.now_ms);
         self.note(input.ctx, kvgate_core::sync::BookKind::Add(d.plan.clone()));
         self.counters.routed += 1;
         p.timings.total_us = us(p.started);

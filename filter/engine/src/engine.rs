@@ -35,12 +35,21 @@ pub struct Engine {
     /// Counters for metrics.
     pub counters: Counters,
     pub(crate) outbox: Vec<BookEvent>,
+    /// Predictions of this VM not yet published for the other VMs.
+    pub(crate) predictions_out: Vec<crate::predict::Prediction>,
+    /// Per other VM, the last prediction applied.
+    pub(crate) predictions_seen: HashMap<u64, u64>,
 }
 
 impl Engine {
     /// A VM with configuration `cfg`, tag `vm` and RNG seed `seed`.
     pub fn new(cfg: Config, vm: u64, seed: u64) -> Self {
-        let approx = ApproxIndex::new(cfg.router.approx_ttl_ms, cfg.router.approx_max_entries);
+        // With KV events, predictions only bridge the event delay: `router_predicted_ttl_secs`.
+        let ttl = match cfg.router.predicted_ttl_ms {
+            Some(ttl) if cfg.gateway.sidecar_cluster.is_some() && cfg.router.use_kv_events => ttl,
+            _ => cfg.router.approx_ttl_ms,
+        };
+        let approx = ApproxIndex::new(ttl, cfg.router.approx_max_entries);
         let fleet = Fleet::new(cfg.gateway.workers.clone());
         Engine {
             cfg,
@@ -59,6 +68,8 @@ impl Engine {
             source_age_ms: 0,
             counters: Counters::default(),
             outbox: Vec::new(),
+            predictions_out: Vec::new(),
+            predictions_seen: HashMap::new(),
         }
     }
 

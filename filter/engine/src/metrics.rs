@@ -76,6 +76,10 @@ pub enum Metric {
     SyncFailures,
     /// Bookkeeping steps dropped while the sidecar did not answer.
     BookDropped,
+    /// Streams held at their headers without a body callback, resumed unrouted.
+    WatchdogResumed,
+    /// Ledger updates that gave up after repeated compare-and-swap conflicts.
+    LedgerContended,
     /// Stage latency histogram (µs).
     Stage(Stage),
     /// Blocks of the prompt the chosen worker held.
@@ -125,6 +129,8 @@ impl Metric {
             Metric::SyncFrameErrors => "kvgate.sync.frame_errors",
             Metric::SyncFailures => "kvgate.sync.failures",
             Metric::BookDropped => "kvgate.sync.bookkeeping_dropped",
+            Metric::WatchdogResumed => "kvgate.watchdog.resumed",
+            Metric::LedgerContended => "kvgate.ledger.contended",
             Metric::Stage(s) => match s {
                 Stage::Decision => "kvgate.decision_us",
                 Stage::Parse => "kvgate.parse_us",

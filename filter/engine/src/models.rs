@@ -34,6 +34,7 @@ impl Engine {
             limits: Limits {
                 max_body_bytes: g.max_body_bytes,
                 max_messages: g.max_messages,
+                max_json_depth: g.max_json_depth,
                 ..Limits::default()
             },
             max_prompt_tokens: g.max_match_blocks.saturating_mul(block_size as usize),

@@ -1,44 +1,30 @@
-//! The layout of proxy-wasm shared data, which all VMs of one Envoy process see:
-//! the sync leader lease, the ring of sync frames the leader fetched from the sidecar,
-//! the latest full snapshot, each VM's booked load, and the model files.
+//! The layout of proxy-wasm shared data, which all VMs of one Envoy process see: the sync
+//! leader lease, rings (the sync frames the leader fetched from the sidecar; each VM's
+//! routing predictions), the latest full snapshot, the list of VMs, and the model files.
+//! (The bookings ledger is in `ledger`.)
 //!
-//! Every get copies the value into the VM, so values stay small (one frame, one VM's
-//! loads) except the snapshot and model files, which a VM reads once.
+//! Every get copies the value into the VM, so values stay small (one frame, one
+//! prediction) except the snapshot and model files, which a VM reads once.
 
 use crate::host::{Cas, Host};
-use kvgate_core::load::WorkerLoad;
-use kvgate_core::WorkerKey;
-use std::collections::HashMap;
 
-/// Frames kept in the ring; a VM further behind reads the snapshot.
+/// Frames kept in the sync ring; a VM further behind reads the snapshot.
 pub const RING: u64 = 256;
+/// Predictions kept in each VM's prediction ring; a VM further behind skips the rest.
+pub const PREDICTION_RING: u64 = 1024;
 /// Lease time of the sync leader.
 pub const LEASE_MS: u64 = 2_000;
-/// A VM's load record older than this is ignored (the VM is gone).
-pub const LOAD_STALE_MS: u64 = 5_000;
 
 /// Key of the sync leader lease: `"<vm tag>:<expiry ms>"`.
 pub const LEASE_KEY: &str = "kvgate/lease";
-/// Key of the ring head: the sequence number of the newest frame (decimal).
-pub const HEAD_KEY: &str = "kvgate/ring/head";
-/// Key of the latest snapshot: `"<ring seq>\n"` then the encoded snapshot frame.
+/// Key of the latest snapshot: the ring sequence (8 bytes LE) then the snapshot frame.
 pub const SNAPSHOT_KEY: &str = "kvgate/snapshot";
-/// Key listing VM tags that publish loads (comma-separated).
+/// Key listing the VM tags of this Envoy (comma-separated hex).
 pub const VMS_KEY: &str = "kvgate/vms";
-
-/// Key of ring slot for frame `seq`.
-pub fn ring_key(seq: u64) -> String {
-    format!("kvgate/ring/{}", seq % RING)
-}
 
 /// Key of model files for `name` at `digest`.
 pub fn model_key(name: &str, digest: &str) -> String {
     format!("kvgate/model/{name}/{digest}")
-}
-
-/// Key of one VM's load record.
-pub fn load_key(vm: u64) -> String {
-    format!("kvgate/load/{vm:016x}")
 }
 
 fn split(v: Option<(Vec<u8>, Cas)>) -> (Option<Vec<u8>>, Option<Cas>) {
@@ -70,54 +56,94 @@ pub fn acquire_lease(h: &dyn Host, vm: u64, now_ms: u64) -> bool {
         && h.shared_get(LEASE_KEY).map(|(v, _)| v).as_deref() == Some(value.as_bytes())
 }
 
-/// The newest frame sequence number published (0 = none).
-pub fn head(h: &dyn Host) -> u64 {
-    h.shared_get(HEAD_KEY)
-        .and_then(|(v, _)| String::from_utf8(v).ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// A ring of entries in shared data with one writer at a time: slot `seq % slots` holds
+/// entry `seq` (tagged with `seq`, so an overwritten slot is detected), and the head key
+/// holds the newest sequence number. The writer fills the slot before it moves the head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ring {
+    prefix: String,
+    slots: u64,
 }
 
-/// Publishes `frame` as the frame after the current head; returns its sequence number,
-/// or None when another VM published concurrently (the caller is no longer the leader).
-pub fn publish_frame(h: &dyn Host, frame: &[u8]) -> Option<u64> {
-    let (cur, cas) = split(h.shared_get(HEAD_KEY));
-    let seq = cur
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        + 1;
-    let mut v = seq.to_le_bytes().to_vec();
-    v.extend_from_slice(frame);
-    h.shared_set(&ring_key(seq), &v, None).ok()?;
-    h.shared_set(HEAD_KEY, seq.to_string().as_bytes(), cas)
-        .ok()
-        .map(|()| seq)
+impl Ring {
+    /// The ring of sync frames (written by the sync leader).
+    pub fn sync() -> Ring {
+        Ring {
+            prefix: "kvgate/ring".into(),
+            slots: RING,
+        }
+    }
+
+    /// VM `vm`'s ring of routing predictions (written by that VM only).
+    pub fn predictions(vm: u64) -> Ring {
+        Ring {
+            prefix: format!("kvgate/predict/{vm:016x}"),
+            slots: PREDICTION_RING,
+        }
+    }
+
+    /// Entries kept.
+    pub fn slots(&self) -> u64 {
+        self.slots
+    }
+
+    fn head_key(&self) -> String {
+        format!("{}/head", self.prefix)
+    }
+
+    fn slot_key(&self, seq: u64) -> String {
+        format!("{}/{}", self.prefix, seq % self.slots)
+    }
+
+    /// The newest sequence number published (0 = none).
+    pub fn head(&self, h: &dyn Host) -> u64 {
+        h.shared_get(&self.head_key())
+            .and_then(|(v, _)| String::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Publishes `entry` after the current head; returns its sequence number, or None when
+    /// another writer moved the head meanwhile (the caller is no longer the writer).
+    pub fn publish(&self, h: &dyn Host, entry: &[u8]) -> Option<u64> {
+        let (cur, cas) = split(h.shared_get(&self.head_key()));
+        let seq = cur
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let mut v = seq.to_le_bytes().to_vec();
+        v.extend_from_slice(entry);
+        h.shared_set(&self.slot_key(seq), &v, None).ok()?;
+        h.shared_set(&self.head_key(), seq.to_string().as_bytes(), cas)
+            .ok()
+            .map(|()| seq)
+    }
+
+    /// Entry `seq`, if still in the ring.
+    pub fn read(&self, h: &dyn Host, seq: u64) -> Option<Vec<u8>> {
+        let (v, _) = h.shared_get(&self.slot_key(seq))?;
+        let (tag, entry) = v.split_at_checked(8)?;
+        let got = u64::from_le_bytes(tag.try_into().ok()?);
+        (got == seq).then(|| entry.to_vec())
+    }
 }
 
-/// The frame with sequence `seq`, if still in the ring.
-pub fn read_frame(h: &dyn Host, seq: u64) -> Option<Vec<u8>> {
-    let (v, _) = h.shared_get(&ring_key(seq))?;
-    let (tag, frame) = v.split_at_checked(8)?;
-    let got = u64::from_le_bytes(tag.try_into().ok()?);
-    (got == seq).then(|| frame.to_vec())
-}
-
-/// Stores a snapshot frame valid as of ring sequence `seq`.
+/// Stores a snapshot frame valid as of sync ring sequence `seq`.
 pub fn publish_snapshot(h: &dyn Host, seq: u64, frame: &[u8]) {
     let mut v = seq.to_le_bytes().to_vec();
     v.extend_from_slice(frame);
     let _ = h.shared_set(SNAPSHOT_KEY, &v, None);
 }
 
-/// The snapshot and the ring sequence it is valid at.
+/// The snapshot and the sync ring sequence it is valid at.
 pub fn read_snapshot(h: &dyn Host) -> Option<(u64, Vec<u8>)> {
     let (v, _) = h.shared_get(SNAPSHOT_KEY)?;
     let (tag, frame) = v.split_at_checked(8)?;
     Some((u64::from_le_bytes(tag.try_into().ok()?), frame.to_vec()))
 }
 
-/// Adds `vm` to the list of VMs publishing loads.
+/// Adds `vm` to the list of this Envoy's VMs.
 pub fn register_vm(h: &dyn Host, vm: u64) {
     for _ in 0..16 {
         let (cur, cas) = split(h.shared_get(VMS_KEY));
@@ -138,44 +164,14 @@ pub fn register_vm(h: &dyn Host, vm: u64) {
     }
 }
 
-/// Writes this VM's booked loads.
-pub fn write_loads(h: &dyn Host, vm: u64, now_ms: u64, loads: &[(WorkerKey, WorkerLoad)]) {
-    let body = (now_ms, loads.to_vec());
-    if let Ok(bytes) = postcard::to_allocvec(&body) {
-        let _ = h.shared_set(&load_key(vm), &bytes, None);
-    }
-}
-
-/// Sum of the loads other live VMs booked.
-pub fn read_other_loads(h: &dyn Host, me: u64, now_ms: u64) -> HashMap<WorkerKey, WorkerLoad> {
-    let mut out: HashMap<WorkerKey, WorkerLoad> = HashMap::new();
-    let list = h
-        .shared_get(VMS_KEY)
+/// The VM tags of this Envoy.
+pub fn vms(h: &dyn Host) -> Vec<u64> {
+    h.shared_get(VMS_KEY)
         .and_then(|(b, _)| String::from_utf8(b).ok())
-        .unwrap_or_default();
-    for tag in list
+        .unwrap_or_default()
         .split(',')
         .filter_map(|t| u64::from_str_radix(t, 16).ok())
-    {
-        if tag == me {
-            continue;
-        }
-        let Some((bytes, _)) = h.shared_get(&load_key(tag)) else {
-            continue;
-        };
-        let Ok((at, loads)) = postcard::from_bytes::<(u64, Vec<(WorkerKey, WorkerLoad)>)>(&bytes)
-        else {
-            continue;
-        };
-        if now_ms.saturating_sub(at) > LOAD_STALE_MS {
-            continue;
-        }
-        for (w, l) in loads {
-            let e = out.entry(w).or_default();
-            *e = e.plus(l);
-        }
-    }
-    out
+        .collect()
 }
 
 #[cfg(test)]
@@ -198,38 +194,31 @@ mod tests {
     #[test]
     fn ring_and_snapshot() {
         let s = FakeHost::default();
-        assert_eq!(head(&s), 0);
-        assert_eq!(publish_frame(&s, b"a"), Some(1));
-        assert_eq!(publish_frame(&s, b"b"), Some(2));
-        assert_eq!(head(&s), 2);
-        assert_eq!(read_frame(&s, 1).unwrap(), b"a");
+        let ring = Ring::sync();
+        assert_eq!(ring.head(&s), 0);
+        assert_eq!(ring.publish(&s, b"a"), Some(1));
+        assert_eq!(ring.publish(&s, b"b"), Some(2));
+        assert_eq!(ring.head(&s), 2);
+        assert_eq!(ring.read(&s, 1).unwrap(), b"a");
         for _ in 0..RING {
-            publish_frame(&s, b"c");
+            ring.publish(&s, b"c");
         }
-        assert_eq!(read_frame(&s, 1), None, "overwritten slot is detected");
+        assert_eq!(ring.read(&s, 1), None, "overwritten slot is detected");
         publish_snapshot(&s, 7, b"snap");
         assert_eq!(read_snapshot(&s).unwrap(), (7, b"snap".to_vec()));
+        // Each VM's prediction ring is its own.
+        let p1 = Ring::predictions(1);
+        assert_eq!(p1.publish(&s, b"x"), Some(1));
+        assert_eq!(Ring::predictions(2).head(&s), 0);
+        assert_eq!(ring.head(&s), RING + 2);
     }
 
     #[test]
-    fn loads_of_other_live_vms_are_summed() {
+    fn the_vm_list() {
         let s = FakeHost::default();
-        for vm in [1, 2, 3] {
+        for vm in [1, 2, 3, 2] {
             register_vm(&s, vm);
         }
-        register_vm(&s, 2);
-        let w = WorkerKey::new(9, 0);
-        let l = WorkerLoad {
-            prefill_tokens: 10,
-            decode_blocks: 2,
-            requests: 1,
-        };
-        write_loads(&s, 1, 1000, &[(w, l)]);
-        write_loads(&s, 2, 1000, &[(w, l)]);
-        write_loads(&s, 3, 0, &[(w, l)]); // stale by 6 s
-        let other = read_other_loads(&s, 1, 6001);
-        assert!(other.is_empty(), "VM 2's record is over 5 s old");
-        let other = read_other_loads(&s, 1, 5500);
-        assert_eq!(other.get(&w), Some(&l));
+        assert_eq!(vms(&s), vec![1, 2, 3]);
     }
 }

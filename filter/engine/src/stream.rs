@@ -1,8 +1,11 @@
-//! One HTTP stream through the filter: strip client routing headers, decide at the end of
-//! the request body, apply the decision, then follow the response (prefill done, streamed
+//! One HTTP stream through the filter: strip client routing headers, hold the request while
+//! its body arrives (watched by the tick, see `held`), decide at the end of the request —
+//! whether it ends in body data or in trailers — apply the decision (or strip the body's
+//! routing keys when forwarding unrouted), then follow the response (prefill done, streamed
 //! output) and free the booking when the stream ends. The glue translates each proxy-wasm
 //! callback into one call here and applies the plain-data answer.
 
+use crate::body;
 use crate::headers::{self, RoutedPath};
 use crate::host::Host;
 use crate::outcome::{Outcome, Reply};
@@ -62,6 +65,8 @@ pub struct Stream {
     routed: bool,
     response_started: bool,
     explain: Option<String>,
+    /// Request body bytes buffered so far.
+    body_size: usize,
 }
 
 impl Stream {
@@ -117,7 +122,10 @@ impl Stream {
             match declared.filter(|n| *n > vm.engine.cfg.gateway.max_body_bytes) {
                 Some(n) => Self::too_large(vm, host, n),
                 None if end_of_stream => Next::Decide,
-                None => Next::Pause,
+                None => {
+                    vm.holds.hold(self.id, host.now_ms());
+                    Next::Pause
+                }
             }
         };
         HeadersStep { remove, next }
@@ -131,10 +139,13 @@ impl Stream {
         size: usize,
         end_of_stream: bool,
     ) -> Next {
-        if self.path.is_none() || self.routed {
+        if self.path.is_none() || self.routed || vm.holds.is_closed(self.id) {
             return Next::Continue;
         }
+        vm.holds.body(self.id);
+        self.body_size = size;
         if size > vm.engine.cfg.gateway.max_body_bytes {
+            vm.holds.release(self.id);
             return Self::too_large(vm, host, size);
         }
         if end_of_stream {
@@ -144,8 +155,22 @@ impl Stream {
         }
     }
 
+    /// The request ended with trailers (HTTP/2, gRPC-style): the body is complete.
+    pub fn request_trailers(&mut self, vm: &mut Vm) -> Next {
+        if self.path.is_none() || self.routed || vm.holds.is_closed(self.id) {
+            return Next::Continue;
+        }
+        Next::Decide
+    }
+
+    /// Bytes of request body buffered so far (what [`Next::Decide`] must read).
+    pub fn body_size(&self) -> usize {
+        self.body_size
+    }
+
     /// Decides on the whole request `body` and says how to apply the decision.
     pub fn decide(&mut self, vm: &mut Vm, host: &dyn Host, body: &[u8]) -> Verdict {
+        vm.holds.release(self.id);
         let Some(path) = self.path else {
             return Verdict::Continue {
                 headers: Vec::new(),
@@ -166,9 +191,10 @@ impl Stream {
                 }
             }
             Outcome::Reply(r) => Verdict::Reply(r),
+            // Unrouted, but never with a client's choice of worker in the body.
             Outcome::Forward(_) => Verdict::Continue {
                 headers: Vec::new(),
-                body: None,
+                body: body::strip_routing_keys(body),
                 clear_route_cache: false,
             },
         }
@@ -200,6 +226,7 @@ impl Stream {
 
     /// The stream ended (completed, aborted or reset): free its booking.
     pub fn done(&mut self, vm: &mut Vm, host: &dyn Host) {
+        vm.holds.end(self.id);
         vm.request_done(host, self.id);
     }
 }

@@ -11,6 +11,9 @@ use std::rc::Rc;
 /// Shared data of one simulated Envoy process: key → (value, CAS token).
 pub type Store = Rc<RefCell<HashMap<String, (Vec<u8>, Cas)>>>;
 
+/// Code run just before a write (see [`FakeHost::before_next_set`]).
+type Hook = Box<dyn FnOnce()>;
+
 /// An HTTP call the engine sent, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentCall {
@@ -31,7 +34,7 @@ pub struct SentCall {
 }
 
 /// The fake host.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FakeHost {
     store: Store,
     now: Cell<u64>,
@@ -39,6 +42,8 @@ pub struct FakeHost {
     refuse_calls: Cell<bool>,
     calls: RefCell<Vec<SentCall>>,
     counters: RefCell<HashMap<String, i64>>,
+    /// Runs once, just before the next write of this key (to interleave another VM).
+    before_set: RefCell<Option<(String, Hook)>>,
     histograms: RefCell<HashMap<String, Vec<u64>>>,
     logs: RefCell<Vec<(Level, String)>>,
 }
@@ -59,6 +64,12 @@ impl FakeHost {
         };
         h.now.set(self.now.get());
         h
+    }
+
+    /// Runs `f` once, just before this host's next write of `key` — what another VM of
+    /// the same Envoy does between this VM's read and its write.
+    pub fn before_next_set(&self, key: &str, f: impl FnOnce() + 'static) {
+        *self.before_set.borrow_mut() = Some((key.to_string(), Box::new(f)));
     }
 
     /// Sets the clock.
@@ -111,6 +122,15 @@ impl FakeHost {
     }
 }
 
+impl std::fmt::Debug for FakeHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeHost")
+            .field("now", &self.now.get())
+            .field("keys", &self.store.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Host for FakeHost {
     fn now_ms(&self) -> u64 {
         self.now.get()
@@ -121,6 +141,16 @@ impl Host for FakeHost {
     }
 
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), SharedError> {
+        let hook = {
+            let mut b = self.before_set.borrow_mut();
+            match b.as_ref() {
+                Some((k, _)) if k == key => b.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, f)) = hook {
+            f();
+        }
         let mut m = self.store.borrow_mut();
         let cur = m.get(key).map(|(_, c)| *c);
         // Envoy: a CAS of 0 (or none) writes unconditionally.

@@ -8,12 +8,12 @@
 )]
 
 use crate::headers::RoutedPath;
+use crate::ledger::Others;
 use crate::outcome::{Degraded, ForwardReason, Outcome, Reply, Route};
 use crate::{DecideInput, Engine, ModelFiles};
 use kvgate_core::index::IndexDelta;
 use kvgate_core::sync::{self as ksync, ModelEntry, RemoteLoad, SyncFrame};
 use kvgate_core::workers::{WorkerInfo, WorkerRole};
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 pub(crate) fn model_dir() -> PathBuf {
@@ -97,15 +97,16 @@ pub(crate) fn replied(o: Outcome) -> Reply {
 }
 
 fn decide(e: &mut Engine, ctx: u32, body: &[u8]) -> Outcome {
-    let other = HashMap::new();
-    e.decide(&DecideInput {
-        ctx,
-        path: RoutedPath::Chat,
-        body,
-        tenant: None,
-        now_ms: 1_000,
-        other_loads: &other,
-    })
+    e.decide(
+        &DecideInput {
+            ctx,
+            path: RoutedPath::Chat,
+            body,
+            tenant: None,
+            now_ms: 1_000,
+        },
+        &Others::default(),
+    )
 }
 
 #[test]
@@ -256,15 +257,16 @@ fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
     assert!(!f.snapshot);
     e.apply_frame(&f, 2_000).unwrap();
     for ctx in 3..6 {
-        let other = HashMap::new();
-        let out = e.decide(&DecideInput {
-            ctx,
-            path: RoutedPath::Chat,
-            body: &body,
-            tenant: None,
-            now_ms: 2_000,
-            other_loads: &other,
-        });
+        let out = e.decide(
+            &DecideInput {
+                ctx,
+                path: RoutedPath::Chat,
+                body: &body,
+                tenant: None,
+                now_ms: 2_000,
+            },
+            &Others::default(),
+        );
         let Route {
             worker,
             matched_blocks,
@@ -276,15 +278,16 @@ fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
         e.request_done(ctx);
     }
     // 10 s without a frame: stale → load only.
-    let other = HashMap::new();
-    let out = e.decide(&DecideInput {
-        ctx: 9,
-        path: RoutedPath::Chat,
-        body: &body,
-        tenant: None,
-        now_ms: 12_000,
-        other_loads: &other,
-    });
+    let out = e.decide(
+        &DecideInput {
+            ctx: 9,
+            path: RoutedPath::Chat,
+            body: &body,
+            tenant: None,
+            now_ms: 12_000,
+        },
+        &Others::default(),
+    );
     let Route {
         degraded,
         matched_blocks,

@@ -5,11 +5,13 @@
 
 use crate::engine::Engine;
 use crate::headers::RoutedPath;
+use crate::held::{Holds, StreamAction};
 use crate::host::{CallId, CallResponse, Host, Level, MetricOp};
+use crate::ledger;
 use crate::metrics::{Metric, MetricsState};
 use crate::models::{ModelFiles, ModelLoadError};
 use crate::outcome::Outcome;
-use crate::shared;
+use crate::shared::{self, Ring};
 use crate::sidecar::{Pending, Sidecar, MODEL_TIMEOUT_MS};
 use crate::DecideInput;
 use kvgate_core::config::{Config, ConfigError};
@@ -86,6 +88,8 @@ pub struct Vm {
     sidecar: Option<Sidecar>,
     loads_dirty: bool,
     last_loads_ms: u64,
+    /// Streams held while their body arrives.
+    pub(crate) holds: Holds,
 }
 
 impl Vm {
@@ -110,6 +114,7 @@ impl Vm {
             sidecar,
             loads_dirty: false,
             last_loads_ms: 0,
+            holds: Holds::default(),
         };
         for m in &vm_config.models {
             let files = ModelFiles {
@@ -121,6 +126,7 @@ impl Vm {
             vm.load_model(host, "vm-config", &files)?;
         }
         shared::register_vm(host, tag);
+        ledger::Ledger::init(host);
         Ok(vm)
     }
 
@@ -146,12 +152,41 @@ impl Vm {
         Ok(())
     }
 
-    /// The periodic work of a VM.
-    pub fn on_tick(&mut self, host: &dyn Host) {
+    /// The periodic work of a VM. Returns what to do to streams held too long.
+    pub fn on_tick(&mut self, host: &dyn Host) -> Vec<StreamAction> {
         let now = host.now_ms();
+        let actions = self.watchdog(host, now);
+        self.sync_tick(host, now);
+        actions
+    }
+
+    fn watchdog(&mut self, host: &dyn Host, now: u64) -> Vec<StreamAction> {
+        let g = &self.engine.cfg.gateway;
+        let actions = self
+            .holds
+            .due(now, g.pause_watchdog_ms, g.request_timeout_ms);
+        for a in &actions {
+            match a {
+                StreamAction::Resume(_) => {
+                    host.metric(Metric::WatchdogResumed, MetricOp::Count(1));
+                    host.log(
+                        Level::Warn,
+                        "kvgate: a request held at its headers got no body callback: resumed \
+                         unrouted. Envoy needs allow_on_headers_stop_iteration: true on the \
+                         Wasm filter for kvgate to route",
+                    );
+                }
+                StreamAction::Reply(_, r) => self.metrics.error(host, r.code),
+            }
+        }
+        actions
+    }
+
+    fn sync_tick(&mut self, host: &dyn Host, now: u64) {
         if self.engine.expire(now) {
             self.loads_dirty = true;
         }
+        self.engine.follow_predictions(host);
         if self.loads_dirty || now.saturating_sub(self.last_loads_ms) >= LOADS_REFRESH_MS {
             self.publish_loads(host);
         }
@@ -186,13 +221,16 @@ impl Vm {
         }
     }
 
-    /// Publishes this VM's booked loads in shared data (other VMs read them per decision)
-    /// and moves the in-flight gauges by this VM's change.
+    /// Writes this VM's bookings into the ledger (other VMs read it per decision) and
+    /// moves the in-flight gauges by this VM's change.
     pub fn publish_loads(&mut self, host: &dyn Host) {
         let now = host.now_ms();
-        let own = self.engine.own_loads();
-        shared::write_loads(host, self.engine.vm, now, &own);
-        self.metrics.in_flight(host, &own);
+        let part = self.engine.ledger_part(now);
+        let ((), landed) = ledger::update(host, self.engine.vm, |_| ((), Some(part.clone())));
+        if !landed {
+            host.metric(Metric::LedgerContended, MetricOp::Count(1));
+        }
+        self.metrics.in_flight(host, &part.loads);
         self.loads_dirty = false;
         self.last_loads_ms = now;
     }
@@ -202,7 +240,8 @@ impl Vm {
     /// so a frame the leader VM published is used by every VM's next decision.
     pub fn follow_ring(&mut self, host: &dyn Host) {
         let now = host.now_ms();
-        let head = shared::head(host);
+        let ring = Ring::sync();
+        let head = ring.head(host);
         let mut seq = self.engine.ring_seq;
         if head <= seq {
             return;
@@ -212,8 +251,9 @@ impl Vm {
         }
         while seq < head {
             let next = seq + 1;
-            let applied =
-                shared::read_frame(host, next).map(|f| self.engine.apply_frame_bytes(&f, now));
+            let applied = ring
+                .read(host, next)
+                .map(|f| self.engine.apply_frame_bytes(&f, now));
             match applied {
                 Some(Ok(_)) => seq = next,
                 _ => match self.load_snapshot(host) {
@@ -310,7 +350,7 @@ impl Vm {
                             s.succeeded();
                         }
                         repoll = true;
-                        if let Some(seq) = shared::publish_frame(host, resp.body) {
+                        if let Some(seq) = Ring::sync().publish(host, resp.body) {
                             self.engine.ring_seq = seq;
                             if seq % SNAPSHOT_EVERY == 1 || resp.body.len() > SNAPSHOT_FRAME_BYTES {
                                 shared::publish_snapshot(host, seq, &self.engine.snapshot_frame());
@@ -343,8 +383,9 @@ impl Vm {
         }
     }
 
-    /// Decides where stream `ctx`'s request goes (following the ring first and reading
-    /// the other VMs' loads), records the metrics, and publishes the new booking.
+    /// Decides where stream `ctx`'s request goes: follows the index ring and the other
+    /// VMs' predictions, prepares the prompt once, then chooses and books through the
+    /// ledger (choosing again if another VM booked meanwhile), and records the metrics.
     pub fn decide(
         &mut self,
         host: &dyn Host,
@@ -357,20 +398,46 @@ impl Vm {
         if self.sidecar.is_some() {
             self.follow_ring(host);
         }
-        let other = shared::read_other_loads(host, self.engine.vm, now);
-        let outcome = self.engine.decide(&DecideInput {
+        self.engine.follow_predictions(host);
+        let input = DecideInput {
             ctx,
             path,
             body,
             tenant,
             now_ms: now,
-            other_loads: &other,
-        });
+        };
+        let outcome = match self.engine.prepare(&input) {
+            Err(early) => early.into(),
+            Ok(mut prepared) => {
+                let engine = &mut self.engine;
+                let (chosen, landed) = ledger::update(host, engine.vm, |others| {
+                    engine.unbook(ctx);
+                    match engine.choose(&mut prepared, others) {
+                        Ok(d) => {
+                            engine.book(ctx, &d, now);
+                            let part = engine.ledger_part(now);
+                            (Ok(d), Some(part))
+                        }
+                        Err(e) => (Err(e), None),
+                    }
+                });
+                if !landed {
+                    host.metric(Metric::LedgerContended, MetricOp::Count(1));
+                }
+                match chosen {
+                    Ok(d) => self.engine.commit(&input, prepared, d),
+                    Err(e) => self.engine.route_failed(e),
+                }
+            }
+        };
+        self.engine.publish_predictions(host);
         self.metrics.export(host, &self.engine.counters);
         match &outcome {
             Outcome::Route(r) => {
                 self.metrics.decision(host, r);
-                self.publish_loads(host);
+                let own = self.engine.own_loads();
+                self.metrics.in_flight(host, &own);
+                self.last_loads_ms = now;
             }
             Outcome::Reply(r) => self.metrics.error(host, r.code),
             Outcome::Forward(reason) => self.metrics.forwarded(host, *reason),

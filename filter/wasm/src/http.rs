@@ -91,6 +91,12 @@ impl HttpContext for Http {
         self.next(next, size)
     }
 
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        let next = self.stream.request_trailers(&mut self.vm.borrow_mut());
+        let size = self.stream.body_size();
+        self.next(next, size)
+    }
+
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
         if let Some((name, value)) = self.stream.response_header() {
             self.set_http_response_header(name, Some(value));

@@ -23,8 +23,8 @@ mod entry {
         std::panic::set_hook(Box::new(|info| {
             let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("kvgate: panic: {info}"));
         }));
-        proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-            Box::new(Root::new())
+        proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
+            Box::new(Root::new(id))
         });
     }}
 }

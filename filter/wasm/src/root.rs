@@ -1,10 +1,13 @@
 //! The root context of one VM: hands the VM and plugin configuration to the engine's
-//! [`Vm`], and forwards ticks and answers of sidecar calls to it.
+//! [`Vm`], forwards ticks and answers of sidecar calls to it, and carries out what the
+//! tick's watchdog asks for held streams (resume, or a local reply).
 
 use crate::host::{random_u64, ProxyHost};
 use crate::http::Http;
 use kvgate_engine::host::{CallResponse, Host, Level};
-use kvgate_engine::{Vm, VmConfig};
+use kvgate_engine::stream::REPLY_HEADERS;
+use kvgate_engine::{StreamAction, Vm, VmConfig};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
@@ -13,15 +16,17 @@ use std::time::Duration;
 
 /// The root context.
 pub struct Root {
+    id: u32,
     tag: u64,
     vm_config: VmConfig,
     vm: Option<Rc<RefCell<Vm>>>,
 }
 
 impl Root {
-    /// A root context with a random VM tag.
-    pub fn new() -> Self {
+    /// Root context `id` with a random VM tag.
+    pub fn new(id: u32) -> Self {
         Root {
+            id,
             tag: random_u64(),
             vm_config: VmConfig::default(),
             vm: None,
@@ -83,9 +88,27 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Some(vm) = &self.vm {
-            vm.borrow_mut().on_tick(&ProxyHost);
+        let Some(vm) = &self.vm else { return };
+        let actions = vm.borrow_mut().on_tick(&ProxyHost);
+        if actions.is_empty() {
+            return;
         }
+        for action in actions {
+            let _ = match action {
+                StreamAction::Resume(ctx) => hostcalls::set_effective_context(ctx)
+                    .and_then(|()| hostcalls::resume_http_request()),
+                StreamAction::Reply(ctx, r) => {
+                    hostcalls::set_effective_context(ctx).and_then(|()| {
+                        hostcalls::send_http_response(
+                            u32::from(r.status),
+                            REPLY_HEADERS.to_vec(),
+                            Some(&r.body),
+                        )
+                    })
+                }
+            };
+        }
+        let _ = hostcalls::set_effective_context(self.id);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -17,9 +17,9 @@ use crate::time::now_ms;
 use anyhow::{anyhow, bail, Context};
 use kvgate_core::sync::{self, ModelFiles, SyncFrame};
 use kvgate_engine::headers::RoutedPath;
+use kvgate_engine::ledger::Others;
 use kvgate_engine::{DecideInput, Early, Engine};
 use serde_json::Value;
-use std::collections::HashMap;
 
 /// Largest snapshot accepted.
 const MAX_FRAME: usize = 512 << 20;
@@ -136,7 +136,6 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
         body: &body,
         tenant: args.tenant.as_deref(),
         now_ms: now,
-        other_loads: &HashMap::new(),
     };
     let mut prepared = match engine.prepare(&input) {
         Ok(p) => p,
@@ -154,7 +153,7 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
             )
         }
     };
-    let decision = engine.choose(&mut prepared, &HashMap::new());
+    let decision = engine.choose(&mut prepared, &Others::default());
 
     let rows: Vec<WorkerRow> = prepared
         .workers

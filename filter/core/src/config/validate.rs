@@ -101,6 +101,12 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Most chat messages.
     pub max_messages: usize,
+    /// Deepest JSON nesting of a request body.
+    pub max_json_depth: usize,
+    /// Time from request headers to the end of the body before 408, ms.
+    pub request_timeout_ms: u64,
+    /// Time a stream may wait at its headers without a body callback before it is resumed, ms.
+    pub pause_watchdog_ms: u64,
     /// Most KV blocks tokenized and matched per request.
     pub max_match_blocks: usize,
     /// Inject `nvext.token_data`.
@@ -369,6 +375,21 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_body_bytes: ranged("max_body_bytes", raw.max_body_bytes, 8 << 20, 1024, 1 << 30)?
             as usize,
         max_messages: ranged("max_messages", raw.max_messages, 10_000, 1, 10_000_000)? as usize,
+        max_json_depth: ranged("max_json_depth", raw.max_json_depth, 64, 2, 128)? as usize,
+        request_timeout_ms: ranged(
+            "request_timeout_ms",
+            raw.request_timeout_ms,
+            30_000,
+            100,
+            3_600_000,
+        )?,
+        pause_watchdog_ms: ranged(
+            "pause_watchdog_ms",
+            raw.pause_watchdog_ms,
+            500,
+            20,
+            3_600_000,
+        )?,
         max_match_blocks: ranged("max_match_blocks", raw.max_match_blocks, 8192, 1, 1 << 24)?
             as usize,
         inject_token_data: raw.inject_token_data.unwrap_or(true),

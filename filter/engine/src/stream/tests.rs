@@ -175,3 +175,112 @@ fn the_response_ends_the_prefill_and_the_end_of_the_stream_frees() {
     // An unrouted stream never needs response bytes.
     assert!(!Stream::new(9).wants_response_bytes(&vm, 10));
 }
+
+#[test]
+fn a_request_that_ends_in_trailers_is_decided_at_the_trailers() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, "");
+    let mut s = Stream::new(1);
+    assert_eq!(
+        s.request_headers(&mut vm, &h, &post(&[]), false).next,
+        Next::Pause
+    );
+    let body = long_chat("trailers");
+    assert_eq!(s.request_body(&mut vm, &h, body.len(), false), Next::Pause);
+    assert_eq!(s.request_trailers(&mut vm), Next::Decide);
+    assert_eq!(s.body_size(), body.len());
+    let Verdict::Continue { headers, .. } = s.decide(&mut vm, &h, &body) else {
+        panic!()
+    };
+    assert!(headers
+        .iter()
+        .any(|(n, _)| *n == "x-gateway-destination-endpoint"));
+    assert_eq!(s.request_trailers(&mut vm), Next::Continue, "decided once");
+    let mut get = Stream::new(2);
+    get.request_headers(&mut vm, &h, &headers_of("GET", "/v1/models"), false);
+    assert_eq!(
+        get.request_trailers(&mut vm),
+        Next::Continue,
+        "unrouted path"
+    );
+}
+
+fn headers_of(method: &str, path: &str) -> Vec<(String, String)> {
+    headers(&[(":method", method), (":path", path)])
+}
+
+#[test]
+fn requests_forwarded_unrouted_lose_the_clients_routing_keys() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, r#", "unknown_model": "passthrough""#);
+    for (ctx, body) in [
+        (
+            1,
+            &br#"{"model":"other","messages":[{"role":"user","content":"x"}],"nvext":{"backend_instance_id":2,"decode_worker_id":1}}"#[..],
+        ),
+        (
+            2,
+            &br#"{"model":"Qwen/Qwen3-0.6B","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:,"}}]}],"nvext":{"prefill_worker_id":3}}"#[..],
+        ),
+    ] {
+        let mut s = Stream::new(ctx);
+        s.request_headers(&mut vm, &h, &post(&[]), false);
+        let Verdict::Continue {
+            headers,
+            body: Some(b),
+            ..
+        } = s.decide(&mut vm, &h, body)
+        else {
+            panic!("{ctx}: routing keys kept")
+        };
+        assert!(headers.is_empty(), "{ctx}: not routed");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["nvext"], serde_json::json!({}), "{ctx}");
+    }
+    assert_eq!(h.metric_value("kvgate.forwarded.unknown_model"), 1);
+    assert_eq!(h.metric_value("kvgate.forwarded.unsupported_request"), 1);
+}
+
+#[test]
+fn the_watchdog_resumes_streams_without_body_callbacks_and_cuts_slow_bodies() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(
+        &h,
+        r#", "pause_watchdog_ms": 100, "request_timeout_ms": 1000"#,
+    );
+    // Envoy without allow_on_headers_stop_iteration: no body callback ever comes.
+    let mut s = Stream::new(1);
+    assert_eq!(
+        s.request_headers(&mut vm, &h, &post(&[]), false).next,
+        Next::Pause
+    );
+    h.advance(99);
+    assert!(vm.on_tick(&h).is_empty());
+    h.advance(1);
+    assert_eq!(vm.on_tick(&h), vec![crate::held::StreamAction::Resume(1)]);
+    assert_eq!(h.metric_value("kvgate.watchdog.resumed"), 1);
+    // Once resumed, its late body passes unrouted and nothing is booked.
+    let body = long_chat("late");
+    assert_eq!(
+        s.request_body(&mut vm, &h, body.len(), true),
+        Next::Continue
+    );
+    assert_eq!(vm.engine.in_flight(), 0);
+    s.done(&mut vm, &h);
+
+    // A body callback proves the pause works; a body that stalls is answered 408.
+    let mut slow = Stream::new(2);
+    slow.request_headers(&mut vm, &h, &post(&[]), false);
+    assert_eq!(slow.request_body(&mut vm, &h, 10, false), Next::Pause);
+    h.advance(999);
+    assert!(vm.on_tick(&h).is_empty(), "not resumed: only slow");
+    h.advance(1);
+    let actions = vm.on_tick(&h);
+    let [crate::held::StreamAction::Reply(2, r)] = actions.as_slice() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!((r.status, r.code), (408, "request_timeout"));
+    assert_eq!(h.metric_value("kvgate.errors.request_timeout"), 1);
+    assert_eq!(slow.request_body(&mut vm, &h, 20, true), Next::Continue);
+    assert_eq!(vm.engine.in_flight(), 0);
+}

@@ -100,7 +100,7 @@ fn an_applied_frame_enters_the_ring_and_the_next_poll_goes_out_at_once() {
     let call = one_call(&h1);
     a.on_response(&h1, call.id, ok(&snapshot(7, 5, Vec::new())));
     assert_eq!(a.engine.fleet().all().len(), 3);
-    assert_eq!(shared::head(&h1), 1);
+    assert_eq!(shared::Ring::sync().head(&h1), 1);
     assert!(
         shared::read_snapshot(&h1).is_some(),
         "frame 1 leaves a snapshot"
@@ -419,4 +419,113 @@ fn bad_configurations_stop_the_vm_with_a_message() {
         Vm::configure(&h, 1, 1, b"{}", &broken),
         Err(StartError::Model(_))
     ));
+}
+
+#[test]
+fn two_vms_sharing_the_ledger_never_book_blind_to_each_other() {
+    let h1 = FakeHost::at(1_000);
+    let h2 = std::rc::Rc::new(h1.sibling());
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "", "workers": workers(2)
+    }))
+    .unwrap();
+    let mut a = Vm::configure(&h1, 1, 1, &cfg, &VmConfig::default()).unwrap();
+    let b = std::rc::Rc::new(std::cell::RefCell::new(
+        Vm::configure(&*h2, 2, 2, &cfg, &VmConfig::default()).unwrap(),
+    ));
+    // B books between A's read of the ledger and A's write.
+    let (b2, hb) = (b.clone(), h2.clone());
+    let b_worker = std::rc::Rc::new(std::cell::Cell::new(None));
+    let bw = b_worker.clone();
+    h1.before_next_set(crate::ledger::LEDGER_KEY, move || {
+        let o = b2.borrow_mut().decide(
+            &*hb,
+            1,
+            crate::headers::RoutedPath::Chat,
+            &long_chat("b"),
+            None,
+        );
+        let Outcome::Route(r) = o else { panic!() };
+        bw.set(Some(r.worker));
+    });
+    let Outcome::Route(r) = a.decide(
+        &h1,
+        1,
+        crate::headers::RoutedPath::Chat,
+        &long_chat("a"),
+        None,
+    ) else {
+        panic!()
+    };
+    let b_worker = b_worker.get().unwrap();
+    assert_ne!(
+        r.worker, b_worker,
+        "A decided again with B's booking in view"
+    );
+    let (ledger, _) = crate::ledger::Ledger::read(&h1);
+    let booked: Vec<_> = ledger
+        .parts
+        .iter()
+        .flat_map(|p| p.loads.iter().map(|(w, _)| *w))
+        .collect();
+    assert_eq!(booked.len(), 2);
+    assert!(booked.contains(&r.worker) && booked.contains(&b_worker));
+    assert_eq!(h1.metric_value("kvgate.ledger.contended"), 0);
+    // Freed on both sides: the ledger empties.
+    a.request_done(&h1, 1);
+    b.borrow_mut().request_done(&*h2, 1);
+    assert!(crate::ledger::Ledger::read(&h1).0.parts.is_empty());
+}
+
+fn predicted_engine(ttl_secs: f64) -> (FakeHost, Vm) {
+    let h = FakeHost::at(10_000);
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "kvgate_sidecar",
+        "router_predicted_ttl_secs": ttl_secs,
+        "stale_after_ms": 600000
+    }))
+    .unwrap();
+    let mut vm = Vm::configure(&h, 1, 1, &cfg, &VmConfig::default()).unwrap();
+    vm.on_tick(&h);
+    let call = one_call(&h);
+    let models = vec![ModelEntry {
+        name: "Qwen/Qwen3-0.6B".into(),
+        block_size: 16,
+        files_digest: "vm-config".into(),
+    }];
+    vm.on_response(&h, call.id, ok(&snapshot(1, 1, models)));
+    vm.engine.load_model("vm-config", &files()).unwrap();
+    (h, vm)
+}
+
+fn matched(vm: &mut Vm, h: &FakeHost, ctx: u32) -> u32 {
+    let Outcome::Route(r) = vm.decide(
+        h,
+        ctx,
+        crate::headers::RoutedPath::Chat,
+        &long_chat("same prompt"),
+        None,
+    ) else {
+        panic!()
+    };
+    vm.request_done(h, ctx);
+    r.matched_blocks
+}
+
+#[test]
+fn router_predicted_ttl_secs_sets_how_long_a_prediction_counts() {
+    let (h, mut short) = predicted_engine(1.0);
+    assert_eq!(matched(&mut short, &h, 1), 0, "nothing cached yet");
+    h.advance(500);
+    assert!(matched(&mut short, &h, 2) > 10, "predicted 0.5 s ago");
+    h.advance(1_600);
+    assert_eq!(matched(&mut short, &h, 3), 0, "the 1 s prediction expired");
+
+    let (h, mut long) = predicted_engine(10.0);
+    matched(&mut long, &h, 1);
+    h.advance(2_100);
+    assert!(
+        matched(&mut long, &h, 2) > 10,
+        "a 10 s prediction still counts"
+    );
 }

@@ -1,0 +1,115 @@
+//! Routing predictions shared by every VM of one Envoy: when a decision is committed, the
+//! prompt's blocks are predicted to be cached on the chosen worker (approximate mode, or
+//! `router_predicted_ttl_secs` with KV events). Each VM appends its predictions to its own
+//! ring in shared data and applies the other VMs' rings before deciding, so every VM
+//! predicts from every VM's decisions.
+
+use crate::engine::Engine;
+use crate::host::Host;
+use crate::shared::{self, Ring};
+use kvgate_core::WorkerKey;
+use serde::{Deserialize, Serialize};
+
+/// One prediction: the prompt's sequence hashes will be cached on `worker`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The worker (prefill worker when disaggregated).
+    pub worker: WorkerKey,
+    /// When it was made, ms (its TTL runs from here).
+    pub at_ms: u64,
+    /// Sequence hashes of the prompt's complete blocks.
+    pub sequence: Vec<u64>,
+}
+
+impl Engine {
+    /// Whether decisions predict cache contents.
+    pub fn predicts(&self) -> bool {
+        !self.uses_events() || self.cfg.router.predicted_ttl_ms.is_some()
+    }
+
+    /// Records a prediction of this VM and queues it for the other VMs.
+    pub(crate) fn predict(&mut self, p: Prediction) {
+        self.approx.record(p.worker, &p.sequence, p.at_ms);
+        self.predictions_out.push(p);
+    }
+
+    /// Publishes this VM's new predictions in its ring.
+    pub fn publish_predictions(&mut self, host: &dyn Host) {
+        if self.predictions_out.is_empty() {
+            return;
+        }
+        let ring = Ring::predictions(self.vm);
+        for p in std::mem::take(&mut self.predictions_out) {
+            if let Ok(bytes) = postcard::to_allocvec(&p) {
+                let _ = ring.publish(host, &bytes);
+            }
+        }
+    }
+
+    /// Applies the predictions other VMs published since the last call.
+    pub fn follow_predictions(&mut self, host: &dyn Host) {
+        if !self.predicts() {
+            return;
+        }
+        let now = host.now_ms();
+        for vm in shared::vms(host) {
+            if vm == self.vm {
+                continue;
+            }
+            let ring = Ring::predictions(vm);
+            let head = ring.head(host);
+            let seen = self.predictions_seen.entry(vm).or_insert(0);
+            if head <= *seen {
+                continue;
+            }
+            // Too far behind: the oldest are gone (and near their TTL anyway).
+            let mut seq = (*seen).max(head.saturating_sub(ring.slots()));
+            while seq < head {
+                seq += 1;
+                let Some(bytes) = ring.read(host, seq) else {
+                    continue;
+                };
+                if let Ok(p) = postcard::from_bytes::<Prediction>(&bytes) {
+                    self.approx.record(p.worker, &p.sequence, p.at_ms.min(now));
+                }
+            }
+            *seen = head;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::testing::FakeHost;
+    use kvgate_core::config::Config;
+
+    fn engine(host: &FakeHost, vm: u64) -> Engine {
+        let cfg = Config::from_json(br#"{"sidecar_cluster": ""}"#).unwrap();
+        shared::register_vm(host, vm);
+        Engine::new(cfg, vm, vm)
+    }
+
+    #[test]
+    fn every_vm_learns_every_vms_predictions() {
+        let h1 = FakeHost::at(1_000);
+        let h2 = h1.sibling();
+        let mut a = engine(&h1, 1);
+        let mut b = engine(&h2, 2);
+        let w = WorkerKey::new(7, 0);
+        a.predict(Prediction {
+            worker: w,
+            at_ms: 1_000,
+            sequence: vec![11, 12, 13],
+        });
+        assert_eq!(b.approx.overlap(&[11, 12, 13]).of(&w), 0);
+        a.publish_predictions(&h1);
+        b.follow_predictions(&h2);
+        assert_eq!(b.approx.overlap(&[11, 12, 13]).of(&w), 3);
+        // Applied once: following again changes nothing, and A ignores its own ring.
+        b.follow_predictions(&h2);
+        a.follow_predictions(&h1);
+        assert_eq!(a.approx.overlap(&[11, 12]).of(&w), 2);
+    }
+}
