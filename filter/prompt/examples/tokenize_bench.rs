@@ -1,7 +1,8 @@
 //! Times first-seen (cold) prompt tokenization and tokenizer load, natively or as a wasm32-wasip1
 //! command (run it under Node's WASI, i.e. in V8, with `tests/tools/wasm-bench.mjs`).
 //!
-//! `tokenize_bench MODEL_DIR SHAREGPT_JSON [TEXTS]` packs the ShareGPT prompts, in file order,
+//! `tokenize_bench TOKENIZER_JSON SHAREGPT_JSON [TEXTS]` (a `tokenizer.json`, or its canonical form
+//! from the `canonicalize` example) packs the ShareGPT prompts, in file order,
 //! into texts of about 8.8 KB (≈ 2,048 tokens), encodes 8 of them to warm the tokenizer up, then encodes
 //! TEXTS (default 40) others once each through [`PromptTokenizer::encode`] (every segment a cache
 //! miss, as for a new chat) and again (every segment a hit). Prints µs per 2,048 tokens and, in
@@ -31,14 +32,14 @@ fn show_memory(label: &str) {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(model_dir), Some(sharegpt)) = (args.get(1), args.get(2)) else {
-        return Err("usage: tokenize_bench MODEL_DIR SHAREGPT_JSON [TEXTS]".into());
+    let (Some(tokenizer_json), Some(sharegpt)) = (args.get(1), args.get(2)) else {
+        return Err("usage: tokenize_bench TOKENIZER_JSON SHAREGPT_JSON [TEXTS]".into());
     };
     let n_texts: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(40);
     let warmup = 8;
 
     show_memory("at start");
-    let json = std::fs::read(format!("{model_dir}/tokenizer.json"))?;
+    let json = std::fs::read(tokenizer_json)?;
     show_memory("with tokenizer.json read");
     let t0 = Instant::now();
     let mut tok = PromptTokenizer::from_bytes(&json, CacheConfig::default())?;
