@@ -15,7 +15,7 @@
 Usage (versions as recorded in tests/fixtures/PROVENANCE.md):
   python3 -m venv /tmp/hfvenv
   /tmp/hfvenv/bin/pip install tokenizers==0.23.3 transformers==5.23.0 jinja2==3.1.6
-  /tmp/hfvenv/bin/python tests/tools/gen-tokenizer-fixtures.py \
+  HF_HUB_OFFLINE=1 /tmp/hfvenv/bin/python tests/tools/gen-tokenizer-fixtures.py \
       qwen3=target/models/Qwen3-0.6B llama3=target/models/Llama-3
 """
 
