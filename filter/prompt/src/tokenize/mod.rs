@@ -112,13 +112,16 @@ impl PromptTokenizer {
     pub fn from_bytes(tokenizer_json: &[u8], cache: CacheConfig) -> Result<Self, TokenizeError> {
         let text =
             std::str::from_utf8(tokenizer_json).map_err(|e| TokenizeError::Load(e.to_string()))?;
-        let tokenizer = match tokenizers::from_json(text) {
-            Ok(t) => t,
-            Err(_) => {
-                let canonical = canonical_json(tokenizer_json)?;
-                tokenizers::from_json(&canonical).map_err(|e| TokenizeError::Load(e.to_string()))?
-            }
+        // Reading a non-canonical file would fail only after parsing all of it: look first.
+        let canonical;
+        let text = if is_canonical(text) {
+            text
+        } else {
+            canonical = canonical_json(tokenizer_json)?;
+            canonical.as_str()
         };
+        let tokenizer =
+            tokenizers::from_json(text).map_err(|e| TokenizeError::Load(e.to_string()))?;
         let splitter = Splitter::new(&tokenizer);
         let affixes = probe_affixes(&tokenizer);
         let normalized_added_tokens = tokenizer
@@ -294,6 +297,17 @@ pub fn canonical_json(tokenizer_json: &[u8]) -> Result<String, TokenizeError> {
         serde_json::from_slice(tokenizer_json).map_err(|e| load(e.to_string()))?;
     tokenizers::canonicalize_value(&mut value).map_err(|e| load(e.to_string()))?;
     serde_json::to_string(&value).map_err(|e| load(e.to_string()))
+}
+
+/// Whether a `tokenizer.json` opens with `"version": "2.0"`, as the canonical form does (else
+/// it is converted; converting a canonical file is harmless, it is a fixed point).
+fn is_canonical(text: &str) -> bool {
+    let head: String = text
+        .chars()
+        .take(64)
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    head.starts_with(r#"{"version":"2.0""#)
 }
 
 /// One encode of `text` appended to `out`, with the file's truncation and padding off.

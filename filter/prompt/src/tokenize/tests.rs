@@ -16,6 +16,15 @@ fn floor_char_boundary_backs_off_to_a_char_start() {
     assert_eq!(floor_char_boundary("aé", 9), 3);
 }
 
+#[test]
+fn canonical_files_are_recognised_by_their_opening() {
+    assert!(is_canonical(r#"{"version":"2.0","truncation":null}"#));
+    assert!(is_canonical("{\n  \"version\": \"2.0\",\n"));
+    assert!(!is_canonical(r#"{"version":"1.0","truncation":null}"#));
+    assert!(!is_canonical(r#"{"truncation":null,"version":"2.0"}"#));
+    assert!(!is_canonical(""));
+}
+
 /// A BPE tokenizer without a pre-tokenizer (a text piece is one word, so merges reach across
 /// it) with overlapping added tokens, so any difference in where the text is cut shows up in
 /// the ids.
