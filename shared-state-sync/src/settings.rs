@@ -505,4 +505,46 @@ mod tests {
         let e = load_config(None, [("DYN_ROUTER_TEMPERATURE", "hot")]).unwrap_err();
         assert!(e.to_string().contains("DYN_ROUTER_TEMPERATURE"), "{e}");
     }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(
+            ["kvgate-sync", "serve", "--no-nats"].iter().chain(args),
+        )
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Serve(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn k8s_flags() {
+        let env = vec![("POD_NAMESPACE".to_string(), "llm".to_string())];
+        let s = Settings::from_args(&serve(&[]), &env).unwrap();
+        assert!(s.k8s.is_none());
+        let e = Settings::from_args(&serve(&["--k8s-namespace", "x"]), &env).unwrap_err();
+        assert!(e.to_string().contains("--k8s-namespace"), "{e}");
+        if cfg!(feature = "kubernetes") {
+            let s = Settings::from_args(&serve(&["--k8s-inference-pool", "p"]), &env).unwrap();
+            let k = s.k8s.unwrap();
+            assert_eq!((k.namespace.as_str(), k.pool.as_str()), ("llm", "p"));
+            assert_eq!(k.default_role, WorkerRole::Aggregated);
+            let e = Settings::from_args(
+                &serve(&["--k8s-inference-pool", "p", "--k8s-default-role", "both"]),
+                &env,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("--k8s-default-role"), "{e}");
+            let e = Settings::from_args(
+                &serve(&["--k8s-inference-pool", "p", "--k8s-api-url", "127.0.0.1:1"]),
+                &env,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("--k8s-api-url"), "{e}");
+        } else {
+            let e = Settings::from_args(&serve(&["--k8s-inference-pool", "p"]), &env).unwrap_err();
+            assert!(e.to_string().contains("kubernetes"), "{e}");
+        }
+    }
 }
