@@ -99,17 +99,25 @@ KVGATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head 
 oci: wasm ## Package the filter as a Wasm OCI image (layout + .tar) in target/oci, no Docker
 	python3 deploy/oci/build_oci.py $(WASM) $(OCI_OUT) --tag $(KVGATE_VERSION)
 
-check-deploy: $(VENV)/.done oci ## Render the chart (every example), validate against upstream schemas, check OCI image and plugin configs
+check-deploy: $(VENV)/.done oci ## Render the chart (every example), validate against the upstream CRDs and schemas strictly, check OCI image and plugin configs
 	python3 deploy/oci/check_oci.py --self-test
 	python3 deploy/oci/check_oci.py $(OCI_OUT) $(WASM)
 	rm -rf $(DEPLOY_OUT)
-	$(VENV)/bin/python deploy/tools/render.py $(DEPLOY_OUT)/rendered --check-manifests
+	$(VENV)/bin/python deploy/tools/render.py $(DEPLOY_OUT)/rendered --digests $(OCI_OUT).digests.json
 	$(VENV)/bin/python deploy/tools/validate.py $(DEPLOY_OUT)/rendered/*.yaml
 	$(VENV)/bin/python deploy/tools/check_filter_chain.py $(DEPLOY_OUT)/plugin-config $(DEPLOY_OUT)/rendered/*.yaml
 	cargo run -q -p kvgate-sync -- check-config $(DEPLOY_OUT)/plugin-config/*.json
 	@if cargo run -q -p kvgate-sync -- check-config deploy/tools/testdata/misspelt-plugin-config.json 2>/dev/null; then \
 	  echo "check-config accepted a misspelt key" >&2; exit 1; fi
 	@echo "check-deploy: ok"
+
+# `make manifests VALUES=my-values.yaml`: the chart rendered with your values and the
+# digest of the filter image `make oci` just built, for `kubectl apply` without Helm.
+VALUES ?= deploy/helm/kvgate/examples/aggregated.yaml
+.PHONY: manifests
+manifests: $(VENV)/.done oci ## Render the chart with VALUES (a copy of an example) and the digest make oci printed → target/deploy/kvgate.yaml, for kubectl apply
+	$(VENV)/bin/python deploy/tools/render.py $(DEPLOY_OUT) --digests $(OCI_OUT).digests.json \
+	  --manifest $(abspath $(VALUES)) $(ROOT)/target/deploy/kvgate.yaml
 # ---- end deploy/ ----------------------------------------------------------------------------
 
 # ---- reliability: fault report and load soak (tests/e2e/faults.rs, tests/src/faults/) ------

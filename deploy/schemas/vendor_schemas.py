@@ -1,25 +1,33 @@
 #!/usr/bin/env python3
-"""Re-create the vendored JSON schemas under deploy/schemas/ from pinned registry packages.
+"""Re-create the vendored schemas under deploy/schemas/ from their pinned upstreams.
 
-One job: (re)write ``kubernetes/`` and ``crds/`` and ``SHA256SUMS``; PROVENANCE.md says
-where each file comes from. Run by hand when bumping a version (needs pip, npm, node and
-the package registries); ``make check-deploy`` does not run it, it only checks
-``SHA256SUMS``.
+One job: (re)write ``kubernetes/``, ``crds/`` and ``SHA256SUMS``; PROVENANCE.md says where
+each file comes from. Run by hand when bumping a version, then commit the result
+(``make check-deploy`` does not run it, it only checks ``SHA256SUMS``):
+
+    python3 deploy/schemas/vendor_schemas.py --crds-from DIR
 
 * Kubernetes core types: copied verbatim from the PyPI wheel ``kubernetes-validate``
   (hash-pinned below): the ``vX.Y.Z-local-strict`` JSON schemas, i.e. the OpenAPI
   definitions converted by openapi2jsonschema with ``--strict`` (``additionalProperties:
-  false`` on every object) — the same conversion kubeconform's ``-strict`` relies on.
-* CRDs (Gateway API, Istio): no registry reachable here ships the upstream CRD YAML. The
-  npm packages ``@kubernetes-models/*`` (pinned with integrity hashes in
-  ``npm/package-lock.json``) ship TypeScript declarations generated from the upstream
-  CRDs (Istio) or API types (Gateway API); ``ts-json-schema-generator`` turns the
-  declaration of each kind into a JSON schema, then the kubeconform strict rule is
-  applied: ``additionalProperties: false`` on every object schema that lists
-  ``properties`` (free-form objects such as ``pluginConfig`` stay open). One generator
-  gap is repaired (``restore_exclude_branch``).
+  false`` on every object), the same conversion kubeconform's ``-strict`` relies on.
+* Gateway API, Gateway API Inference Extension and Istio CRDs: the upstream
+  CustomResourceDefinition YAML, byte for byte, with each repository's LICENSE. ``DIR``
+  holds one folder per repository (``gateway-api/``, ``inference-extension/``,
+  ``istio/``) with the files named in ``UPSTREAM`` at the pinned commits (any checkout of
+  those commits, or the project's shared data copy); every file's sha256 is checked
+  first. Istio publishes all its CRDs in one multi-document file: the documents kvgate
+  renders (EnvoyFilter, WasmPlugin) are cut out of it at the ``---`` separators, each
+  byte for byte. ``deploy/tools/crd_schema.py`` turns them into validators.
+* Prometheus Operator ``ServiceMonitor``: no registry reachable here ships that CRD, so
+  its schema is derived from the TypeScript declaration that npm
+  ``@kubernetes-models/prometheus-operator`` generates from the upstream Go types
+  (pinned with integrity hashes in ``npm/package-lock.json``): ``ts-json-schema-generator``
+  turns it into a JSON schema, then kubeconform's strict rule is applied
+  (``additionalProperties: false`` on every object schema that lists ``properties``).
 """
 
+import argparse
 import hashlib
 import json
 import os
@@ -41,24 +49,40 @@ K8S_KINDS = [
     "serviceaccount-v1.json",
     "role-rbac-v1.json",
     "rolebinding-rbac-v1.json",
+    "pod-v1.json",
     "_definitions.json",
 ]
-# (package, declaration file, interface, output file)
-CRDS = [
-    ("@kubernetes-models/istio", "extensions.istio.io/v1alpha1/WasmPlugin.d.ts", "IWasmPlugin",
-     "extensions.istio.io/wasmplugin_v1alpha1.json"),
-    ("@kubernetes-models/istio", "networking.istio.io/v1alpha3/EnvoyFilter.d.ts", "IEnvoyFilter",
-     "networking.istio.io/envoyfilter_v1alpha3.json"),
-    ("@kubernetes-models/gateway-api", "gateway.networking.k8s.io/v1/Gateway.d.ts", "IGateway",
-     "gateway.networking.k8s.io/gateway_v1.json"),
-    ("@kubernetes-models/gateway-api", "gateway.networking.k8s.io/v1/HTTPRoute.d.ts", "IHTTPRoute",
-     "gateway.networking.k8s.io/httproute_v1.json"),
+# Upstream CRD files: (folder in DIR and under crds/, file, sha256). Commits and
+# repository paths are in PROVENANCE.md.
+UPSTREAM = [
+    ("inference-extension", "inference.networking.k8s.io_inferencepools.yaml",
+     "db48c012c3f8a476be1f09f9c9eb7f4a45391d423cf540214f1f0049ca10f4a9"),
+    ("inference-extension", "LICENSE", "b40930bbcf80744c86c46a12bc9da056641d722716c378f5659b9e555ef833e1"),
+    ("gateway-api", "gateway.networking.k8s.io_gateways.yaml",
+     "161791d534b1ef582573cad99f9163eb8761715e6e934dd93374a5999ad17356"),
+    ("gateway-api", "gateway.networking.k8s.io_httproutes.yaml",
+     "5b746e5dd696239cdf7d1a6dc6293d103fb78056598aa3f2e14f7512dc8c362b"),
+    ("gateway-api", "LICENSE", "20b6dde626f521dbb384f75e6d96c3d16789df3bf878b58bc2810614fb4db07c"),
+    ("istio", "customresourcedefinitions.gen.yaml",
+     "c98c49e3435f7ca04938cc710f929bbfe952472b177c3a7384b31e383c6b6c7a"),
+    ("istio", "LICENSE", "9fa6e54dafda853bb3cdc01486b677a55102f0d488282a85ba6e426d9125f8c5"),
+]
+# Documents cut out of Istio's multi-document file (by metadata.name).
+ISTIO_DOCS = ["envoyfilters.networking.istio.io", "wasmplugins.extensions.istio.io"]
+# (package, declaration file, interface, output file) of the derived schemas.
+DERIVED = [
+    ("@kubernetes-models/prometheus-operator", "monitoring.coreos.com/v1/ServiceMonitor.d.ts", "IServiceMonitor",
+     "prometheus-operator/servicemonitor_v1.derived.json"),
 ]
 
 
 def run(cmd, **kw):
     print("+", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True, **kw)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def strict(node):
@@ -71,29 +95,6 @@ def strict(node):
     elif isinstance(node, list):
         for v in node:
             strict(v)
-    return node
-
-
-def restore_exclude_branch(node):
-    """ts-json-schema-generator drops TypeScript ``Exclude<T, ...>`` members of a union.
-    @kubernetes-models writes the CRD's ``oneOf: [{not: {anyOf: [{required: [a]}, ...]}},
-    {required: [a]}, ...]`` as ``Exclude<T, ...> | (T & {a}) | ...``, so an object naming
-    none of a, b, ... (e.g. an EnvoyFilter match with only a context) would be refused.
-    Put that branch back: same properties, none of the required keys."""
-    if isinstance(node, dict):
-        alts = node.get("anyOf")
-        if (isinstance(alts, list) and len(alts) > 1
-                and all(isinstance(a, dict) and len(a.get("required", [])) == 1 and "properties" in a for a in alts)
-                and all(a["properties"] == alts[0]["properties"] for a in alts)):
-            keys = [a["required"][0] for a in alts]
-            none = {k: v for k, v in alts[0].items() if k != "required"}
-            none["not"] = {"anyOf": [{"required": [k]} for k in keys]}
-            alts.insert(0, none)
-        for v in node.values():
-            restore_exclude_branch(v)
-    elif isinstance(node, list):
-        for v in node:
-            restore_exclude_branch(v)
     return node
 
 
@@ -114,19 +115,50 @@ def vendor_kubernetes(tmp):
                 f.write(z.read(prefix + name))
 
 
-def vendor_crds(tmp):
+def istio_documents(text: str):
+    """The documents of Istio's CRD file, each exactly as its bytes appear there (the
+    separator lines excluded), by CRD name."""
+    out = {}
+    for doc in text.split("\n---\n"):
+        for line in doc.splitlines():
+            if line.startswith("  name: "):
+                out[line.split(": ", 1)[1].strip()] = doc
+                break
+    return out
+
+
+def vendor_upstream(src):
+    out = os.path.join(HERE, "crds")
+    for folder in {f for f, _, _ in UPSTREAM}:
+        shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
+        os.makedirs(os.path.join(out, folder))
+    for folder, name, digest in UPSTREAM:
+        with open(os.path.join(src, folder, name), "rb") as f:
+            data = f.read()
+        if sha256(data) != digest:
+            raise SystemExit(f"{folder}/{name}: sha256 {sha256(data)} is not the pinned {digest}")
+        if name == "customresourcedefinitions.gen.yaml":
+            docs = istio_documents(data.decode())
+            for crd in ISTIO_DOCS:
+                with open(os.path.join(out, folder, crd + ".yaml"), "wb") as f:
+                    f.write(docs[crd].encode() + b"\n")
+        else:
+            shutil.copyfile(os.path.join(src, folder, name), os.path.join(out, folder, name))
+
+
+def vendor_derived(tmp):
     work = os.path.join(tmp, "npm")
     shutil.copytree(os.path.join(HERE, "npm"), work)
     run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=work)
     gen = os.path.join(work, "node_modules", ".bin", "ts-json-schema-generator")
-    for package, decl, iface, target in CRDS:
+    for package, decl, iface, target in DERIVED:
         raw = os.path.join(tmp, "schema.json")
         run([gen, "--tsconfig", os.path.join(work, "tsconfig.json"),
              "--path", os.path.join(work, "node_modules", package, decl), "--type", iface,
              "--additional-properties", "--expose", "none", "--jsDoc", "none",
              "-o", raw])
         with open(raw) as f:
-            schema = strict(restore_exclude_branch(json.load(f)))
+            schema = strict(json.load(f))
         schema["$comment"] = f"Derived from npm {package} ({decl}, {iface}); see PROVENANCE.md."
         path = os.path.join(HERE, "crds", target)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -142,15 +174,24 @@ def write_sums():
             for name in sorted(files):
                 path = os.path.join(d, name)
                 with open(path, "rb") as f:
-                    lines.append(f"{hashlib.sha256(f.read()).hexdigest()}  {os.path.relpath(path, HERE)}")
+                    lines.append(f"{sha256(f.read())}  {os.path.relpath(path, HERE)}")
     with open(os.path.join(HERE, "SHA256SUMS"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
 def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--crds-from", required=True, metavar="DIR",
+                   help="folder with gateway-api/, inference-extension/, istio/ upstream files")
+    p.add_argument("--skip-registry", action="store_true",
+                   help="only re-copy the upstream CRDs (no pip or npm download)")
+    a = p.parse_args()
+    shutil.rmtree(os.path.join(HERE, "crds"), ignore_errors=True)
+    vendor_upstream(a.crds_from)
     with tempfile.TemporaryDirectory() as tmp:
-        vendor_kubernetes(tmp)
-        vendor_crds(tmp)
+        if not a.skip_registry:
+            vendor_kubernetes(tmp)
+        vendor_derived(tmp)
     write_sums()
     return 0
 

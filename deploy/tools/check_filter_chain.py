@@ -15,7 +15,9 @@ One job: compare the kvgate pieces of each rendered example with envoy-config/en
 * the endpoint header: the header envoy.yaml's override_host reads is the one copied to
   envoy.lb metadata for Istio's InferencePool cluster;
 * stream_idle_timeout and the route timeout equal envoy.yaml's; the listener buffer
-  exceeds max_body_bytes.
+  exceeds max_body_bytes;
+* the ext_proc removal is scoped: exactly one HTTP_FILTER REMOVE, of the filter named as
+  Istio names its InferencePool ext_proc, on the gateway listener's port only.
 
 Usage: check_filter_chain.py OUT_DIR RENDERED.yaml...
 """
@@ -32,6 +34,9 @@ ENVOY_YAML = os.path.join(REPO, "envoy-config", "envoy.yaml")
 KEYS_RS = os.path.join(REPO, "filter", "core", "src", "config", "keys.rs")
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 ROUTER = "envoy.filters.http.router"
+# The HTTP filter Istio adds for InferencePools (pilot/pkg/xds/filters/filters.go
+# InferencePoolExtProc: Name wellknown.HTTPExternalProcessing).
+ISTIO_POOL_EXT_PROC = "envoy.filters.http.ext_proc"
 
 
 def key_table():
@@ -139,6 +144,15 @@ def check(name, docs, ref, keys, out, problems):
     timeouts = [r.get("timeouts", {}).get("request") for r in route["spec"]["rules"]] if route else []
     if timeouts != [ref["route_timeout"]]:
         bad(f"HTTPRoute request timeout {timeouts}, envoy.yaml route timeout {ref['route_timeout']}")
+    # The ext_proc removal: by name, on our listener port, nothing else removed.
+    ports = [p["match"]["listener"].get("portNumber") for p in by("LISTENER", "MERGE")]
+    removes = [p for p in patches if p["patch"]["operation"] == "REMOVE"]
+    scoped = [p for p in removes if p["applyTo"] == "HTTP_FILTER"
+              and p["match"]["listener"].get("portNumber") in ports and ports[0] is not None
+              and p["match"]["listener"]["filterChain"]["filter"].get("subFilter", {}).get("name") == ISTIO_POOL_EXT_PROC]
+    if len(removes) != 1 or len(scoped) != 1:
+        bad(f"expected one REMOVE of HTTP filter {ISTIO_POOL_EXT_PROC!r} on the gateway port {ports}, got "
+            f"{[(p['applyTo'], p['match']) for p in removes]}")
     buffers = [p["patch"]["value"]["per_connection_buffer_limit_bytes"] for p in by("LISTENER", "MERGE")]
     if not buffers or buffers[0] <= int(cfg.get("max_body_bytes", keys["max_body_bytes"])):
         bad("listener per_connection_buffer_limit_bytes must exceed max_body_bytes")

@@ -98,6 +98,29 @@ pub struct ServeArgs {
     /// Ignore worker announcements on NATS (`namespace.{ns}.kvgate.workers`).
     #[arg(long)]
     pub no_announce: bool,
+    /// Take the workers from this Kubernetes InferencePool (inference.networking.k8s.io/v1):
+    /// its ready pods on its target ports. NATS announcements then only enrich pods the
+    /// cluster lists.
+    #[arg(long, value_name = "NAME")]
+    pub k8s_inference_pool: Option<String>,
+    /// Namespace of the InferencePool [default: $POD_NAMESPACE, else the service account's
+    /// namespace, else `default`].
+    #[arg(long, value_name = "NS")]
+    pub k8s_namespace: Option<String>,
+    /// Kubernetes API server URL used without credentials (e.g. `http://127.0.0.1:8001`
+    /// of `kubectl proxy`) [default: the in-cluster service account, else $KUBECONFIG].
+    #[arg(long, value_name = "URL")]
+    pub k8s_api_url: Option<String>,
+    /// Served model name of pods without a `kvgate.io/model` annotation (on the pod or
+    /// the pool).
+    #[arg(long, value_name = "NAME")]
+    pub k8s_default_model: Option<String>,
+    /// Role of pods without a `kvgate.io/role` annotation: aggregated, prefill or decode.
+    #[arg(long, value_name = "ROLE", default_value = "aggregated")]
+    pub k8s_default_role: String,
+    /// Tokens per KV block of pods without a `kvgate.io/block-size` annotation.
+    #[arg(long, value_name = "N")]
+    pub k8s_default_block_size: Option<u32>,
     /// A model to serve tokenizer files for: `NAME=DIR` or `NAME=DIR,block_size=N`; DIR
     /// holds tokenizer.json and tokenizer_config.json. Repeatable.
     #[arg(long = "model", value_name = "NAME=DIR[,block_size=N]")]

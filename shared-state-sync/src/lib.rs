@@ -11,7 +11,8 @@
 //!  vLLM ZMQ PUB (+ replay DEALER) ───────┤            ┌── GET /v1/sync (long poll)
 //!  NATS kv_metrics ──────────────────────┼──► Hub ────┼── GET /v1/models/files
 //!  NATS announcements / workers file ────┤  (index,   ├── POST /v1/bookkeeping ──► NATS replica sync
-//!  NATS active_sequences (replicas) ─────┘   log,     └── /healthz /readyz /metrics /v1/state
+//!  Kubernetes InferencePool + pods ──────┤   log,     │
+//!  NATS active_sequences (replicas) ─────┘            └── /healthz /readyz /metrics /v1/state
 //!                                            workers, loads)
 //! ```
 //!

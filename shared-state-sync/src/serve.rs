@@ -56,6 +56,32 @@ pub fn prepare(settings: Settings) -> Result<Prepared, PrepareError> {
     })
 }
 
+#[cfg(feature = "kubernetes")]
+fn start_k8s(k: &crate::settings::K8sSettings, hub: Arc<Hub>, sink: Arc<dyn Sink>) {
+    use crate::discovery::k8s::{pods::PodDefaults, KubeDiscovery, KubeSettings};
+    let settings = KubeSettings {
+        namespace: k.namespace.clone(),
+        pool: k.pool.clone(),
+        api_url: k.api_url.clone(),
+        defaults: PodDefaults {
+            model: k.default_model.clone(),
+            role: k.default_role,
+            block_size: k.default_block_size,
+        },
+    };
+    tracing::info!(namespace = %k.namespace, pool = %k.pool, "following the InferencePool");
+    let d: Box<dyn Discovery> = Box::new(KubeDiscovery::new(
+        settings,
+        Box::new(move || hub.done("kubernetes")),
+    ));
+    tracing::info!(source = d.name(), "discovery started");
+    tokio::spawn(d.run(sink));
+}
+
+/// Without the `kubernetes` feature the settings refuse `--k8s-inference-pool`.
+#[cfg(not(feature = "kubernetes"))]
+fn start_k8s(_: &crate::settings::K8sSettings, _: Arc<Hub>, _: Arc<dyn Sink>) {}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -91,6 +117,9 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
             pending.push("replica-sync");
         }
     }
+    if s.k8s.is_some() {
+        pending.push("kubernetes");
+    }
     let hub = Arc::new(Hub::new(HubSettings {
         sync_log_size: s.sync_log_size,
         meta_refresh_ms: s.meta_refresh_ms,
@@ -113,6 +142,11 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         ));
     }
     let sink: Arc<dyn Sink> = hub.clone();
+    if let Some(k) = &s.k8s {
+        // The cluster decides which workers exist: none until its first list.
+        hub.update(Update::Replace(Source::Kubernetes, Vec::new()));
+        start_k8s(k, hub.clone(), sink.clone());
+    }
     if let (Some(path), Some(workers)) = (&s.workers_file, p.file_workers) {
         hub.update(Update::Replace(Source::File, workers));
         let d: Box<dyn Discovery> = Box::new(FileDiscovery::new(

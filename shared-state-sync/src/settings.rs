@@ -3,6 +3,7 @@
 
 use crate::cli::ServeArgs;
 use kvgate_core::config::{Config, ConfigError, ConfigSources};
+use kvgate_core::workers::WorkerRole;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -149,6 +150,102 @@ impl ModelSpec {
     }
 }
 
+/// Kubernetes discovery (`--k8s-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sSettings {
+    /// Namespace of the pool and its pods.
+    pub namespace: String,
+    /// InferencePool name.
+    pub pool: String,
+    /// API server URL used without credentials.
+    pub api_url: Option<String>,
+    /// Model of pods without annotation.
+    pub default_model: Option<String>,
+    /// Role of pods without annotation.
+    pub default_role: WorkerRole,
+    /// Block size of pods without annotation.
+    pub default_block_size: Option<u32>,
+}
+
+/// Where the service account's namespace is mounted in a pod.
+const SA_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+fn k8s_settings(
+    args: &ServeArgs,
+    env: &[(String, String)],
+) -> Result<Option<K8sSettings>, SettingsError> {
+    let Some(pool) = args.k8s_inference_pool.clone() else {
+        for (key, given) in [
+            ("--k8s-namespace", args.k8s_namespace.is_some()),
+            ("--k8s-api-url", args.k8s_api_url.is_some()),
+            ("--k8s-default-model", args.k8s_default_model.is_some()),
+            (
+                "--k8s-default-block-size",
+                args.k8s_default_block_size.is_some(),
+            ),
+        ] {
+            if given {
+                return Err(invalid(key, "needs --k8s-inference-pool"));
+            }
+        }
+        return Ok(None);
+    };
+    if !cfg!(feature = "kubernetes") {
+        return Err(invalid(
+            "--k8s-inference-pool",
+            "this kvgate-sync was built without the `kubernetes` feature",
+        ));
+    }
+    if pool.is_empty() {
+        return Err(invalid("--k8s-inference-pool", "must not be empty"));
+    }
+    let namespace = args
+        .k8s_namespace
+        .clone()
+        .or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == "POD_NAMESPACE")
+                .map(|(_, v)| v.clone())
+        })
+        .or_else(|| {
+            std::fs::read_to_string(SA_NAMESPACE)
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
+    if let Some(url) = &args.k8s_api_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "--k8s-api-url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+    }
+    let default_role = match args.k8s_default_role.as_str() {
+        "aggregated" => WorkerRole::Aggregated,
+        "prefill" => WorkerRole::Prefill,
+        "decode" => WorkerRole::Decode,
+        other => {
+            return Err(invalid(
+                "--k8s-default-role",
+                format!("`{other}` is not aggregated, prefill or decode"),
+            ))
+        }
+    };
+    if args.k8s_default_block_size == Some(0) {
+        return Err(invalid("--k8s-default-block-size", "must be positive"));
+    }
+    Ok(Some(K8sSettings {
+        namespace,
+        pool,
+        api_url: args.k8s_api_url.clone(),
+        default_model: args.k8s_default_model.clone().filter(|m| !m.is_empty()),
+        default_role,
+        default_block_size: args.k8s_default_block_size,
+    }))
+}
+
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -168,6 +265,8 @@ pub struct Settings {
     pub workers_file: Option<PathBuf>,
     /// Follow NATS worker announcements.
     pub announce: bool,
+    /// Follow a Kubernetes InferencePool.
+    pub k8s: Option<K8sSettings>,
     /// Models with tokenizer files.
     pub models: Vec<ModelSpec>,
     /// The shared kvgate configuration.
@@ -361,6 +460,7 @@ impl Settings {
             },
             workers_file: args.workers_file.clone(),
             announce: !args.no_announce,
+            k8s: k8s_settings(args, env)?,
             models,
             replica_sync: args.replica_sync || config.router.replica_sync,
             config,
@@ -404,5 +504,47 @@ mod tests {
     fn env_errors_name_the_variable() {
         let e = load_config(None, [("DYN_ROUTER_TEMPERATURE", "hot")]).unwrap_err();
         assert!(e.to_string().contains("DYN_ROUTER_TEMPERATURE"), "{e}");
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(
+            ["kvgate-sync", "serve", "--no-nats"].iter().chain(args),
+        )
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Serve(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn k8s_flags() {
+        let env = vec![("POD_NAMESPACE".to_string(), "llm".to_string())];
+        let s = Settings::from_args(&serve(&[]), &env).unwrap();
+        assert!(s.k8s.is_none());
+        let e = Settings::from_args(&serve(&["--k8s-namespace", "x"]), &env).unwrap_err();
+        assert!(e.to_string().contains("--k8s-namespace"), "{e}");
+        if cfg!(feature = "kubernetes") {
+            let s = Settings::from_args(&serve(&["--k8s-inference-pool", "p"]), &env).unwrap();
+            let k = s.k8s.unwrap();
+            assert_eq!((k.namespace.as_str(), k.pool.as_str()), ("llm", "p"));
+            assert_eq!(k.default_role, WorkerRole::Aggregated);
+            let e = Settings::from_args(
+                &serve(&["--k8s-inference-pool", "p", "--k8s-default-role", "both"]),
+                &env,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("--k8s-default-role"), "{e}");
+            let e = Settings::from_args(
+                &serve(&["--k8s-inference-pool", "p", "--k8s-api-url", "127.0.0.1:1"]),
+                &env,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("--k8s-api-url"), "{e}");
+        } else {
+            let e = Settings::from_args(&serve(&["--k8s-inference-pool", "p"]), &env).unwrap_err();
+            assert!(e.to_string().contains("kubernetes"), "{e}");
+        }
     }
 }

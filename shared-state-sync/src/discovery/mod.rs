@@ -1,9 +1,13 @@
 //! Worker discovery behind one small trait: each source ([`file::FileDiscovery`],
-//! [`announce::AnnounceDiscovery`]) runs on its own and reports [`Update`]s to a
-//! [`Sink`] (the hub), which merges them into the worker table.
+//! [`announce::AnnounceDiscovery`], `k8s::KubeDiscovery` with the `kubernetes` feature)
+//! runs on its own and reports [`Update`]s to a [`Sink`] (the hub), which merges them
+//! into the worker table (precedence: `crate::workers`).
 
 pub mod announce;
 pub mod file;
+pub mod instance_id;
+#[cfg(feature = "kubernetes")]
+pub mod k8s;
 
 use crate::hub::Hub;
 use crate::workers::Source;

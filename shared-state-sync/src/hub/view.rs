@@ -30,7 +30,7 @@ pub fn state_json(hub: &Hub) -> Value {
         .map(|(info, source, lease)| {
             let mut v = serde_json::to_value(&info).unwrap_or(Value::Null);
             if let Value::Object(m) = &mut v {
-                m.insert("source".into(), json!(source.as_str()));
+                m.insert("source".into(), json!(source));
                 m.insert("lease_until_ms".into(), json!(lease));
             }
             v
@@ -61,6 +61,7 @@ pub fn state_json(hub: &Hub) -> Value {
         "pending": st.status.pending.iter().collect::<Vec<_>>(),
         "source_age_ms": Hub::source_age(&st, now),
         "workers": workers,
+        "announced_not_in_cluster": st.table.unmatched_announcements(),
         "index": {
             "entries": index.entries(),
             "blocks": index.len(),

@@ -4,8 +4,35 @@
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The Gateway: the one created here, or the existing one named in gateway.existing. */}}
 {{- define "kvgate.gatewayName" -}}
+{{- if .Values.gateway.create -}}
 {{- default (include "kvgate.fullname" .) .Values.gateway.name -}}
+{{- else -}}
+{{- required "gateway.existing.name is required when gateway.create is false" .Values.gateway.existing.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespace of the Gateway and its pods (the EnvoyFilter and the sidecar's ConfigMaps
+go there: Istio applies them to workloads of their own namespace). */}}
+{{- define "kvgate.gatewayNamespace" -}}
+{{- if .Values.gateway.create -}}
+{{- .Release.Namespace -}}
+{{- else -}}
+{{- default .Release.Namespace .Values.gateway.existing.namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Deployment, Service and ServiceAccount Istio generates for the Gateway. */}}
+{{- define "kvgate.gatewayIstio" -}}
+{{- printf "%s-istio" (include "kvgate.gatewayName" .) -}}
+{{- end -}}
+
+{{/* Served model name of pods without annotation, and of the helm test request. */}}
+{{- define "kvgate.defaultModel" -}}
+{{- $first := "" -}}
+{{- with .Values.tokenizers.models -}}{{- $first = (first .).name -}}{{- end -}}
+{{- default $first .Values.discovery.defaultModel -}}
 {{- end -}}
 
 {{- define "kvgate.poolName" -}}
@@ -49,6 +76,12 @@ sidecar (kvgate-sync --config).
 {{- toJson $c -}}
 {{- end -}}
 
+{{/* The module digest: 64 hex digits, not all zeros. The examples ship a placeholder
+this refuses, so an unedited copy cannot deploy a filter Istio would never fetch. */}}
 {{- define "kvgate.sha256" -}}
-{{- required "filter.sha256 is required: the image manifest digest for oci:// (make oci prints it), the file's sha256 for https://" .Values.filter.sha256 -}}
+{{- $d := .Values.filter.sha256 | toString -}}
+{{- if or (not (regexMatch "^[0-9a-f]{64}$" $d)) (regexMatch "^0+$" $d) -}}
+{{- fail (printf "filter.sha256 must be the 64-hex-digit digest `make oci` prints (the image manifest digest for oci://, the .wasm file's sha256 for https://), not %q" $d) -}}
+{{- end -}}
+{{- $d -}}
 {{- end -}}
