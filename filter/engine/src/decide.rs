@@ -422,7 +422,7 @@ impl Engine {
             .overlap_blocks
             .max(d.prefill.as_ref().map(|x| x.overlap_blocks).unwrap_or(0));
         Outcome::Route(Box::new(Route {
-            headers: routing_headers(&d),
+            headers: routing_headers(&d, self.cfg.gateway.vllm_dp_rank_header),
             body: new_body,
             explain: match p.degraded {
                 Some(why) => format!("{} | degraded={}", d.explain, why.as_str()),
@@ -479,8 +479,9 @@ impl Engine {
     }
 }
 
-/// The upstream headers for a decision (both Dynamo 1.x and `x-dynamo-` names).
-pub fn routing_headers(d: &Decision) -> Vec<(&'static str, String)> {
+/// The upstream headers for a decision (both Dynamo 1.x and `x-dynamo-` names, and plain
+/// vLLM's dp rank header when `vllm_dp_rank` is set).
+pub fn routing_headers(d: &Decision, vllm_dp_rank: bool) -> Vec<(&'static str, String)> {
     let mut v = vec![
         (h::WORKER_INSTANCE_ID, d.decode.worker.worker_id.to_string()),
         (
@@ -492,6 +493,9 @@ pub fn routing_headers(d: &Decision) -> Vec<(&'static str, String)> {
         (h::DYNAMO_ROUTING_MODE, d.mode.as_str().to_string()),
         (h::DESTINATION_ENDPOINT, d.decode.endpoint.clone()),
     ];
+    if vllm_dp_rank {
+        v.push((h::VLLM_DP_RANK, d.decode.worker.dp_rank.to_string()));
+    }
     if let Some(p) = &d.prefill {
         v.push((h::PREFILL_INSTANCE_ID, p.worker.worker_id.to_string()));
         v.push((

@@ -17,6 +17,8 @@ pub const DYNAMO_PREFILL_INSTANCE_ID: &str = "x-dynamo-prefill-instance-id";
 pub const PREFILL_DP_RANK: &str = "x-prefill-dp-rank";
 /// Prefill dp rank (`x-dynamo-` name).
 pub const DYNAMO_PREFILL_DP_RANK: &str = "x-dynamo-prefill-dp-rank";
+/// Decode dp rank as plain vLLM's OpenAI server reads it (`X-data-parallel-rank`).
+pub const VLLM_DP_RANK: &str = "x-data-parallel-rank";
 /// `aggregated` or `disaggregated`.
 pub const DYNAMO_ROUTING_MODE: &str = "x-dynamo-routing-mode";
 /// The chosen endpoint `ip:port`, honoured by Envoy's override_host load balancing policy.
@@ -32,7 +34,7 @@ pub const TENANT_ID: &str = "x-tenant-id";
 const RESERVED: &[&str] = &[
     WORKER_INSTANCE_ID,
     DP_RANK,
-    "x-data-parallel-rank",
+    VLLM_DP_RANK,
     PREFILL_INSTANCE_ID,
     PREFILL_DP_RANK,
     DESTINATION_ENDPOINT,

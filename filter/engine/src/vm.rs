@@ -289,7 +289,13 @@ impl Vm {
         if !s.sync_in_flight() {
             let (epoch, since) = self.engine.sync_position();
             let wait_ms = self.engine.cfg.gateway.sync_wait_ms;
-            let path = format!("/v1/sync?epoch={epoch}&since={since}&wait_ms={wait_ms}");
+            // Each VM is its own client of the sidecar: the sidecar keeps per client what
+            // it has sent (worker table, loads, models), so a new leader — or another
+            // gateway — never waits for a refresh meant for someone else.
+            let client = self.engine.vm;
+            let path = format!(
+                "/v1/sync?epoch={epoch}&since={since}&wait_ms={wait_ms}&client={client:016x}"
+            );
             let _ = s.send(host, "GET", &path, None, Pending::Sync, wait_ms + 5_000);
         }
         true

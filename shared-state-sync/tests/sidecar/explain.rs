@@ -7,6 +7,7 @@ use kvgate_core::hash::BlockHasher;
 use serde_json::{json, Value};
 
 fn tiny_model(dir: &std::path::Path) {
+    // Character-level: a BPE vocabulary of single letters and no merges, no pre-tokenizer.
     let mut vocab = serde_json::Map::new();
     vocab.insert("[UNK]".into(), json!(0));
     for (i, c) in ('a'..='z').enumerate() {
@@ -14,10 +15,11 @@ fn tiny_model(dir: &std::path::Path) {
     }
     let tok = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "unk_token": "[UNK]", "vocab": vocab}
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": "[UNK]",
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
     });
     std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
     let cfg = json!({"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"});

@@ -79,6 +79,7 @@ pub struct RawConfig {
     pub max_match_blocks: Option<u64>,
     pub inject_token_data: Option<bool>,
     pub decision_header: Option<bool>,
+    pub vllm_dp_rank_header: Option<bool>,
     pub unknown_model: Option<String>,
     pub sidecar_cluster: Option<String>,
     pub sidecar_authority: Option<String>,

@@ -113,6 +113,8 @@ pub struct GatewayConfig {
     pub inject_token_data: bool,
     /// Emit `x-kvgate-decision`.
     pub decision_header: bool,
+    /// Emit `x-data-parallel-rank` (plain vLLM's dp rank header).
+    pub vllm_dp_rank_header: bool,
     /// Unknown-model policy.
     pub unknown_model: UnknownModel,
     /// Sidecar cluster (None = static mode).
@@ -394,6 +396,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             as usize,
         inject_token_data: raw.inject_token_data.unwrap_or(true),
         decision_header: raw.decision_header.unwrap_or(false),
+        vllm_dp_rank_header: raw.vllm_dp_rank_header.unwrap_or(true),
         unknown_model,
         sidecar_cluster: if sidecar.is_empty() {
             None

@@ -113,6 +113,16 @@ fn a_decision_sets_headers_body_and_clears_the_route_cache() {
         .iter()
         .any(|(n, v)| *n == "x-gateway-destination-endpoint" && v.starts_with("127.0.0.1:")));
     assert!(new_body.is_some(), "token ids injected");
+    let rank = |hs: &[(&str, String)]| {
+        hs.iter()
+            .find(|(n, _)| *n == "x-data-parallel-rank")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        rank(&headers).as_deref(),
+        Some("0"),
+        "plain vLLM's dp rank header"
+    );
     let (name, explain) = s.response_header().unwrap();
     assert_eq!(name, "x-kvgate-decision");
     assert!(explain.starts_with("mode=aggregated"), "{explain}");
@@ -283,4 +293,17 @@ fn the_watchdog_resumes_streams_without_body_callbacks_and_cuts_slow_bodies() {
     assert_eq!(h.metric_value("kvgate.errors.request_timeout"), 1);
     assert_eq!(slow.request_body(&mut vm, &h, 20, true), Next::Continue);
     assert_eq!(vm.engine.in_flight(), 0);
+}
+
+#[test]
+fn the_vllm_dp_rank_header_can_be_turned_off() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, r#", "vllm_dp_rank_header": false"#);
+    let mut s = Stream::new(1);
+    s.request_headers(&mut vm, &h, &post(&[("x-data-parallel-rank", "3")]), false);
+    let Verdict::Continue { headers, .. } = s.decide(&mut vm, &h, &long_chat("no rank")) else {
+        panic!()
+    };
+    assert!(headers.iter().all(|(n, _)| *n != "x-data-parallel-rank"));
+    assert!(headers.iter().any(|(n, _)| *n == "x-dp-rank"));
 }

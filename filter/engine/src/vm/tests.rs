@@ -73,7 +73,7 @@ fn one_vm_takes_the_lease_and_long_polls_once() {
         (
             "kvgate_sidecar",
             "GET",
-            "/v1/sync?epoch=0&since=0&wait_ms=1000"
+            "/v1/sync?epoch=0&since=0&wait_ms=1000&client=0000000000000001"
         )
     );
     assert_eq!(call.timeout_ms, 6_000);
@@ -87,7 +87,10 @@ fn one_vm_takes_the_lease_and_long_polls_once() {
     // The lease runs out when its holder stops renewing it.
     h2.advance(shared::LEASE_MS + 1);
     b.on_tick(&h2);
-    assert_eq!(one_call(&h2).path, "/v1/sync?epoch=0&since=0&wait_ms=1000");
+    assert_eq!(
+        one_call(&h2).path,
+        "/v1/sync?epoch=0&since=0&wait_ms=1000&client=0000000000000002"
+    );
 }
 
 #[test]
@@ -107,7 +110,7 @@ fn an_applied_frame_enters_the_ring_and_the_next_poll_goes_out_at_once() {
     );
     assert_eq!(
         one_call(&h1).path,
-        "/v1/sync?epoch=7&since=5&wait_ms=1000",
+        "/v1/sync?epoch=7&since=5&wait_ms=1000&client=0000000000000001",
         "re-polled right after the frame, from the new position"
     );
     assert_eq!(h1.metric_value("kvgate.sync.frames"), 1);
@@ -145,7 +148,10 @@ fn a_refused_frame_resets_the_position_and_waits_for_the_tick() {
         .iter()
         .any(|l| l.contains("sync frame refused")));
     a.on_tick(&h);
-    assert_eq!(one_call(&h).path, "/v1/sync?epoch=0&since=0&wait_ms=1000");
+    assert_eq!(
+        one_call(&h).path,
+        "/v1/sync?epoch=0&since=0&wait_ms=1000&client=0000000000000001"
+    );
 }
 
 #[test]
@@ -193,7 +199,10 @@ fn an_error_status_or_a_refused_call_backs_off() {
     a.on_tick(&h);
     let call = one_call(&h);
     a.on_response(&h, call.id, ok(&snapshot(1, 1, Vec::new())));
-    assert_eq!(one_call(&h).path, "/v1/sync?epoch=1&since=1&wait_ms=1000");
+    assert_eq!(
+        one_call(&h).path,
+        "/v1/sync?epoch=1&since=1&wait_ms=1000&client=0000000000000001"
+    );
     // Success resets the backoff: a new failure waits 200 ms again.
     a.on_response(
         &h,

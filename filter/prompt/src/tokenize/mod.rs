@@ -122,6 +122,12 @@ impl PromptTokenizer {
         };
         let tokenizer =
             tokenizers::from_json(text).map_err(|e| TokenizeError::Load(e.to_string()))?;
+        // Some pipelines load but cannot run in this build (a `Split` regex that is not one of
+        // the GPT-family patterns the tokenizer runs natively): refuse them here, with the
+        // reason, rather than on every request.
+        let mut probe = Vec::new();
+        encode_into(&tokenizer, "Hello world, 1 2 3.", false, &mut probe)
+            .map_err(|e| TokenizeError::Load(format!("this tokenizer cannot run here: {e}")))?;
         let splitter = Splitter::new(&tokenizer);
         let affixes = probe_affixes(&tokenizer);
         let normalized_added_tokens = tokenizer

@@ -132,3 +132,30 @@ proptest! {
         }
     }
 }
+
+/// A pipeline that loads but cannot run in this build (a `Split` with a regex outside the
+/// GPT family) is refused when it is loaded, with the reason, not on every request.
+#[test]
+fn a_tokenizer_that_cannot_run_is_refused_at_load() {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        std::iter::once(("[UNK]".into(), json!(0)))
+            .chain(
+                ('a'..='z')
+                    .enumerate()
+                    .map(|(i, c)| (c.to_string(), json!(i + 1))),
+            )
+            .collect();
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "unk_token": "[UNK]", "vocab": vocab}
+    });
+    let err = PromptTokenizer::from_bytes(tok.to_string().as_bytes(), CacheConfig::default())
+        .expect_err("refused");
+    assert!(
+        matches!(&err, TokenizeError::Load(m) if m.contains("cannot run here")),
+        "{err}"
+    );
+}
