@@ -14,12 +14,12 @@
 
 use crate::common::*;
 use kvgate_core::workers::WorkerInfo;
-use kvgate_tests::faults::client::{self, Request, Stop};
-use kvgate_tests::faults::observe::{
+use kvgate_faults::observe::{
     index_blocks, listen_address, sidecar_state, table_workers, worker_cached_blocks, Decision,
 };
-use kvgate_tests::host::{Action, FilterModule, SharedStore, Vm};
-use kvgate_tests::stack::{
+use kvgate_host::{Action, FilterModule, SharedStore, Vm};
+use kvgate_http::raw::{self as client, Request, Stop};
+use kvgate_stack::{
     free_port, static_vm_config, wait_for, Proc, Stack, StackOptions, Tools, MODEL,
 };
 use serde_json::{json, Value};
@@ -439,7 +439,7 @@ fn sidecar_listens_on_loopback_and_never_logs_nats_credentials() {
 
     // Credentials: a creds file whose JWT and seed must never appear in the log, even at
     // debug level, whether the connection works or not.
-    let nats = kvgate_tests::stack::Nats::start(&tools, &dir).unwrap();
+    let nats = kvgate_stack::Nats::start(&tools, &dir).unwrap();
     let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJrdmdhdGUiOiJ0b3Atc2VjcmV0LWp3dC1wYXlsb2FkIn0.c2lnbmF0dXJlLW5vdC1yZWFs";
     let seed = user_seed(*b"kvgate-test-seed-do-not-log-it!!");
     let creds = dir.join("user.creds");
