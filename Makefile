@@ -74,7 +74,9 @@ wasm: wasm-target ## Build the filter (.wasm, release) and the guest the test ho
 	@ls -l $(WASM)
 
 # One cargo run builds every binary and every test harness of the workspace (the native
-# half of `make test`'s build phase).
+# half of `make test`'s build phase). Every target that needs a native binary goes through
+# it: `cargo build --bins` alone (or `-p X`) resolves other feature sets and would build
+# many dependencies a second time.
 .PHONY: native
 native:
 	+cargo build --workspace --bins --tests
@@ -105,8 +107,10 @@ check: wasm-target nats-server $(MODEL_DIR)/tokenizer.json deps-check ## Fast in
 	+cargo build --release --target wasm32-wasip1 -p kvgate-filter -p kvgate-host-probe
 	+cargo test --workspace --exclude kvgate-e2e
 
+# `--workspace --test e2e`, not `-p kvgate-e2e`: the same feature set as the workspace build,
+# so no dependency is built a second time.
 e2e: setup wasm native ## Only the end-to-end test binary (real Envoy + NATS, the wasmtime host)
-	cargo test -p kvgate-e2e --no-fail-fast
+	+cargo test --workspace --test e2e --no-fail-fast
 
 # The build phase of `make test`, in parallel: the release .wasm, the native build then
 # clippy (they share target/debug), and cargo-fuzz + the fuzz targets (own directories),
@@ -126,8 +130,7 @@ test: setup ## Set up, then run every test (unit, golden, proxy-wasm host, real 
 	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
 
-run: setup wasm ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C
-	+cargo build --workspace --bins
+run: setup wasm native ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C
 	$(CARGO_TARGET_DIR)/debug/kvgate-stack --dir $(ROOT)/target/run
 
 # ---- deploy/: Istio, Helm chart, Wasm OCI image (see deploy/README-istio.md) ---------------
@@ -139,15 +142,19 @@ KVGATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head 
 oci: wasm ## Package the filter as a Wasm OCI image (layout + .tar) in target/oci, no Docker
 	python3 deploy/oci/build_oci.py $(WASM) $(OCI_OUT) --tag $(KVGATE_VERSION)
 
-check-deploy: $(VENV)/.done oci ## Render the chart (every example), validate against the upstream CRDs and schemas strictly, check OCI image and plugin configs
+# The workspace build's sidecar (`cargo run -p kvgate-sync` would resolve features for that
+# package alone and rebuild part of its dependencies).
+SYNC := $(CARGO_TARGET_DIR)/debug/kvgate-sync
+
+check-deploy: $(VENV)/.done oci native ## Render the chart (every example), validate against the upstream CRDs and schemas strictly, check OCI image and plugin configs
 	python3 deploy/oci/check_oci.py --self-test
 	python3 deploy/oci/check_oci.py $(OCI_OUT) $(WASM)
 	rm -rf $(DEPLOY_OUT)
 	$(VENV)/bin/python deploy/tools/render.py $(DEPLOY_OUT)/rendered --digests $(OCI_OUT).digests.json
 	$(VENV)/bin/python deploy/tools/validate.py $(DEPLOY_OUT)/rendered/*.yaml
 	$(VENV)/bin/python deploy/tools/check_filter_chain.py $(DEPLOY_OUT)/plugin-config $(DEPLOY_OUT)/rendered/*.yaml
-	cargo run -q -p kvgate-sync -- check-config $(DEPLOY_OUT)/plugin-config/*.json
-	@if cargo run -q -p kvgate-sync -- check-config deploy/tools/testdata/misspelt-plugin-config.json 2>/dev/null; then \
+	$(SYNC) check-config $(DEPLOY_OUT)/plugin-config/*.json
+	@if $(SYNC) check-config deploy/tools/testdata/misspelt-plugin-config.json 2>/dev/null; then \
 	  echo "check-config accepted a misspelt key" >&2; exit 1; fi
 	@echo "check-deploy: ok"
 
@@ -162,13 +169,11 @@ manifests: $(VENV)/.done oci ## Render the chart with VALUES (a copy of an examp
 
 # ---- reliability: fault report and load soak (tests/e2e/faults.rs, tests/faults/) ---------
 .PHONY: soak faults-report
-soak: setup wasm ## Ten-minute load soak at a fixed rate: errors, memory, latency per minute → target/soak/report.md
-	+cargo build --workspace --bins
+soak: setup wasm native ## Ten-minute load soak at a fixed rate: errors, memory, latency per minute → target/soak/report.md
 	$(CARGO_TARGET_DIR)/debug/kvgate-soak --out $(ROOT)/target/soak $(SOAK_ARGS)
 
-faults-report: setup wasm ## Every fault-injection scenario under load → target/faults/report.md
-	+cargo build --workspace --bins
-	cargo test -p kvgate-e2e --test e2e -- --ignored --exact faults::fault_report --nocapture
+faults-report: setup wasm native ## Every fault-injection scenario under load → target/faults/report.md
+	+cargo test --workspace --test e2e -- --ignored --exact faults::fault_report --nocapture
 # ---- end reliability ------------------------------------------------------------------------
 
 # ---- fuzzing (tests/fuzz: cargo-fuzz / libFuzzer targets, see tests/fuzz/README.md) ---------
@@ -207,14 +212,12 @@ BENCH_ARGS ?=
 BENCH_OUT  := $(ROOT)/target/bench
 
 .PHONY: bench-smoke
-bench: setup wasm ## Benchmarks, side by side in one run (~7 min): routing quality of 7 policies on a real trace, overhead vs plain Envoy, sidecar; target/bench/report.{json,md,svg}
-	+cargo build --workspace --bins
+bench: setup wasm native ## Benchmarks, side by side in one run (~7 min): routing quality of 7 policies on a real trace, overhead vs plain Envoy, sidecar; target/bench/report.{json,md,svg}
 	+cargo build --release -p kvgate-sync
 	KVGATE_SIDECAR=$(CARGO_TARGET_DIR)/release/kvgate-sync \
 	  $(CARGO_TARGET_DIR)/debug/kvgate-bench --trace $(abspath $(TRACE)) --out $(BENCH_OUT) $(BENCH_ARGS)
 
-bench-smoke: setup wasm ## A tiny bench run (every phase, a few requests) that checks the bench works and its report is complete
-	+cargo build --workspace --bins
+bench-smoke: setup wasm native ## A tiny bench run (every phase, a few requests) that checks the bench works and its report is complete
 	$(CARGO_TARGET_DIR)/debug/kvgate-bench --smoke --no-progress --trace $(abspath $(TRACE)) --out $(ROOT)/target/bench-smoke
 # ---- end bench ------------------------------------------------------------------------------
 
