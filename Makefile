@@ -13,6 +13,9 @@ export CARGO_TARGET_DIR
 export CARGO_TERM_COLOR ?= never
 # Parallel jobs of `make test`'s build phase, shared by every cargo it runs (jobserver).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# End-to-end tests at once: each mostly waits on its own processes (Envoy, NATS, workers on
+# ports no other test uses), so more than one per core.
+E2E_THREADS ?= 4
 
 TOOLS     := $(ROOT)/target/tools
 VENV      := $(TOOLS)/venv
@@ -108,9 +111,9 @@ check: wasm-target nats-server $(MODEL_DIR)/tokenizer.json deps-check ## Fast in
 	+cargo test --workspace --exclude kvgate-e2e
 
 # `--workspace --test e2e`, not `-p kvgate-e2e`: the same feature set as the workspace build,
-# so no dependency is built a second time.
+# so no dependency is built a second time (`--exclude kvgate-e2e` keeps it too).
 e2e: setup wasm native ## Only the end-to-end test binary (real Envoy + NATS, the wasmtime host)
-	+cargo test --workspace --test e2e --no-fail-fast
+	+cargo test --workspace --test e2e --no-fail-fast -- --test-threads=$(E2E_THREADS)
 
 # The build phase of `make test`, in parallel: the release .wasm, the native build then
 # clippy (they share target/debug), and cargo-fuzz + the fuzz targets (own directories),
@@ -125,7 +128,8 @@ lint-after-native: native
 
 test: setup ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks, fuzz and bench smoke runs)
 	$(MAKE) --no-print-directory -j$(JOBS) -Oline test-build
-	cargo test --workspace --no-fail-fast
+	cargo test --workspace --no-fail-fast --exclude kvgate-e2e
+	$(MAKE) --no-print-directory e2e
 	$(MAKE) --no-print-directory check-deploy
 	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
