@@ -127,7 +127,7 @@ lint-after-native: native
 	$(MAKE) --no-print-directory lint
 
 test: setup ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks, fuzz and bench smoke runs)
-	$(MAKE) --no-print-directory -j$(JOBS) -Oline test-build
+	$(MAKE) --no-print-directory -j$(JOBS) test-build
 	cargo test --workspace --no-fail-fast --exclude kvgate-e2e
 	$(MAKE) --no-print-directory e2e
 	$(MAKE) --no-print-directory check-deploy
