@@ -260,7 +260,17 @@ fn envoy_strips_forged_routing_and_never_routes_to_a_dropped_worker() {
                         .unwrap_or_else(|| v.to_string())
                 })
                 .collect();
-            for bad in ["666", "6.6.6.6", "evil", ","] {
+            // A forged id is a whole number (`666`, `6667`): a real endpoint's port such
+            // as 17666 must not count as one.
+            let forged_id = |v: &String| {
+                v.split(|c: char| !c.is_ascii_digit())
+                    .any(|n| n == "666" || n == "6667")
+            };
+            assert!(
+                !values.iter().any(forged_id),
+                "forged `666` reached the worker: {text}"
+            );
+            for bad in ["6.6.6.6", "evil", ","] {
                 assert!(
                     !values.iter().any(|v| v.contains(bad)),
                     "forged `{bad}` reached the worker: {text}"
