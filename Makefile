@@ -103,7 +103,7 @@ deps-check:
 
 lint: fmt-check clippy deps-check ## cargo fmt --check and clippy -D warnings (native and wasm32-wasip1)
 
-check: wasm-target nats-server $(MODEL_DIR)/tokenizer.json deps-check ## Fast inner loop: fmt, clippy (native + wasm32-wasip1), the .wasm, native unit and integration tests (no e2e)
+check: wasm-target nats-server $(MODEL_DIR)/tokenizer.json $(LLAMA3_DIR)/tokenizer.json deps-check ## Fast inner loop: fmt, clippy (native + wasm32-wasip1), the .wasm, native unit and integration tests (no e2e)
 	cargo fmt --all --check
 	+cargo clippy --workspace --all-targets -- -D warnings
 	+cargo clippy --target wasm32-wasip1 $(WASM_CRATES) -- -D warnings
