@@ -5,11 +5,17 @@ SHELL := bash
 .DELETE_ON_ERROR:
 
 ROOT := $(abspath .)
-# Cargo's build directory lives outside the clone and is reused when it exists, so a fresh
-# clone (CI) does not rebuild the dependencies from scratch. Override with CARGO_TARGET_DIR.
-CARGO_TARGET_DIR ?= $(HOME)/.cache/kvgate/target
+# Every build of this clone stays in its target/, so `make clean` removes them all and two
+# clones never share (or overwrite) each other's .wasm. Opt-in shared cache: export
+# CARGO_TARGET_DIR=/some/dir (then `make clean` leaves that directory alone).
+CARGO_TARGET_DIR ?= $(ROOT)/target
 export CARGO_TARGET_DIR
 export CARGO_TERM_COLOR ?= never
+# Parallel jobs of `make test`'s build phase, shared by every cargo it runs (jobserver).
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# End-to-end tests at once (libtest's default: one per core). Four at once failed a NATS
+# outage scenario's convergence check on a loaded 2-core machine, so it stays at the cores.
+E2E_THREADS ?= $(JOBS)
 
 TOOLS     := $(ROOT)/target/tools
 VENV      := $(TOOLS)/venv
@@ -34,10 +40,10 @@ export KVGATE_LLAMA3_DIR := $(LLAMA3_DIR)
 export KVGATE_REPO := $(ROOT)
 export KVGATE_PYTHON := $(VENV)/bin/python
 
-.PHONY: help setup build wasm test lint run bench bench-smoke fuzz fuzz-smoke soak faults-report check-deploy clean
+.PHONY: help setup build wasm test check e2e lint run bench bench-smoke fuzz fuzz-smoke soak faults-report check-deploy clean
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.done $(MODEL_DIR)/tokenizer.json $(LLAMA3_DIR)/tokenizer.json wasm-target nats-server ## Install what is missing: wasm target, Envoy, NATS, Python tools, tokenizers
 
@@ -63,31 +69,72 @@ $(MODEL_DIR)/tokenizer.json: tests/tools/fetch-model.sh
 $(LLAMA3_DIR)/tokenizer.json: tests/tools/fetch-model.sh
 	tests/tools/fetch-model.sh $(LLAMA3_DIR) llama3
 
+# The crates that also build for wasm32-wasip1 (clippy checks them for that target too).
+WASM_CRATES := -p kvgate-core -p kvgate-prompt -p kvgate-engine -p kvgate-filter -p kvgate-host-probe
+
 wasm: wasm-target ## Build the filter (.wasm, release) and the guest the test host's own tests run
-	cargo build --release --target wasm32-wasip1 -p kvgate-filter -p kvgate-host-probe
+	+cargo build --release --target wasm32-wasip1 -p kvgate-filter -p kvgate-host-probe
 	@ls -l $(WASM)
 
-build: setup wasm ## Build everything (filter, sidecar, tools)
-	cargo build --workspace --all-targets
+# One cargo run builds every binary and every test harness of the workspace (the native
+# half of `make test`'s build phase). Every target that needs a native binary goes through
+# it: `cargo build --bins` alone (or `-p X`) resolves other feature sets and would build
+# many dependencies a second time.
+.PHONY: native
+native:
+	+cargo build --workspace --bins --tests
 
-lint: wasm-target ## cargo fmt --check and clippy -D warnings (native and wasm32-wasip1)
+build: setup wasm native ## Build everything (filter, sidecar, tools, tests)
+
+.PHONY: fmt-check clippy
+fmt-check:
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target wasm32-wasip1 -p kvgate-core -p kvgate-prompt -p kvgate-engine -p kvgate-filter -p kvgate-host-probe -- -D warnings
+
+clippy: wasm-target
+	+cargo clippy --workspace --all-targets -- -D warnings
+	+cargo clippy --target wasm32-wasip1 $(WASM_CRATES) -- -D warnings
+
+.PHONY: deps-check
+deps-check:
 	@# Only the glue crate may link proxy-wasm; the core stays free of async runtimes.
 	@! cargo tree -q -p kvgate-sync -e normal | grep -q ' proxy-wasm ' || { echo "kvgate-sync links proxy-wasm" >&2; exit 1; }
 	@! cargo tree -q -p kvgate-engine -e normal | grep -qE ' (proxy-wasm|tokio) ' || { echo "kvgate-engine links proxy-wasm or tokio" >&2; exit 1; }
 	@! cargo tree -q -p kvgate-core -e normal | grep -qE ' (proxy-wasm|tokio|async-nats) ' || { echo "kvgate-core links a host or runtime crate" >&2; exit 1; }
 
-test: setup wasm lint ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks, fuzz and bench smoke runs)
-	cargo build --workspace --bins
-	cargo test --workspace --no-fail-fast
+lint: fmt-check clippy deps-check ## cargo fmt --check and clippy -D warnings (native and wasm32-wasip1)
+
+check: wasm-target nats-server $(MODEL_DIR)/tokenizer.json $(LLAMA3_DIR)/tokenizer.json deps-check ## Fast inner loop: fmt, clippy (native + wasm32-wasip1), the .wasm, native unit and integration tests (no e2e)
+	cargo fmt --all --check
+	+cargo clippy --workspace --all-targets -- -D warnings
+	+cargo clippy --target wasm32-wasip1 $(WASM_CRATES) -- -D warnings
+	+cargo build --release --target wasm32-wasip1 -p kvgate-filter -p kvgate-host-probe
+	+cargo test --workspace --exclude kvgate-e2e
+
+# `--workspace --test e2e`, not `-p kvgate-e2e`: the same feature set as the workspace build,
+# so no dependency is built a second time (`--exclude kvgate-e2e` keeps it too).
+e2e: setup wasm native ## Only the end-to-end test binary (real Envoy + NATS, the wasmtime host)
+	+cargo test --workspace --test e2e --no-fail-fast -- --test-threads=$(E2E_THREADS)
+
+# The build phase of `make test`, in parallel: the release .wasm, the native build then
+# clippy (they share target/debug), and cargo-fuzz + the fuzz targets (own directories),
+# all drawing on one pool of $(JOBS) jobs, so one build's serial tail (LTO, a big crate)
+# overlaps with another's work.
+.PHONY: test-build
+test-build: wasm lint-after-native fuzz-build
+
+.PHONY: lint-after-native
+lint-after-native: native
+	$(MAKE) --no-print-directory lint
+
+test: setup ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks, fuzz and bench smoke runs)
+	$(MAKE) --no-print-directory -j$(JOBS) test-build
+	cargo test --workspace --no-fail-fast --exclude kvgate-e2e
+	$(MAKE) --no-print-directory e2e
 	$(MAKE) --no-print-directory check-deploy
 	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
 
-run: setup wasm ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C
-	cargo build --workspace --bins
+run: setup wasm native ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C
 	$(CARGO_TARGET_DIR)/debug/kvgate-stack --dir $(ROOT)/target/run
 
 # ---- deploy/: Istio, Helm chart, Wasm OCI image (see deploy/README-istio.md) ---------------
@@ -99,15 +146,19 @@ KVGATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head 
 oci: wasm ## Package the filter as a Wasm OCI image (layout + .tar) in target/oci, no Docker
 	python3 deploy/oci/build_oci.py $(WASM) $(OCI_OUT) --tag $(KVGATE_VERSION)
 
-check-deploy: $(VENV)/.done oci ## Render the chart (every example), validate against the upstream CRDs and schemas strictly, check OCI image and plugin configs
+# The workspace build's sidecar (`cargo run -p kvgate-sync` would resolve features for that
+# package alone and rebuild part of its dependencies).
+SYNC := $(CARGO_TARGET_DIR)/debug/kvgate-sync
+
+check-deploy: $(VENV)/.done oci native ## Render the chart (every example), validate against the upstream CRDs and schemas strictly, check OCI image and plugin configs
 	python3 deploy/oci/check_oci.py --self-test
 	python3 deploy/oci/check_oci.py $(OCI_OUT) $(WASM)
 	rm -rf $(DEPLOY_OUT)
 	$(VENV)/bin/python deploy/tools/render.py $(DEPLOY_OUT)/rendered --digests $(OCI_OUT).digests.json
 	$(VENV)/bin/python deploy/tools/validate.py $(DEPLOY_OUT)/rendered/*.yaml
 	$(VENV)/bin/python deploy/tools/check_filter_chain.py $(DEPLOY_OUT)/plugin-config $(DEPLOY_OUT)/rendered/*.yaml
-	cargo run -q -p kvgate-sync -- check-config $(DEPLOY_OUT)/plugin-config/*.json
-	@if cargo run -q -p kvgate-sync -- check-config deploy/tools/testdata/misspelt-plugin-config.json 2>/dev/null; then \
+	$(SYNC) check-config $(DEPLOY_OUT)/plugin-config/*.json
+	@if $(SYNC) check-config deploy/tools/testdata/misspelt-plugin-config.json 2>/dev/null; then \
 	  echo "check-config accepted a misspelt key" >&2; exit 1; fi
 	@echo "check-deploy: ok"
 
@@ -120,39 +171,43 @@ manifests: $(VENV)/.done oci ## Render the chart with VALUES (a copy of an examp
 	  --manifest $(abspath $(VALUES)) $(ROOT)/target/deploy/kvgate.yaml
 # ---- end deploy/ ----------------------------------------------------------------------------
 
-# ---- reliability: fault report and load soak (tests/e2e/faults.rs, tests/src/faults/) ------
+# ---- reliability: fault report and load soak (tests/e2e/faults.rs, tests/faults/) ---------
 .PHONY: soak faults-report
-soak: setup wasm ## Ten-minute load soak at a fixed rate: errors, memory, latency per minute → target/soak/report.md
-	cargo build --workspace --bins
+soak: setup wasm native ## Ten-minute load soak at a fixed rate: errors, memory, latency per minute → target/soak/report.md
 	$(CARGO_TARGET_DIR)/debug/kvgate-soak --out $(ROOT)/target/soak $(SOAK_ARGS)
 
-faults-report: setup wasm ## Every fault-injection scenario under load → target/faults/report.md
-	cargo build --workspace --bins
-	cargo test -p kvgate-tests --test e2e -- --ignored --exact faults::fault_report --nocapture
+faults-report: setup wasm native ## Every fault-injection scenario under load → target/faults/report.md
+	+cargo test --workspace --test e2e -- --ignored --exact faults::fault_report --nocapture
 # ---- end reliability ------------------------------------------------------------------------
 
 # ---- fuzzing (tests/fuzz: cargo-fuzz / libFuzzer targets, see tests/fuzz/README.md) ---------
 CARGO_FUZZ_VERSION := 0.13.2
-# Installed beside the shared cargo target directory (outside the clone), so CI reuses it.
-CARGO_FUZZ_ROOT := $(abspath $(CARGO_TARGET_DIR)/..)/tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+# Installed in this clone's target/tools; it builds in target/cargo-install.
+CARGO_FUZZ_ROOT := $(TOOLS)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
 CARGO_FUZZ := $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz
 export CARGO_FUZZ
+# The fuzz workspace (its own Cargo.lock, instrumented release builds) builds in its own
+# directory, so it never waits for the main build's lock.
+export FUZZ_TARGET_DIR := $(CARGO_TARGET_DIR)/fuzz-build
 FUZZ_TARGETS ?=
 
-.PHONY: fuzz-tools fuzz-smoke
-fuzz-tools: ## Install cargo-fuzz (pinned) beside the cargo target directory
-	@$(CARGO_FUZZ) fuzz --version 2>/dev/null | grep -qF '$(CARGO_FUZZ_VERSION)' || \
-	  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/cargo-install \
+.PHONY: fuzz-tools fuzz-build fuzz-smoke
+fuzz-tools: ## Install cargo-fuzz (pinned) in target/tools
+	+@$(CARGO_FUZZ) fuzz --version 2>/dev/null | grep -qF '$(CARGO_FUZZ_VERSION)' || \
+	  CARGO_TARGET_DIR=$(ROOT)/target/cargo-install \
 	  cargo install --locked --quiet cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(CARGO_FUZZ_ROOT)
 
+fuzz-build: fuzz-tools
+	+tests/fuzz/fuzz.sh build
+
 fuzz-smoke: fuzz-tools $(MODEL_DIR)/tokenizer.json ## Every fuzz target for a few seconds on its seeds (FUZZ_SMOKE_SECS, default 5)
-	tests/fuzz/fuzz.sh smoke $(FUZZ_TARGETS)
+	+tests/fuzz/fuzz.sh smoke $(FUZZ_TARGETS)
 
 fuzz: fuzz-tools $(MODEL_DIR)/tokenizer.json ## Every fuzz target for 10^6 executions (FUZZ_RUNS), one after the other; crashes → target/fuzz/artifacts
-	tests/fuzz/fuzz.sh long $(FUZZ_TARGETS)
+	+tests/fuzz/fuzz.sh long $(FUZZ_TARGETS)
 # ---- end fuzzing ------------------------------------------------------------------------------
 
-# ---- bench: routing quality, gateway overhead, sidecar (tests/src/bench, kvgate-bench) -------
+# ---- bench: routing quality, gateway overhead, sidecar (tests/bench, kvgate-bench) ----------
 # `make bench TRACE=path` replays another trace (Mooncake JSONL, ShareGPT JSON, MT-bench JSONL);
 # BENCH_ARGS passes any other kvgate-bench flag (`kvgate-bench --help`), e.g.
 # BENCH_ARGS="--trace-seconds 900 --speedup 10 --load 2".
@@ -161,16 +216,14 @@ BENCH_ARGS ?=
 BENCH_OUT  := $(ROOT)/target/bench
 
 .PHONY: bench-smoke
-bench: setup wasm ## Benchmarks, side by side in one run (~7 min): routing quality of 7 policies on a real trace, overhead vs plain Envoy, sidecar; target/bench/report.{json,md,svg}
-	cargo build --workspace --bins
-	cargo build --release -p kvgate-sync
+bench: setup wasm native ## Benchmarks, side by side in one run (~7 min): routing quality of 7 policies on a real trace, overhead vs plain Envoy, sidecar; target/bench/report.{json,md,svg}
+	+cargo build --release -p kvgate-sync
 	KVGATE_SIDECAR=$(CARGO_TARGET_DIR)/release/kvgate-sync \
 	  $(CARGO_TARGET_DIR)/debug/kvgate-bench --trace $(abspath $(TRACE)) --out $(BENCH_OUT) $(BENCH_ARGS)
 
-bench-smoke: setup wasm ## A tiny bench run (every phase, a few requests) that checks the bench works and its report is complete
-	cargo build --workspace --bins
+bench-smoke: setup wasm native ## A tiny bench run (every phase, a few requests) that checks the bench works and its report is complete
 	$(CARGO_TARGET_DIR)/debug/kvgate-bench --smoke --no-progress --trace $(abspath $(TRACE)) --out $(ROOT)/target/bench-smoke
 # ---- end bench ------------------------------------------------------------------------------
 
-clean: ## Remove build outputs of this clone (keeps the shared cargo cache)
+clean: ## Remove every build output and installed tool of this clone (target/; an exported CARGO_TARGET_DIR elsewhere is kept)
 	rm -rf target

@@ -11,13 +11,11 @@
 //!   `loads[].replicas` / `replica_requests` (the other gateway's, via NATS).
 
 use crate::common::*;
-use kvgate_tests::faults::load::{Load, LoadConfig};
-use kvgate_tests::faults::observe::{
+use kvgate_faults::load::{Load, LoadConfig};
+use kvgate_faults::observe::{
     envoy_inflight, own_booked, replica_booked, sidecar_state, worker_stats, Booked, Decision,
 };
-use kvgate_tests::stack::{
-    http_post, wait_for, Envoy, EnvoyOptions, Sidecar, Stack, StackOptions, MODEL,
-};
+use kvgate_stack::{wait_for, Envoy, EnvoyOptions, Sidecar, Stack, StackOptions, MODEL};
 use serde_json::json;
 use std::time::Duration;
 
@@ -66,7 +64,7 @@ fn wait_routable(envoy: &Envoy, workers: usize) {
         json!({"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]})
             .to_string();
     let ok = wait_for(Duration::from_secs(90), || {
-        let r = http_post(&envoy.url("/v1/chat/completions"), &[], body.as_bytes()).ok()?;
+        let r = kvgate_http::post(&envoy.url("/v1/chat/completions"), &[], body.as_bytes()).ok()?;
         let d = Decision::parse(r.header("x-kvgate-decision")?)?;
         (r.status == 200 && d.degraded.is_none() && d.worker_ids().len() >= workers).then_some(())
     });

@@ -1,6 +1,6 @@
 //! Shared helpers: golden chats, model files, request bodies, a per-test directory.
 
-use kvgate_tests::stack::MODEL;
+use kvgate_stack::MODEL;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 

@@ -5,7 +5,8 @@
 //! prefill worker to the decode worker.
 
 use crate::common::*;
-use kvgate_tests::stack::{http_get, http_post, wait_for, Stack, StackOptions};
+use kvgate_http::{get as http_get, post as http_post};
+use kvgate_stack::{wait_for, Stack, StackOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,10 +14,10 @@ use std::time::Duration;
 /// The blocks of worker `id` in the sidecar's `/v1/state`.
 fn sidecar_blocks(stack: &Stack, id: u64) -> u64 {
     let Some(s) = &stack.sidecar else { return 0 };
-    let Ok((_, body)) = http_get(&s.url("/v1/state")) else {
+    let Ok(r) = http_get(&s.url("/v1/state")) else {
         return 0;
     };
-    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let v: Value = r.json();
     let mut total = 0;
     for w in v["index"]["by_worker"].as_array().into_iter().flatten() {
         if w["worker_id"].as_u64() == Some(id) {
@@ -39,7 +40,7 @@ fn second_request_with_a_shared_prefix_goes_to_the_worker_holding_it() {
     let url = stack.envoy.url("/v1/chat/completions");
 
     let r = http_post(&url, &[], &long_chat("How do I return a parcel?")).unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.text());
     let holder: u64 = r.header("x-kvgate-worker").unwrap().parse().unwrap();
     // The worker's KV events reach the sidecar's index ...
     let blocks = wait_for(Duration::from_secs(20), || {
@@ -70,7 +71,7 @@ fn second_request_with_a_shared_prefix_goes_to_the_worker_holding_it() {
 
     // The index converged to the workers' real caches.
     for w in &stack.workers {
-        let (_, body) = http_get(&w.url("/kvgate/cache")).unwrap();
+        let body = http_get(&w.url("/kvgate/cache")).unwrap().text();
         let cache: Value = serde_json::from_str(&body).unwrap();
         let real: u64 = cache["ranks"]
             .as_array()
@@ -94,7 +95,7 @@ fn second_request_with_a_shared_prefix_goes_to_the_worker_holding_it() {
     body["stream"] = json!(true);
     let r = http_post(&url, &[], body.to_string().as_bytes()).unwrap();
     assert_eq!(r.status, 200);
-    assert!(r.body.contains("data: [DONE]"), "{}", r.body);
+    assert!(r.text().contains("data: [DONE]"), "{}", r.text());
 }
 
 #[test]
@@ -118,7 +119,7 @@ fn disaggregated_requests_name_their_prefill_worker() {
         &long_chat("disaggregate me"),
     )
     .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.text());
     assert!(r
         .header("x-kvgate-decision")
         .unwrap()
@@ -144,7 +145,7 @@ fn disaggregated_requests_name_their_prefill_worker() {
         .iter()
         .any(|l| l["worker_id"].as_u64() == Some(1))
         || http_get(&stack.workers[0].url("/kvgate/stats"))
-            .map(|(_, b)| b.contains("\"requests\":1"))
+            .map(|r| r.text().contains("\"requests\":1"))
             .unwrap_or(false);
     let ids: BTreeSet<u64> = request_log(&stack.request_log)
         .iter()

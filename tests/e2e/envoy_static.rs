@@ -4,7 +4,8 @@
 //! reach the worker intact, bad inputs get JSON errors.
 
 use crate::common::*;
-use kvgate_tests::stack::{http_post, Stack, StackOptions};
+use kvgate_http::post as http_post;
+use kvgate_stack::{Stack, StackOptions};
 use serde_json::json;
 
 #[test]
@@ -32,7 +33,7 @@ fn static_mode_in_real_envoy() {
             &long_chat(q),
         )
         .unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.status, 200, "{}", r.text());
         let served = r.header("x-kvgate-worker").unwrap().to_string();
         let decision = r.header("x-kvgate-decision").unwrap().to_string();
         assert!(
@@ -84,7 +85,9 @@ fn static_mode_in_real_envoy() {
     .unwrap();
     assert_eq!(r.status, 404);
     // /v1/models passes through to a worker.
-    let (status, _) = kvgate_tests::stack::http_get(&stack.envoy.url("/v1/models")).unwrap();
+    let status = kvgate_http::get(&stack.envoy.url("/v1/models"))
+        .unwrap()
+        .status;
     assert_eq!(status, 200);
     let prom = stack.envoy.prometheus();
     assert!(

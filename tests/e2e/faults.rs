@@ -23,12 +23,12 @@
 //! `target/faults/report.md`.
 
 use crate::common::*;
-use kvgate_tests::faults::load::{Load, LoadConfig, Sample};
-use kvgate_tests::faults::observe::{
+use kvgate_faults::load::{Load, LoadConfig, Sample};
+use kvgate_faults::observe::{
     index_blocks, sidecar_state, table_workers, worker_cached_blocks, worker_stats,
 };
-use kvgate_tests::faults::report::{self, Table};
-use kvgate_tests::stack::{wait_for, Stack, StackOptions};
+use kvgate_faults::report::{self, Table};
+use kvgate_stack::{wait_for, Stack, StackOptions};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -502,10 +502,7 @@ fn fault_report() {
          \"lost\" = no response, 5xx or truncated while a healthy worker existed.\n\n{}",
         table(&rows).markdown()
     );
-    let repo = std::env::var_os("KVGATE_REPO")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
-    let path = repo.join("target/faults/report.md");
+    let path = kvgate_stack::repo_root().join("target/faults/report.md");
     report::write(&path, &md).unwrap();
     println!("{md}\n(written to {})", path.display());
     check(&rows);

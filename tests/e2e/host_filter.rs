@@ -7,8 +7,8 @@ use kvgate_core::index::IndexDelta;
 use kvgate_core::sync::{self, ModelEntry, ModelFiles, SyncFrame, SyncLog};
 use kvgate_core::workers::WorkerInfo;
 use kvgate_core::WorkerKey;
-use kvgate_tests::host::{Action, FilterModule, SharedStore, Stream, Vm, VmOptions};
-use kvgate_tests::stack::{static_vm_config, Tools, MODEL};
+use kvgate_host::{Action, FilterModule, SharedStore, Stream, Vm, VmOptions};
+use kvgate_stack::{static_vm_config, Tools, MODEL};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 

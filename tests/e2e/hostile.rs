@@ -9,10 +9,10 @@
 
 use crate::common::*;
 use kvgate_core::workers::WorkerInfo;
-use kvgate_tests::faults::client::{self, Request, Stop};
-use kvgate_tests::faults::observe::{envoy_inflight, worker_requests, Decision};
-use kvgate_tests::host::{Action, FilterModule, SharedStore, Stream, Vm};
-use kvgate_tests::stack::{wait_for, Stack, StackOptions, Tools, MODEL};
+use kvgate_faults::observe::{envoy_inflight, worker_requests, Decision};
+use kvgate_host::{Action, FilterModule, SharedStore, Stream, Vm};
+use kvgate_http::raw::{self as client, Request, Stop};
+use kvgate_stack::{wait_for, Stack, StackOptions, Tools, MODEL};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

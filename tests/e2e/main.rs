@@ -1,7 +1,7 @@
 //! End-to-end tests of kvgate, as one test binary: the built `.wasm` in our own
 //! proxy-wasm host (wasmtime) and in real Envoy with real nats-server, the kvgate-sync
 //! sidecar and mock workers on loopback. `make test` builds the parts and exports their
-//! paths; run alone with `cargo test -p kvgate-tests --test e2e` after `make build`.
+//! paths; run alone with `make e2e` (or `cargo test --workspace --test e2e` after `make build`).
 
 #![allow(
     clippy::unwrap_used,

@@ -14,12 +14,12 @@
 
 use crate::common::*;
 use kvgate_core::workers::WorkerInfo;
-use kvgate_tests::faults::client::{self, Request, Stop};
-use kvgate_tests::faults::observe::{
+use kvgate_faults::observe::{
     index_blocks, listen_address, sidecar_state, table_workers, worker_cached_blocks, Decision,
 };
-use kvgate_tests::host::{Action, FilterModule, SharedStore, Vm};
-use kvgate_tests::stack::{
+use kvgate_host::{Action, FilterModule, SharedStore, Vm};
+use kvgate_http::raw::{self as client, Request, Stop};
+use kvgate_stack::{
     free_port, static_vm_config, wait_for, Proc, Stack, StackOptions, Tools, MODEL,
 };
 use serde_json::{json, Value};
@@ -260,7 +260,17 @@ fn envoy_strips_forged_routing_and_never_routes_to_a_dropped_worker() {
                         .unwrap_or_else(|| v.to_string())
                 })
                 .collect();
-            for bad in ["666", "6.6.6.6", "evil", ","] {
+            // A forged id is a whole number (`666`, `6667`): a real endpoint's port such
+            // as 17666 must not count as one.
+            let forged_id = |v: &String| {
+                v.split(|c: char| !c.is_ascii_digit())
+                    .any(|n| n == "666" || n == "6667")
+            };
+            assert!(
+                !values.iter().any(forged_id),
+                "forged `666` reached the worker: {text}"
+            );
+            for bad in ["6.6.6.6", "evil", ","] {
                 assert!(
                     !values.iter().any(|v| v.contains(bad)),
                     "forged `{bad}` reached the worker: {text}"
@@ -439,7 +449,7 @@ fn sidecar_listens_on_loopback_and_never_logs_nats_credentials() {
 
     // Credentials: a creds file whose JWT and seed must never appear in the log, even at
     // debug level, whether the connection works or not.
-    let nats = kvgate_tests::stack::Nats::start(&tools, &dir).unwrap();
+    let nats = kvgate_stack::Nats::start(&tools, &dir).unwrap();
     let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJrdmdhdGUiOiJ0b3Atc2VjcmV0LWp3dC1wYXlsb2FkIn0.c2lnbmF0dXJlLW5vdC1yZWFs";
     let seed = user_seed(*b"kvgate-test-seed-do-not-log-it!!");
     let creds = dir.join("user.creds");

@@ -1,12 +1,12 @@
 //! The short load soak (`make test`; the ten-minute one is `make soak`): the whole stack
 //! at a fixed request rate with small KV pools (caches fill and evict, the index churns),
 //! Envoy's and the sidecar's RSS sampled from `/proc`. No request may fail, memory must
-//! stay within the bound stated in `kvgate_tests::faults::soak`, and the filter's
+//! stay within the bound stated in `kvgate_faults::soak`, and the filter's
 //! in-flight gauges must be back at zero. Latency percentiles per window are printed,
 //! not asserted.
 
 use crate::common::*;
-use kvgate_tests::faults::soak::{self, SoakConfig};
+use kvgate_faults::soak::{self, SoakConfig};
 use std::time::Duration;
 
 #[test]

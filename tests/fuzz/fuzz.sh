@@ -2,11 +2,13 @@
 # Builds the kvgate fuzz targets (cargo-fuzz, libFuzzer), writes their seed corpora from the
 # repository's fixtures, and runs them one after the other (one process, one core each).
 #
+#   tests/fuzz/fuzz.sh build               only build the targets (part of make test's build phase)
 #   tests/fuzz/fuzz.sh smoke [TARGET...]   a few seconds per target on the seeds (make fuzz-smoke)
 #   tests/fuzz/fuzz.sh long  [TARGET...]   FUZZ_RUNS (default 10^6) executions per target,
 #                                          growing target/fuzz/corpus/TARGET (make fuzz)
 #
-# Environment: CARGO_FUZZ (the cargo-fuzz binary), CARGO_TARGET_DIR, FUZZ_WORK (default
+# Environment: CARGO_FUZZ (the cargo-fuzz binary), FUZZ_TARGET_DIR (where the targets build,
+# default $CARGO_TARGET_DIR/fuzz-build, else target/fuzz-build), FUZZ_WORK (default
 # target/fuzz: seeds, corpora, crash artifacts, logs, summary), FUZZ_RUNS, FUZZ_SMOKE_SECS
 # (default 5), KVGATE_MODEL_DIR (the Qwen3 tokenizer, default target/models/Qwen3-0.6B).
 # Exits non-zero if any target crashed, timed out or ran out of memory; the input that did it
@@ -14,8 +16,8 @@
 set -euo pipefail
 
 MODE=${1:-}
-case "$MODE" in smoke | long) shift ;; *)
-    echo "usage: $0 smoke|long [TARGET...]" >&2
+case "$MODE" in build | smoke | long) shift ;; *)
+    echo "usage: $0 build|smoke|long [TARGET...]" >&2
     exit 2
     ;;
 esac
@@ -28,7 +30,8 @@ SMOKE_SECS=${FUZZ_SMOKE_SECS:-5}
 export KVGATE_REPO=${KVGATE_REPO:-$ROOT}
 export KVGATE_MODEL_DIR=${KVGATE_MODEL_DIR:-$ROOT/target/models/Qwen3-0.6B}
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
-BIN=${CARGO_TARGET_DIR:-$HERE/target}/$TRIPLE/release
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/fuzz-build}
+BIN=$CARGO_TARGET_DIR/$TRIPLE/release
 ALL=(prompt template dynamo_events vllm_events sync_codec config index_ops)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${ALL[@]}"); fi
 
@@ -37,6 +40,7 @@ if [ $# -gt 0 ]; then targets=("$@"); else targets=("${ALL[@]}"); fi
 # cargo-fuzz passes nightly-only -Z flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 echo "fuzz: building the targets"
 (cd "$HERE" && RUSTC_BOOTSTRAP=1 "$CARGO_FUZZ" fuzz build --fuzz-dir "$HERE" -O -a -s none)
+[ "$MODE" = build ] && exit 0
 
 rm -rf "$WORK/seeds"
 "$BIN/seeds" "$WORK/seeds"

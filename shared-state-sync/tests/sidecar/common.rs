@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 /// How long a condition may take to come true.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A free loopback port below the ephemeral range (see `kvgate_tests::stack::free_port`).
-pub use kvgate_tests::stack::free_port;
+/// A free loopback port below the ephemeral range (see `kvgate_stack::free_port`).
+pub use kvgate_stack::free_port;
 
 fn nats_binary() -> PathBuf {
     if let Ok(p) = std::env::var("KVGATE_NATS_SERVER") {

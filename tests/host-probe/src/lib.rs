@@ -1,4 +1,4 @@
-//! A proxy-wasm guest for the tests of kvgate's wasmtime host (`tests/src/host`): it
+//! A proxy-wasm guest for the tests of kvgate's wasmtime host (`tests/host`): it
 //! calls every host function the host implements, and misbehaves on request (panics,
 //! passes bad pointers, exits) so the host's traps and error paths can be checked. Built
 //! for `wasm32-wasip1` by `make wasm`; never deployed.

@@ -1,0 +1,379 @@
+//! `kvgate-bench` (`make bench`): routing quality on real traces and the gateway's cost in
+//! the request path, measured side by side in one run on this machine.
+//!
+//! ```text
+//! trace ─► load generator ─► Envoy (baseline, or + kvgate) ─► 4 mock engines ─► KV events ─► NATS ─► kvgate-sync
+//!           (policies)          ▲ x-gateway-destination-endpoint      │ /kvgate/stats deltas
+//!                               └ driver-side policies set it         └ hit ratio, per-worker load
+//! ```
+//!
+//! Phases, each reported in `target/bench/report.json` (see [`report`]):
+//! 1. **Quality** ([`quality`]): one trace ([`trace`]: Mooncake JSONL, ShareGPT JSON,
+//!    MT-bench JSONL) is replayed through the real stack once per policy ([`policy`]), on
+//!    the same mock engines, their caches cleared in between. Driver-side policies
+//!    (`round_robin`, `random`, `least_load`, `char_prefix`, `oracle`) pick the worker
+//!    themselves and send the pick through a plain Envoy (`override_host` honours
+//!    `x-gateway-destination-endpoint`); `kvgate_approx` and `kvgate_events` go through
+//!    Envoy with the filter.
+//! 2. **Overhead** ([`overhead`]): plain Envoy vs Envoy + kvgate in front of the same
+//!    trivial upstream ([`echo`]), closed-loop load with 2k- and 16k-token chat bodies;
+//!    the filter's own stage histograms give the in-VM breakdown.
+//! 3. **Sidecar** ([`sidecar`]): KV events ingested per second per core, and the
+//!    event → decision visibility lag through NATS, the sidecar and the filter.
+//!
+//! Times in the quality phase are reported in the trace's time scale (wall time ×
+//! `--speedup`, since the engines run that much faster than real time), and raw.
+
+// Test support reads JSON documents with `value["key"]`, which yields Null instead of
+// panicking on reads; slices are bounds-checked by construction here.
+#![allow(clippy::indexing_slicing)]
+
+pub mod client;
+pub mod echo;
+pub mod model;
+pub mod overhead;
+pub mod plot;
+pub mod policy;
+pub mod quality;
+pub mod report;
+pub mod sidecar;
+pub mod stats;
+pub mod sys;
+pub mod trace;
+
+use kvgate_stack::{Envoy, EnvoyKind, EnvoyOptions, Nats, Sidecar, StackError, Tools, Worker};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the bench failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A process of the stack could not be started.
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    /// File or process I/O.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The trace could not be read.
+    #[error("trace {path}: {detail}")]
+    Trace {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An HTTP exchange failed.
+    #[error("http: {0}")]
+    Http(String),
+    /// NATS failed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// JSON encoding or decoding failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The picture could not be drawn.
+    #[error("plot: {0}")]
+    Plot(String),
+    /// Interrupted (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Result of the bench.
+pub type Result<T> = std::result::Result<T, BenchError>;
+
+/// A cancellation flag set by Ctrl-C; every phase checks it and returns early, so the
+/// processes it started are stopped by their handles.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Sets the flag.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether it is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Interrupted)` once set.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(BenchError::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Everything the bench is told.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The trace file (format auto-detected).
+    pub trace: PathBuf,
+    /// Where report.json, report.md and report.svg go.
+    pub out_dir: PathBuf,
+    /// Logs and rendered configs of the processes.
+    pub work_dir: PathBuf,
+    /// Mock engines.
+    pub workers: usize,
+    /// Engine time scale (`mock-worker --speedup`): the trace is replayed this much faster.
+    pub speedup: f64,
+    /// Arrival-rate multiplier on top of the trace's own rate (2 = twice the traffic).
+    pub load: f64,
+    /// Trace seconds to replay (from its start).
+    pub trace_seconds: f64,
+    /// At most this many requests (None = all in the slice).
+    pub max_requests: Option<usize>,
+    /// Cap on the output tokens of each request.
+    pub max_output_tokens: u32,
+    /// KV pool of each engine, in 16-token blocks.
+    pub num_gpu_blocks: usize,
+    /// Sessions per trace second for chat traces (no timestamps of their own).
+    pub chat_rate: f64,
+    /// Pause between the turns of a chat session, trace milliseconds.
+    pub think_ms: f64,
+    /// Policies to compare, in order.
+    pub policies: Vec<policy::PolicyKind>,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Envoy worker threads.
+    pub envoy_concurrency: u32,
+    /// Overhead phase.
+    pub overhead: overhead::OverheadConfig,
+    /// Sidecar phase.
+    pub sidecar: sidecar::SidecarConfig,
+    /// Run the quality phase.
+    pub run_quality: bool,
+    /// Run the overhead phase.
+    pub run_overhead: bool,
+    /// Run the sidecar phase.
+    pub run_sidecar: bool,
+    /// Show progress bars.
+    pub progress: bool,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+impl BenchConfig {
+    /// The defaults of `make bench` with trace `trace`, writing under `out_dir`.
+    pub fn new(trace: &Path, out_dir: &Path) -> Self {
+        BenchConfig {
+            trace: trace.to_path_buf(),
+            out_dir: out_dir.to_path_buf(),
+            work_dir: out_dir.join("run"),
+            workers: 4,
+            speedup: 10.0,
+            load: 1.0,
+            trace_seconds: 300.0,
+            max_requests: None,
+            max_output_tokens: 32,
+            num_gpu_blocks: 65_536,
+            chat_rate: 2.0,
+            think_ms: 2000.0,
+            policies: policy::PolicyKind::ALL.to_vec(),
+            seed: 7,
+            envoy_concurrency: 2,
+            overhead: overhead::OverheadConfig::default(),
+            sidecar: sidecar::SidecarConfig::default(),
+            run_quality: true,
+            run_overhead: true,
+            run_sidecar: true,
+            progress: true,
+            command: String::new(),
+        }
+    }
+}
+
+/// NATS, the mock engines and the sidecar, shared by every phase.
+pub struct Fleet {
+    /// nats-server.
+    pub nats: Nats,
+    /// The engines (instance ids 1..=n).
+    pub workers: Vec<Worker>,
+    /// kvgate-sync.
+    pub sidecar: Sidecar,
+    /// Paths of the parts.
+    pub tools: Tools,
+    /// Logs.
+    pub dir: PathBuf,
+}
+
+impl Fleet {
+    /// Starts NATS, `cfg.workers` engines and the sidecar.
+    pub fn start(cfg: &BenchConfig, tools: &Tools) -> Result<Fleet> {
+        std::fs::create_dir_all(&cfg.work_dir)?;
+        let nats = Nats::start(tools, &cfg.work_dir)?;
+        let args: Vec<String> = vec![
+            "--nats-url".into(),
+            nats.url(),
+            "--speedup".into(),
+            cfg.speedup.to_string(),
+            "--num-gpu-blocks".into(),
+            cfg.num_gpu_blocks.to_string(),
+            "--default-max-tokens".into(),
+            cfg.max_output_tokens.to_string(),
+        ];
+        let mut workers = Vec::new();
+        for id in 1..=cfg.workers as u64 {
+            workers.push(Worker::start(tools, &cfg.work_dir, id, &args)?);
+        }
+        let sidecar = Sidecar::start(
+            tools,
+            &cfg.work_dir,
+            &[
+                "--nats-url".into(),
+                nats.url(),
+                "--model".into(),
+                format!("{}={}", kvgate_stack::MODEL, tools.model_dir.display()),
+            ],
+        )?;
+        Ok(Fleet {
+            nats,
+            workers,
+            sidecar,
+            tools: tools.clone(),
+            dir: cfg.work_dir.clone(),
+        })
+    }
+
+    /// The engines' endpoints.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.endpoint.clone()).collect()
+    }
+
+    /// Starts an Envoy of `kind` in front of `endpoints` with filter configuration
+    /// overrides `plugin` (sidecar mode), named `name` in the logs.
+    pub fn envoy(
+        &self,
+        kind: EnvoyKind,
+        plugin: Value,
+        endpoints: Vec<String>,
+        concurrency: u32,
+        name: &str,
+    ) -> Result<Envoy> {
+        let mut config = serde_json::json!({ "sync_wait_ms": 500 });
+        if let (Value::Object(c), Value::Object(o)) = (&mut config, plugin) {
+            c.extend(o);
+        }
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let opts = EnvoyOptions {
+            kind,
+            plugin_config: config,
+            workers: endpoints,
+            sidecar_port: self.sidecar.port,
+            concurrency,
+            ..EnvoyOptions::default()
+        };
+        Ok(Envoy::start(&self.tools, &opts, &dir)?)
+    }
+}
+
+/// Polls `f` every `every` until it returns `Some`, `timeout` passes (None) or the run is
+/// cancelled (None).
+pub fn poll<T>(
+    cancel: &Cancel,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if cancel.is_cancelled() || std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Runs every enabled phase and writes the report; returns it.
+pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
+    let started = std::time::Instant::now();
+    let tools = Tools::from_env()?;
+    std::fs::create_dir_all(&cfg.out_dir)?;
+    let _ = std::fs::remove_dir_all(&cfg.work_dir);
+    std::fs::create_dir_all(&cfg.work_dir)?;
+    let machine = sys::machine_info(&tools.repo);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    {
+        let cancel = cancel.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("kvgate-bench: interrupted, stopping ...");
+                cancel.cancel();
+            }
+        });
+    }
+    let mut report = report::Report::new(cfg, machine);
+    let trace = trace::load(&cfg.trace, &cfg.trace_options())?;
+    report.trace = trace.summary();
+    eprintln!(
+        "kvgate-bench: {} ({}: {} requests in {} sessions, {:.0} trace-s); starting NATS, kvgate-sync and {} mock engines ...",
+        cfg.trace.display(),
+        trace.format.name(),
+        trace.requests(),
+        trace.sessions.len(),
+        trace.span_ms / 1000.0,
+        cfg.workers
+    );
+    let mut phase = std::time::Instant::now();
+    let mut lap = |name: &str, report: &mut report::Report| {
+        report.phase_seconds.insert(
+            name.to_string(),
+            stats::round(phase.elapsed().as_secs_f64(), 1),
+        );
+        phase = std::time::Instant::now();
+    };
+    let fleet = Fleet::start(cfg, &tools)?;
+    lap("start", &mut report);
+    if cfg.run_quality {
+        report.quality = Some(quality::run(cfg, &fleet, &trace, &rt, cancel)?);
+        cancel.check()?;
+        lap("quality", &mut report);
+    }
+    if cfg.run_overhead {
+        report.overhead = Some(overhead::run(cfg, &tools, &rt, cancel)?);
+        cancel.check()?;
+        lap("overhead", &mut report);
+    }
+    if cfg.run_sidecar {
+        report.sidecar = Some(sidecar::run(cfg, &fleet, &rt, cancel)?);
+        cancel.check()?;
+        lap("sidecar", &mut report);
+    }
+    drop(fleet);
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.machine.loadavg_end = sys::loadavg();
+    report.write(&cfg.out_dir)?;
+    plot::draw(&report, &cfg.out_dir.join("report.svg"))?;
+    Ok(report)
+}
+
+impl BenchConfig {
+    /// How to cut the trace.
+    pub fn trace_options(&self) -> trace::TraceOptions {
+        trace::TraceOptions {
+            max_seconds: Some(self.trace_seconds).filter(|s| *s > 0.0),
+            max_requests: self.max_requests,
+            max_output_tokens: self.max_output_tokens,
+            chat_rate: self.chat_rate,
+            think_ms: self.think_ms,
+            seed: self.seed,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Envoy from the repository's config templates (`envoy-config/`): renders a template
+//! with ports, the filter and the worker endpoints, starts Envoy and waits until its
+//! admin endpoint reports LIVE.
+
+use super::proc::{free_port, wait_for, Proc, StackError};
+use super::tools::Tools;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Which Envoy configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvoyKind {
+    /// `envoy-config/envoy.yaml`: with the kvgate filter.
+    Kvgate,
+    /// `envoy-config/envoy-baseline.yaml`: the same without the filter.
+    Baseline,
+}
+
+/// What to render into the template.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// Which template.
+    pub kind: EnvoyKind,
+    /// Filter configuration (JSON object).
+    pub plugin_config: serde_json::Value,
+    /// VM configuration (JSON object or empty string).
+    pub vm_config: String,
+    /// Worker endpoints (`ip:port`).
+    pub workers: Vec<String>,
+    /// Sidecar port (any port when there is no sidecar).
+    pub sidecar_port: u16,
+    /// Envoy worker threads.
+    pub concurrency: u32,
+    /// Per-connection buffer limit.
+    pub buffer_limit: usize,
+    /// Log level.
+    pub log_level: String,
+    /// Listener port (None = a free one).
+    pub port: Option<u16>,
+    /// Admin port (None = a free one).
+    pub admin_port: Option<u16>,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            kind: EnvoyKind::Kvgate,
+            plugin_config: serde_json::json!({}),
+            vm_config: String::new(),
+            workers: Vec::new(),
+            sidecar_port: 1,
+            concurrency: 2,
+            buffer_limit: 9 << 20,
+            log_level: "warn".into(),
+            port: None,
+            admin_port: None,
+        }
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    /// The process.
+    pub proc: Proc,
+    /// Listener port.
+    pub port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+}
+
+fn yaml_quote(s: &str) -> String {
+    // A JSON string literal is a valid YAML double-quoted scalar.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Renders the template for `opts` on the given ports.
+pub fn render(
+    tools: &Tools,
+    opts: &EnvoyOptions,
+    port: u16,
+    admin: u16,
+) -> Result<String, StackError> {
+    let file = match opts.kind {
+        EnvoyKind::Kvgate => "envoy.yaml",
+        EnvoyKind::Baseline => "envoy-baseline.yaml",
+    };
+    let mut t = std::fs::read_to_string(tools.repo.join("envoy-config").join(file))?;
+    let endpoints: String = opts
+        .workers
+        .iter()
+        .filter_map(|e| e.rsplit_once(':'))
+        .map(|(ip, p)| format!("        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {p}}}}}}}\n"))
+        .collect();
+    let subs = [
+        ("ADMIN_PORT", admin.to_string()),
+        ("LISTEN_PORT", port.to_string()),
+        ("WASM", yaml_quote(&tools.wasm.display().to_string())),
+        ("PLUGIN_CONFIG", yaml_quote(&opts.plugin_config.to_string())),
+        ("VM_CONFIG", yaml_quote(&opts.vm_config)),
+        ("WORKER_ENDPOINTS", endpoints.trim_end().to_string()),
+        ("SIDECAR_PORT", opts.sidecar_port.to_string()),
+        ("BUFFER_LIMIT", opts.buffer_limit.to_string()),
+    ];
+    for (k, v) in subs {
+        t = t.replace(&format!("{{{{{k}}}}}"), &v);
+    }
+    Ok(t)
+}
+
+impl Envoy {
+    /// Starts Envoy with its files in `dir` and waits up to two minutes for LIVE.
+    pub fn start(tools: &Tools, opts: &EnvoyOptions, dir: &Path) -> Result<Envoy, StackError> {
+        let port = opts.port.unwrap_or_else(free_port);
+        let admin_port = opts.admin_port.unwrap_or_else(free_port);
+        let name = match opts.kind {
+            EnvoyKind::Kvgate => "envoy",
+            EnvoyKind::Baseline => "envoy-baseline",
+        };
+        let cfg_path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&cfg_path, render(tools, opts, port, admin_port)?)?;
+        let envoy = tools.envoy_cmd()?;
+        let (bin, pre) = envoy.split_first().ok_or(StackError::Missing {
+            what: "Envoy",
+            path: String::new(),
+            env: "KVGATE_ENVOY",
+        })?;
+        let mut cmd = Command::new(bin);
+        cmd.args(pre)
+            .arg("-c")
+            .arg(&cfg_path)
+            .args([
+                "--concurrency",
+                &opts.concurrency.to_string(),
+                "--disable-hot-restart",
+                "-l",
+                &opts.log_level,
+            ])
+            .env("ENVOY_VERSION", "1.40.0");
+        let mut proc = Proc::spawn(name, cmd, &dir.join(format!("{name}.log")))?;
+        let ready = wait_for(Duration::from_secs(120), || {
+            if !proc.alive() {
+                return Some(false);
+            }
+            let r = kvgate_http::get(&format!("http://127.0.0.1:{admin_port}/ready")).ok()?;
+            (r.text().trim() == "LIVE").then_some(true)
+        });
+        if ready != Some(true) {
+            return Err(proc.error("did not become LIVE"));
+        }
+        Ok(Envoy {
+            proc,
+            port,
+            admin_port,
+        })
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// One counter or gauge from `/stats` (`name: value` lines), 0 when absent.
+    pub fn stat(&self, name: &str) -> u64 {
+        let Ok(r) = kvgate_http::get(&format!(
+            "http://127.0.0.1:{}/stats?filter=^{}$",
+            self.admin_port,
+            name.replace('.', "\\.")
+        )) else {
+            return 0;
+        };
+        r.text()
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The Prometheus text of `/stats/prometheus`.
+    pub fn prometheus(&self) -> String {
+        kvgate_http::get(&format!(
+            "http://127.0.0.1:{}/stats/prometheus",
+            self.admin_port
+        ))
+        .map(|r| r.text())
+        .unwrap_or_default()
+    }
+}

@@ -1,0 +1,268 @@
+//! Launchers for the real local stack — nats-server, the kvgate-sync sidecar, mock
+//! workers and Envoy with the kvgate filter — used by `make run` (the `kvgate-stack`
+//! binary), the end-to-end tests, the fault tools and the benchmarks. Every process stops
+//! when its handle is dropped. The processes are found through [`Tools`] (paths exported
+//! by `make`, else the clone's `target/`); nothing here links wasmtime or the mock engine.
+
+mod envoy;
+mod nats;
+mod proc;
+mod tools;
+mod workers;
+
+pub use envoy::{render as render_envoy, Envoy, EnvoyKind, EnvoyOptions};
+pub use nats::Nats;
+pub use proc::{free_port, wait_for, Proc, StackError};
+pub use tools::{nats_server_path, repo_root, require, wasm_path, Tools};
+pub use workers::{Sidecar, Worker};
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The served model of the local stack.
+pub const MODEL: &str = "Qwen/Qwen3-0.6B";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Mock workers (instance ids 1..=n).
+    pub workers: usize,
+    /// Extra mock-worker arguments for every worker.
+    pub worker_args: Vec<String>,
+    /// Extra arguments per worker (index 0 = instance id 1), after `worker_args`.
+    pub per_worker_args: Vec<Vec<String>>,
+    /// Start nats-server and the sidecar (else: static workers in the filter config).
+    pub sidecar: bool,
+    /// Extra sidecar arguments.
+    pub sidecar_args: Vec<String>,
+    /// Filter configuration overrides (merged over the stack's own keys).
+    pub plugin: Value,
+    /// Envoy worker threads.
+    pub concurrency: u32,
+    /// Envoy template.
+    pub kind: EnvoyKind,
+    /// Where logs and rendered configs go.
+    pub dir: PathBuf,
+    /// Fixed Envoy listener and admin ports (None = free ones).
+    pub ports: Option<(u16, u16)>,
+    /// Extra endpoints declared in Envoy's worker cluster with no worker behind them yet
+    /// (free loopback ports), so a worker started later ([`Stack::add_worker`]) is
+    /// routable: Envoy's static cluster only reaches endpoints it was configured with.
+    pub spare_endpoints: usize,
+    /// VM configuration to use instead of the stack's own (static mode: the model files).
+    pub vm_config: Option<String>,
+}
+
+impl StackOptions {
+    /// Defaults: 4 workers, sidecar on, 2 Envoy threads, files under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        StackOptions {
+            workers: 4,
+            worker_args: Vec::new(),
+            per_worker_args: Vec::new(),
+            sidecar: true,
+            sidecar_args: Vec::new(),
+            plugin: json!({}),
+            concurrency: 2,
+            kind: EnvoyKind::Kvgate,
+            dir: dir.to_path_buf(),
+            ports: None,
+            spare_endpoints: 0,
+            vm_config: None,
+        }
+    }
+}
+
+/// A running stack. Dropping it stops everything (Envoy first).
+pub struct Stack {
+    /// Envoy.
+    pub envoy: Envoy,
+    /// Mock workers.
+    pub workers: Vec<Worker>,
+    /// The sidecar.
+    pub sidecar: Option<Sidecar>,
+    /// nats-server.
+    pub nats: Option<Nats>,
+    /// Paths of the parts.
+    pub tools: Tools,
+    /// Logs and configs.
+    pub dir: PathBuf,
+    /// The mock workers' shared request log.
+    pub request_log: PathBuf,
+    /// Ports of spare endpoints in Envoy's worker cluster not used yet.
+    pub spare_ports: Vec<u16>,
+    /// Arguments every mock worker got (NATS URL, request log, `worker_args`).
+    worker_args: Vec<String>,
+}
+
+impl Stack {
+    /// Starts the stack.
+    pub fn start(opts: &StackOptions) -> Result<Stack, StackError> {
+        let tools = Tools::from_env()?;
+        std::fs::create_dir_all(&opts.dir)?;
+        let request_log = opts.dir.join("mock-requests.jsonl");
+        let nats = if opts.sidecar {
+            Some(Nats::start(&tools, &opts.dir)?)
+        } else {
+            None
+        };
+        let mut worker_args = vec![
+            "--request-log".to_string(),
+            request_log.display().to_string(),
+        ];
+        if let Some(n) = &nats {
+            worker_args.extend(["--nats-url".to_string(), n.url()]);
+        }
+        worker_args.extend(opts.worker_args.iter().cloned());
+        let mut workers = Vec::new();
+        for id in 1..=opts.workers as u64 {
+            let mut args = worker_args.clone();
+            if let Some(extra) = opts.per_worker_args.get(id as usize - 1) {
+                args.extend(extra.iter().cloned());
+            }
+            workers.push(Worker::start(&tools, &opts.dir, id, &args)?);
+        }
+        let sidecar = match &nats {
+            Some(n) => {
+                let mut args = vec![
+                    "--nats-url".to_string(),
+                    n.url(),
+                    "--model".to_string(),
+                    format!("{MODEL}={}", tools.model_dir.display()),
+                ];
+                args.extend(opts.sidecar_args.iter().cloned());
+                Some(Sidecar::start(&tools, &opts.dir, &args)?)
+            }
+            None => None,
+        };
+        let mut plugin = serde_json::Map::new();
+        plugin.insert("sync_wait_ms".into(), json!(500));
+        if sidecar.is_none() {
+            let list: Vec<Value> = workers
+                .iter()
+                .map(|w| json!({"instance_id": w.instance_id, "endpoint": w.endpoint, "model": MODEL, "block_size": 16}))
+                .collect();
+            plugin.insert("sidecar_cluster".into(), json!(""));
+            plugin.insert("workers".into(), Value::Array(list));
+        }
+        if let Value::Object(o) = &opts.plugin {
+            for (k, v) in o {
+                plugin.insert(k.clone(), v.clone());
+            }
+        }
+        let plugin = Value::Object(plugin);
+        let spare_ports: Vec<u16> = (0..opts.spare_endpoints).map(|_| free_port()).collect();
+        let vm_config = match (&opts.vm_config, &sidecar) {
+            (Some(c), _) => c.clone(),
+            (None, None) => static_vm_config(&tools)?,
+            (None, Some(_)) => String::new(),
+        };
+        let envoy_opts = EnvoyOptions {
+            kind: opts.kind,
+            plugin_config: plugin,
+            vm_config,
+            workers: workers
+                .iter()
+                .map(|w| w.endpoint.clone())
+                .chain(spare_ports.iter().map(|p| format!("127.0.0.1:{p}")))
+                .collect(),
+            sidecar_port: sidecar.as_ref().map(|s| s.port).unwrap_or(1),
+            concurrency: opts.concurrency,
+            port: opts.ports.map(|p| p.0),
+            admin_port: opts.ports.map(|p| p.1),
+            ..EnvoyOptions::default()
+        };
+        let envoy = Envoy::start(&tools, &envoy_opts, &opts.dir)?;
+        Ok(Stack {
+            envoy,
+            workers,
+            sidecar,
+            nats,
+            tools,
+            dir: opts.dir.clone(),
+            request_log,
+            spare_ports,
+            worker_args,
+        })
+    }
+
+    /// Starts one more mock worker (instance id: the highest so far + 1) on the next spare
+    /// endpoint of Envoy's cluster, with the arguments every worker got plus `extra`.
+    pub fn add_worker(&mut self, extra: &[String]) -> Result<&Worker, StackError> {
+        if self.spare_ports.is_empty() {
+            return Err(StackError::Process {
+                name: "stack".into(),
+                detail: "no spare endpoint left (StackOptions::spare_endpoints)".into(),
+                log: String::new(),
+            });
+        }
+        let port = self.spare_ports.remove(0);
+        let id = self
+            .workers
+            .iter()
+            .map(|w| w.instance_id)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut args = self.worker_args.clone();
+        args.extend(extra.iter().cloned());
+        let w = Worker::start_on_port(&self.tools, &self.dir, id, port, &args)?;
+        self.workers.push(w);
+        self.workers.last().ok_or_else(|| StackError::Process {
+            name: "stack".into(),
+            detail: "worker list empty".into(),
+            log: String::new(),
+        })
+    }
+
+    /// Waits until the filter routes with its tokenizer and knows all `workers` (needs
+    /// `decision_header: true`): sends a probe request until its `x-kvgate-decision` shows
+    /// no degradation and every worker as a candidate. Returns the probe's decision line.
+    pub fn wait_routable(&self, timeout: Duration) -> Result<String, StackError> {
+        let body = json!({"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]}).to_string();
+        let want = self.workers.len();
+        let mut last = String::new();
+        let ok = wait_for(timeout, || {
+            let r = kvgate_http::post(
+                &self.envoy.url("/v1/chat/completions"),
+                &[],
+                body.as_bytes(),
+            )
+            .ok()?;
+            last = r
+                .header("x-kvgate-decision")
+                .unwrap_or_default()
+                .to_string();
+            let ids: std::collections::BTreeSet<&str> = last
+                .split(" | ")
+                .skip(1)
+                .filter_map(|c| c.trim_start_matches("prefill:").trim().split('/').next())
+                .collect();
+            (r.status == 200 && !last.contains("degraded=") && ids.len() >= want)
+                .then(|| last.clone())
+        });
+        ok.ok_or_else(|| {
+            self.envoy
+                .proc
+                .error(&format!("filter not routable yet; last decision: `{last}`"))
+        })
+    }
+
+    /// The worker with this endpoint.
+    pub fn worker_at(&self, endpoint: &str) -> Option<&Worker> {
+        self.workers.iter().find(|w| w.endpoint == endpoint)
+    }
+}
+
+/// VM configuration carrying the model files inline (static mode, no sidecar).
+pub fn static_vm_config(tools: &Tools) -> Result<String, StackError> {
+    let read = |f: &str| std::fs::read_to_string(tools.model_dir.join(f));
+    Ok(json!({"models": [{
+        "name": MODEL,
+        "block_size": 16,
+        "tokenizer_json": read("tokenizer.json")?,
+        "tokenizer_config_json": read("tokenizer_config.json")?,
+    }]})
+    .to_string())
+}
