@@ -153,9 +153,12 @@ fn host_strips_forged_routing_in_any_case_and_repeated() {
                     "x-dp-rank" | "x-dynamo-dp-rank" => assert_eq!(values, vec!["0"], "{name}"),
                     "x-dynamo-routing-mode" => assert_eq!(values, vec!["aggregated"]),
                     "x-gateway-destination-endpoint" => {
+                        // The chosen worker, then the fallbacks: every one a known worker.
                         assert_eq!(values.len(), 1, "{values:?}");
-                        assert_eq!(values[0], format!("10.0.0.{id}:8000"));
-                        assert!(known.contains(&values[0]));
+                        let listed: Vec<String> =
+                            values[0].split(',').map(str::to_string).collect();
+                        assert_eq!(listed[0], format!("10.0.0.{id}:8000"));
+                        assert!(listed.iter().all(|e| known.contains(e)), "{values:?}");
                     }
                     _ => assert!(values.is_empty(), "{name} survived: {values:?}"),
                 }
@@ -249,11 +252,22 @@ fn envoy_strips_forged_routing_and_never_routes_to_a_dropped_worker() {
             h.as_object_mut().unwrap().remove("x-request-id");
             let h = &h;
             let text = h.to_string();
-            // Values only: the JSON text itself has commas between keys.
+            // Values only: the JSON text itself has commas between keys. The destination is
+            // a comma-separated list of known workers (checked below), the rest one value.
+            let listed: Vec<String> = h["x-gateway-destination-endpoint"]
+                .as_str()
+                .map(|d| d.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            assert!(
+                listed.iter().all(|e| endpoints.contains(e)),
+                "destination lists an unknown worker: {text}"
+            );
             let values: Vec<String> = h
                 .as_object()
                 .unwrap()
-                .values()
+                .iter()
+                .filter(|(k, _)| *k != "x-gateway-destination-endpoint")
+                .map(|(_, v)| v)
                 .map(|v| {
                     v.as_str()
                         .map(str::to_string)
@@ -289,7 +303,10 @@ fn envoy_strips_forged_routing_and_never_routes_to_a_dropped_worker() {
                     .iter()
                     .find(|w| Some(w.instance_id) == line["worker_id"].as_u64())
                     .unwrap();
-                assert_eq!(h["x-gateway-destination-endpoint"], w.endpoint, "{text}");
+                let dest = h["x-gateway-destination-endpoint"]
+                    .as_str()
+                    .unwrap_or_default();
+                assert_eq!(dest.split(',').next(), Some(w.endpoint.as_str()), "{text}");
             } else {
                 for (name, _) in FORGED {
                     assert!(

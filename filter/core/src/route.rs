@@ -48,6 +48,9 @@ pub struct RouteRequest<'a> {
     pub sequence: &'a [u64],
     /// Overlap of the prompt per worker (already merged from events and predictions).
     pub overlaps: &'a OverlapScores,
+    /// The worker of the request's session (session affinity), kept while its cost is
+    /// within `session_affinity_slack` of the best.
+    pub session: Option<WorkerKey>,
 }
 
 /// Aggregated or disaggregated serving.
@@ -140,6 +143,9 @@ pub struct Decision {
     pub decode: Pick,
     /// The prefill worker, in disaggregated mode.
     pub prefill: Option<Pick>,
+    /// Endpoints Envoy tries next if the destination refuses the connection: the next-best
+    /// decode candidates by cost at the chosen dp rank, distinct, at most `max_fallbacks`.
+    pub fallbacks: Vec<String>,
     /// What to book.
     pub plan: RequestPlan,
     /// Why.
@@ -250,7 +256,17 @@ fn stage(
         }
     }
     let scored = score::score(&params, &candidates);
-    let chosen = score::select(&scored, params.temperature, rng);
+    let mut chosen = score::select(&scored, params.temperature, rng);
+    if let (Some(best), Some(session)) = (chosen.and_then(|i| scored.get(i)), req.session) {
+        let blocks = req.isl_tokens.div_ceil(u64::from(req.block_size.max(1))) as f64;
+        let limit = best.logit + cfg.session_affinity_slack * blocks;
+        if let Some(i) = scored
+            .iter()
+            .position(|s| s.candidate.worker == session && s.logit <= limit)
+        {
+            chosen = Some(i);
+        }
+    }
     Stage {
         scored,
         chosen,
@@ -268,6 +284,32 @@ fn pick(stage: &Stage, workers: &[&WorkerInfo]) -> Option<Pick> {
         endpoint: info.endpoint.clone(),
         overlap_blocks: s.candidate.overlap_blocks,
     })
+}
+
+/// The next-best endpoints after `chosen`, cheapest first: same dp rank (the rank headers
+/// name it), another endpoint, each once.
+fn fallbacks(stage: &Stage, workers: &[&WorkerInfo], chosen: &Pick, max: usize) -> Vec<String> {
+    let mut order: Vec<&Scored> = stage.scored.iter().collect();
+    order.sort_by(|a, b| a.logit.total_cmp(&b.logit));
+    let mut out: Vec<String> = Vec::new();
+    for s in order {
+        if out.len() >= max {
+            break;
+        }
+        if s.candidate.worker.dp_rank != chosen.worker.dp_rank {
+            continue;
+        }
+        let Some(info) = workers
+            .iter()
+            .find(|w| w.instance_id == s.candidate.worker.worker_id)
+        else {
+            continue;
+        };
+        if info.endpoint != chosen.endpoint && !out.contains(&info.endpoint) {
+            out.push(info.endpoint.clone());
+        }
+    }
+    out
 }
 
 /// Routes one request among `workers` (all serving its model).
@@ -323,6 +365,7 @@ pub fn route(
                     candidates: workers.len(),
                 });
             };
+            let fallbacks = fallbacks(&d, &decoders, &decode, cfg.max_fallbacks);
             let plan = plan_for(
                 cfg,
                 req,
@@ -344,6 +387,7 @@ pub fn route(
                 mode: RoutingMode::Disaggregated,
                 decode,
                 prefill: Some(prefill),
+                fallbacks,
                 plan,
                 explain,
             });
@@ -362,6 +406,7 @@ pub fn route(
             candidates: decoders.len(),
         });
     };
+    let fallbacks = fallbacks(&a, &decoders, &decode, cfg.max_fallbacks);
     let plan = plan_for(cfg, req, decode.worker, None, rng);
     let explain = Explain {
         mode: RoutingMode::Aggregated,
@@ -377,6 +422,7 @@ pub fn route(
         mode: RoutingMode::Aggregated,
         decode,
         prefill: None,
+        fallbacks,
         plan,
         explain,
     })
@@ -456,12 +502,109 @@ mod tests {
         }
     }
 
+    #[test]
+    fn fallbacks_are_the_next_cheapest_endpoints_at_the_same_rank() {
+        let mut cfg = Config::default().router;
+        let workers: Vec<WorkerInfo> = (1..=4).map(|i| worker(i, WorkerRole::Aggregated)).collect();
+        // Worker 3 holds 8 blocks, worker 1 holds 4, worker 2 holds 2, worker 4 none.
+        let mut idx = PrefixIndex::new();
+        for (w, n) in [(3, 8), (1, 4), (2, 2)] {
+            for s in 0..n {
+                idx.insert(WorkerKey::new(w, 0), s);
+            }
+        }
+        let seq: Vec<u64> = (0..10).collect();
+        let ov = idx.overlap(&seq);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let book = Book(LoadBook::new(), None);
+        let d = route(&cfg, &workers, &request(&seq, &ov), &book, &mut rng).unwrap();
+        assert_eq!(d.decode.endpoint, "10.0.0.3:8000");
+        assert_eq!(d.fallbacks, vec!["10.0.0.1:8000", "10.0.0.2:8000"]);
+        cfg.max_fallbacks = 0;
+        let d = route(&cfg, &workers, &request(&seq, &ov), &book, &mut rng).unwrap();
+        assert!(d.fallbacks.is_empty());
+        // Another dp rank of a worker is not a fallback: the rank headers name one rank.
+        cfg.max_fallbacks = 8;
+        let mut two = worker(5, WorkerRole::Aggregated);
+        two.dp_size = 2;
+        let d = route(&cfg, &[two.clone()], &request(&seq, &ov), &book, &mut rng).unwrap();
+        assert!(d.fallbacks.is_empty(), "{:?}", d.fallbacks);
+        let mut idx = PrefixIndex::new();
+        for s in 0..8 {
+            idx.insert(WorkerKey::new(4, 0), s);
+        }
+        let ov = idx.overlap(&seq);
+        let both = [two, worker(4, WorkerRole::Aggregated)];
+        let d = route(&cfg, &both, &request(&seq, &ov), &book, &mut rng).unwrap();
+        assert_eq!(d.decode.worker, WorkerKey::new(4, 0));
+        assert_eq!(
+            d.fallbacks,
+            vec!["10.0.0.5:8000"],
+            "rank 0 of worker 5 only"
+        );
+    }
+
+    #[test]
+    fn a_session_stays_on_its_worker_within_the_slack_only() {
+        let cfg = Config::default().router;
+        let workers = [
+            worker(1, WorkerRole::Aggregated),
+            worker(2, WorkerRole::Aggregated),
+        ];
+        // Worker 2 holds 8 of 10 blocks: worker 1 costs 8 blocks more (slack 0.5 × 10 = 5).
+        let mut idx = PrefixIndex::new();
+        for s in 0..8 {
+            idx.insert(WorkerKey::new(2, 0), s);
+        }
+        let seq: Vec<u64> = (0..10).collect();
+        let ov = idx.overlap(&seq);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let book = Book(LoadBook::new(), None);
+        let mut req = request(&seq, &ov);
+        req.session = Some(WorkerKey::new(1, 0));
+        let d = route(&cfg, &workers, &req, &book, &mut rng).unwrap();
+        assert_eq!(
+            d.decode.worker,
+            WorkerKey::new(2, 0),
+            "8 blocks worse: not kept"
+        );
+        // Worker 2 holds only 3 blocks: worker 1 costs 3 more, within the slack.
+        let mut idx = PrefixIndex::new();
+        for s in 0..3 {
+            idx.insert(WorkerKey::new(2, 0), s);
+        }
+        let ov = idx.overlap(&seq);
+        let mut req = request(&seq, &ov);
+        req.session = Some(WorkerKey::new(1, 0));
+        let d = route(&cfg, &workers, &req, &book, &mut rng).unwrap();
+        assert_eq!(
+            d.decode.worker,
+            WorkerKey::new(1, 0),
+            "within the slack: kept"
+        );
+        req.session = None;
+        let d = route(&cfg, &workers, &req, &book, &mut rng).unwrap();
+        assert_eq!(
+            d.decode.worker,
+            WorkerKey::new(2, 0),
+            "without a session: the best"
+        );
+        req.session = Some(WorkerKey::new(9, 0));
+        let d = route(&cfg, &workers, &req, &book, &mut rng).unwrap();
+        assert_eq!(
+            d.decode.worker,
+            WorkerKey::new(2, 0),
+            "an unknown worker: the best"
+        );
+    }
+
     fn request<'a>(seq: &'a [u64], ov: &'a OverlapScores) -> RouteRequest<'a> {
         RouteRequest {
             isl_tokens: seq.len() as u64 * 16,
             block_size: 16,
             sequence: seq,
             overlaps: ov,
+            session: None,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct DecideInput<'a> {
     pub body: &'a [u8],
     /// The `x-tenant-id` header (cache salt), if any.
     pub tenant: Option<&'a str>,
+    /// The worker named by the request's session-affinity token, if any.
+    pub session: Option<WorkerKey>,
     /// Wall clock, ms since the epoch.
     pub now_ms: u64,
 }
@@ -76,6 +78,8 @@ pub struct Prepared {
     pub degraded: Option<Degraded>,
     /// Whether the body has an `nvext` object.
     pub has_nvext: bool,
+    /// The session's worker (session affinity), if the request named one.
+    pub session: Option<WorkerKey>,
     /// Stage times so far.
     pub timings: Timings,
     started: Instant,
@@ -199,6 +203,7 @@ impl Engine {
 
         // Prompt → tokens, through the model's one prompt pipeline.
         let mut p = Prepared {
+            session: input.session,
             workers,
             block_size,
             tokens: Vec::new(),
@@ -292,6 +297,7 @@ impl Engine {
             block_size: p.block_size,
             sequence: &p.hashes.sequence,
             overlaps: &p.overlaps,
+            session: p.session,
         };
         let view = View {
             book: &self.book,
@@ -479,6 +485,17 @@ impl Engine {
     }
 }
 
+/// The destination header's value: the chosen endpoint, then the fallbacks Envoy's
+/// override_host load balancer tries in order when a connection fails.
+fn destination(d: &Decision) -> String {
+    let mut v = d.decode.endpoint.clone();
+    for f in &d.fallbacks {
+        v.push(',');
+        v.push_str(f);
+    }
+    v
+}
+
 /// The upstream headers for a decision (both Dynamo 1.x and `x-dynamo-` names, and plain
 /// vLLM's dp rank header when `vllm_dp_rank` is set).
 pub fn routing_headers(d: &Decision, vllm_dp_rank: bool) -> Vec<(&'static str, String)> {
@@ -491,7 +508,7 @@ pub fn routing_headers(d: &Decision, vllm_dp_rank: bool) -> Vec<(&'static str, S
         (h::DP_RANK, d.decode.worker.dp_rank.to_string()),
         (h::DYNAMO_DP_RANK, d.decode.worker.dp_rank.to_string()),
         (h::DYNAMO_ROUTING_MODE, d.mode.as_str().to_string()),
-        (h::DESTINATION_ENDPOINT, d.decode.endpoint.clone()),
+        (h::DESTINATION_ENDPOINT, destination(d)),
     ];
     if vllm_dp_rank {
         v.push((h::VLLM_DP_RANK, d.decode.worker.dp_rank.to_string()));

@@ -1,5 +1,8 @@
 //! Routing headers: the names kvgate sets, and the rule that strips every client-sent
-//! routing header before routing so a client can never choose its destination.
+//! routing header before routing so a client can never choose its destination, and the
+//! session-affinity token format.
+
+use kvgate_core::WorkerKey;
 
 /// Decode worker instance id (Dynamo 1.x name).
 pub const WORKER_INSTANCE_ID: &str = "x-worker-instance-id";
@@ -29,6 +32,24 @@ pub const PREFILLER_HOST_PORT: &str = "x-prefiller-host-port";
 pub const DECISION: &str = "x-kvgate-decision";
 /// Tenant id: Dynamo turns it into the cache salt of the block hashes.
 pub const TENANT_ID: &str = "x-tenant-id";
+
+/// The session-affinity token naming `worker`: its instance id in hex, a dot, its dp rank.
+/// Not a secret: a client that forges one only states a preference, kept while that
+/// worker's cost is within the configured slack of the best.
+pub fn session_token(worker: WorkerKey) -> String {
+    format!("{:x}.{}", worker.worker_id, worker.dp_rank)
+}
+
+/// The worker a session-affinity token names, if it is well formed.
+pub fn parse_session_token(token: &str) -> Option<WorkerKey> {
+    let (id, rank) = token.trim().split_once('.')?;
+    if id.is_empty() || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let worker_id = u64::from_str_radix(id, 16).ok()?;
+    let dp_rank = rank.parse().ok()?;
+    Some(WorkerKey::new(worker_id, dp_rank))
+}
 
 /// Exact names (besides every `x-dynamo-*` and `x-kvgate-*`) a client may not send.
 const RESERVED: &[&str] = &[
@@ -104,6 +125,32 @@ mod tests {
             "x-dynamo",
         ] {
             assert!(!is_client_routing_header(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn session_tokens_round_trip_and_junk_is_none() {
+        for w in [
+            WorkerKey::new(0, 0),
+            WorkerKey::new(0xdead_beef, 3),
+            WorkerKey::new(u64::MAX, u32::MAX),
+        ] {
+            assert_eq!(parse_session_token(&session_token(w)), Some(w));
+        }
+        assert_eq!(session_token(WorkerKey::new(255, 1)), "ff.1");
+        for junk in [
+            "",
+            ".",
+            "ff",
+            "ff.",
+            ".1",
+            "zz.1",
+            "+f.1",
+            "ff.-1",
+            "11111111111111111.0",
+            "ff.1.2",
+        ] {
+            assert_eq!(parse_session_token(junk), None, "{junk}");
         }
     }
 

@@ -10,6 +10,7 @@ use crate::headers::{self, RoutedPath};
 use crate::host::Host;
 use crate::outcome::{Outcome, Reply};
 use crate::vm::Vm;
+use kvgate_core::WorkerKey;
 use kvgate_prompt::error::openai_error_body;
 
 /// Headers of every local reply.
@@ -65,6 +66,10 @@ pub struct Stream {
     routed: bool,
     response_started: bool,
     explain: Option<String>,
+    /// The worker the request's session-affinity token names.
+    session_in: Option<WorkerKey>,
+    /// The session-affinity token to return (the chosen worker's).
+    session_out: Option<String>,
     /// Request body bytes buffered so far.
     body_size: usize,
 }
@@ -118,6 +123,14 @@ impl Stream {
             Next::Continue
         } else {
             self.tenant = get(headers::TENANT_ID).map(str::to_string);
+            self.session_in = vm
+                .engine
+                .cfg
+                .gateway
+                .session_affinity_header
+                .as_deref()
+                .and_then(get)
+                .and_then(headers::parse_session_token);
             let declared = get("content-length").and_then(|v| v.trim().parse::<usize>().ok());
             match declared.filter(|n| *n > vm.engine.cfg.gateway.max_body_bytes) {
                 Some(n) => Self::too_large(vm, host, n),
@@ -178,9 +191,13 @@ impl Stream {
                 clear_route_cache: false,
             };
         };
-        match vm.decide(host, self.id, path, body, self.tenant.as_deref()) {
+        let tenant = self.tenant.as_deref();
+        match vm.decide_in_session(host, self.id, path, body, tenant, self.session_in) {
             Outcome::Route(route) => {
                 self.routed = true;
+                if vm.engine.cfg.gateway.session_affinity_header.is_some() {
+                    self.session_out = Some(headers::session_token(route.worker));
+                }
                 if vm.engine.cfg.gateway.decision_header {
                     self.explain = Some(route.explain);
                 }
@@ -200,9 +217,20 @@ impl Stream {
         }
     }
 
-    /// A response header to add (the decision explanation, when enabled).
-    pub fn response_header(&self) -> Option<(&'static str, &str)> {
-        self.explain.as_deref().map(|e| (headers::DECISION, e))
+    /// Response headers to add: the decision explanation and the session-affinity token,
+    /// each when enabled.
+    pub fn response_headers<'a>(&'a self, vm: &'a Vm) -> Vec<(&'a str, &'a str)> {
+        let mut v = Vec::new();
+        if let Some(e) = &self.explain {
+            v.push((headers::DECISION, e.as_str()));
+        }
+        if let (Some(name), Some(token)) = (
+            vm.engine.cfg.gateway.session_affinity_header.as_deref(),
+            &self.session_out,
+        ) {
+            v.push((name, token.as_str()));
+        }
+        v
     }
 
     /// Whether [`Stream::response_body`] needs the chunk's bytes (streamed-output counting).

@@ -103,6 +103,7 @@ fn decide(e: &mut Engine, ctx: u32, body: &[u8]) -> Outcome {
             path: RoutedPath::Chat,
             body,
             tenant: None,
+            session: None,
             now_ms: 1_000,
         },
         &Others::default(),
@@ -126,6 +127,7 @@ fn routes_and_injects_exact_token_ids() {
             .map(|(_, v)| v.clone())
     };
     let dest = get("x-gateway-destination-endpoint").unwrap();
+    let dest = dest.split(',').next().unwrap().to_string();
     let id = get("x-worker-instance-id").unwrap();
     assert_eq!(
         dest,
@@ -263,6 +265,7 @@ fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
                 path: RoutedPath::Chat,
                 body: &body,
                 tenant: None,
+                session: None,
                 now_ms: 2_000,
             },
             &Others::default(),
@@ -284,6 +287,7 @@ fn sidecar_index_routes_to_the_holder_and_stale_index_degrades() {
             path: RoutedPath::Chat,
             body: &body,
             tenant: None,
+            session: None,
             now_ms: 12_000,
         },
         &Others::default(),

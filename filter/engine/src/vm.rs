@@ -16,6 +16,7 @@ use crate::sidecar::{Pending, Sidecar, MODEL_TIMEOUT_MS};
 use crate::DecideInput;
 use kvgate_core::config::{Config, ConfigError};
 use kvgate_core::sync::query_escape;
+use kvgate_core::WorkerKey;
 use serde::Deserialize;
 use std::time::Instant;
 
@@ -400,6 +401,19 @@ impl Vm {
         body: &[u8],
         tenant: Option<&str>,
     ) -> Outcome {
+        self.decide_in_session(host, ctx, path, body, tenant, None)
+    }
+
+    /// [`Vm::decide`] for a request whose session-affinity token names `session`.
+    pub fn decide_in_session(
+        &mut self,
+        host: &dyn Host,
+        ctx: u32,
+        path: RoutedPath,
+        body: &[u8],
+        tenant: Option<&str>,
+        session: Option<WorkerKey>,
+    ) -> Outcome {
         let now = host.now_ms();
         if self.sidecar.is_some() {
             self.follow_ring(host);
@@ -410,6 +424,7 @@ impl Vm {
             path,
             body,
             tenant,
+            session,
             now_ms: now,
         };
         let outcome = match self.engine.prepare(&input) {

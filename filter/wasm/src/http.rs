@@ -98,7 +98,8 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        if let Some((name, value)) = self.stream.response_header() {
+        let vm = self.vm.borrow();
+        for (name, value) in self.stream.response_headers(&vm) {
             self.set_http_response_header(name, Some(value));
         }
         Action::Continue

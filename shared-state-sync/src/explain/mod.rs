@@ -135,6 +135,7 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
         path,
         body: &body,
         tenant: args.tenant.as_deref(),
+        session: None,
         now_ms: now,
     };
     let mut prepared = match engine.prepare(&input) {

@@ -90,6 +90,11 @@ pub struct RouterConfig {
     pub enforce_disagg: bool,
     /// Status when every worker is busy.
     pub overload_status: u16,
+    /// Next-best workers listed after the chosen one in the destination header.
+    pub max_fallbacks: usize,
+    /// Extra cost, as a fraction of the request's blocks, a session's worker may have
+    /// over the best and still be kept.
+    pub session_affinity_slack: f64,
 }
 
 /// Settings of the gateway filter around the core.
@@ -115,6 +120,8 @@ pub struct GatewayConfig {
     pub decision_header: bool,
     /// Emit `x-data-parallel-rank` (plain vLLM's dp rank header).
     pub vllm_dp_rank_header: bool,
+    /// Session-affinity header name, lower-case (None = off).
+    pub session_affinity_header: Option<String>,
     /// Unknown-model policy.
     pub unknown_model: UnknownModel,
     /// Sidecar cluster (None = static mode).
@@ -198,6 +205,27 @@ fn ranged(key: &str, v: Option<u64>, default: u64, min: u64, max: u64) -> Result
         ));
     }
     Ok(v)
+}
+
+/// The session-affinity header name: lower-cased, a valid header token, and not a name the
+/// filter strips from clients (`x-dynamo-*`, `x-kvgate-*`); empty = off.
+fn session_header(v: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(name) = v.map(|n| n.trim().to_ascii_lowercase()) else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let token = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token || name.starts_with("x-dynamo-") || name.starts_with("x-kvgate-") {
+        return Err(ConfigError::invalid(
+            "session_affinity_header",
+            format!("`{name}` must be a header name outside x-dynamo-* and x-kvgate-*"),
+        ));
+    }
+    Ok(Some(name))
 }
 
 /// Validates raw values and applies defaults.
@@ -303,6 +331,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             400,
             599,
         )? as u16,
+        max_fallbacks: ranged("max_fallbacks", raw.max_fallbacks, 2, 0, 8)? as usize,
+        session_affinity_slack: non_negative(
+            "session_affinity_slack",
+            raw.session_affinity_slack,
+            0.5,
+        )?,
     };
     let fail_policy = match raw.fail_policy.as_deref().unwrap_or("fail_open") {
         "fail_open" => FailPolicy::FailOpen,
@@ -397,6 +431,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         inject_token_data: raw.inject_token_data.unwrap_or(true),
         decision_header: raw.decision_header.unwrap_or(false),
         vllm_dp_rank_header: raw.vllm_dp_rank_header.unwrap_or(true),
+        session_affinity_header: session_header(raw.session_affinity_header)?,
         unknown_model,
         sidecar_cluster: if sidecar.is_empty() {
             None

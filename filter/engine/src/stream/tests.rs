@@ -123,7 +123,8 @@ fn a_decision_sets_headers_body_and_clears_the_route_cache() {
         Some("0"),
         "plain vLLM's dp rank header"
     );
-    let (name, explain) = s.response_header().unwrap();
+    let hs = s.response_headers(&vm);
+    let (name, explain) = hs[0];
     assert_eq!(name, "x-kvgate-decision");
     assert!(explain.starts_with("mode=aggregated"), "{explain}");
     assert_eq!(h.metric_value("kvgate.decisions.routed"), 1);
@@ -158,7 +159,7 @@ fn errors_are_replied_and_forwards_leave_the_request_alone() {
         }
     );
     assert_eq!(h.metric_value("kvgate.forwarded.unknown_model"), 1);
-    assert_eq!(s.response_header(), None);
+    assert!(s.response_headers(&vm).is_empty());
 }
 
 #[test]
@@ -306,4 +307,72 @@ fn the_vllm_dp_rank_header_can_be_turned_off() {
     };
     assert!(headers.iter().all(|(n, _)| *n != "x-data-parallel-rank"));
     assert!(headers.iter().any(|(n, _)| *n == "x-dp-rank"));
+}
+
+fn destination(headers: &[(&'static str, String)]) -> String {
+    headers
+        .iter()
+        .find(|(n, _)| *n == "x-gateway-destination-endpoint")
+        .map(|(_, v)| v.clone())
+        .unwrap()
+}
+
+#[test]
+fn the_destination_lists_a_fallback_and_a_session_token_brings_a_request_back() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(
+        &h,
+        r#", "session_affinity_header": "X-Session-Token", "session_affinity_slack": 100"#,
+    );
+    let mut first = Stream::new(1);
+    first.request_headers(&mut vm, &h, &post(&[]), false);
+    let Verdict::Continue { headers, .. } = first.decide(&mut vm, &h, &long_chat("a")) else {
+        panic!()
+    };
+    let dest = destination(&headers);
+    let (chosen, fallback) = dest.split_once(',').expect("a fallback is listed");
+    assert_ne!(chosen, fallback);
+    assert!(!fallback.contains(','), "two workers: one fallback");
+    let hs = first.response_headers(&vm);
+    let [(name, token)] = hs.as_slice() else {
+        panic!("{hs:?}")
+    };
+    assert_eq!(*name, "x-session-token");
+    let worker = headers::parse_session_token(token).unwrap();
+    assert_eq!(chosen, format!("127.0.0.1:{}", 18000 + worker.worker_id));
+    first.done(&mut vm, &h);
+
+    // With a wide slack (the slack itself is tested in kvgate-core's route), the session's
+    // worker wins every time, for either worker.
+    for id in [1u64, 2, 1, 2] {
+        let token = headers::session_token(WorkerKey::new(id, 0));
+        let mut s = Stream::new(10 + id as u32);
+        s.request_headers(&mut vm, &h, &post(&[("x-session-token", &token)]), false);
+        let Verdict::Continue { headers, .. } = s.decide(&mut vm, &h, &long_chat("b")) else {
+            panic!()
+        };
+        let out = s.response_headers(&vm);
+        assert_eq!(out, vec![("x-session-token", token.as_str())]);
+        assert!(headers
+            .iter()
+            .any(|(n, v)| *n == "x-worker-instance-id" && *v == id.to_string()));
+        s.done(&mut vm, &h);
+    }
+}
+
+#[test]
+fn without_affinity_configured_no_token_is_read_or_written() {
+    let h = FakeHost::at(1_000);
+    let mut vm = static_vm(&h, r#", "max_fallbacks": 0"#);
+    for id in [1u64, 2] {
+        let token = headers::session_token(WorkerKey::new(id, 0));
+        let mut s = Stream::new(id as u32);
+        s.request_headers(&mut vm, &h, &post(&[("x-session-token", &token)]), false);
+        let Verdict::Continue { headers, .. } = s.decide(&mut vm, &h, &long_chat("c")) else {
+            panic!()
+        };
+        assert!(!destination(&headers).contains(','), "max_fallbacks 0");
+        assert!(s.response_headers(&vm).is_empty());
+        s.done(&mut vm, &h);
+    }
 }
