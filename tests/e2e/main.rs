@@ -18,5 +18,6 @@ mod envoy_static;
 mod faults;
 mod host_filter;
 mod hostile;
+mod lora;
 mod security;
 mod soak;

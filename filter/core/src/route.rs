@@ -499,6 +499,7 @@ mod tests {
             max_num_batched_tokens: None,
             zmq_events: None,
             zmq_replay: None,
+            lora_adapters: Vec::new(),
         }
     }
 

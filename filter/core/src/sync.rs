@@ -15,8 +15,9 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-/// Wire version of the frame; bumped on incompatible change.
-pub const CODEC_VERSION: u8 = 1;
+/// Wire version of the frame; bumped on incompatible change (2: workers carry their LoRA
+/// adapters).
+pub const CODEC_VERSION: u8 = 2;
 
 /// A sequence hash on the wire: fixed 8 bytes, little-endian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -482,6 +483,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(frame_deltas(&f), Err(SyncError::BadWorkerRef(3)));
+    }
+
+    /// Postcard has no optional fields: every worker field must round-trip, with and
+    /// without adapters (a skipped empty list once made every frame "trailing bytes").
+    #[test]
+    fn workers_round_trip_with_and_without_adapters() {
+        let json = r#"[{"instance_id": 1, "endpoint": "10.0.0.1:8000", "model": "m"},
+            {"instance_id": 2, "endpoint": "10.0.0.2:8000", "model": "m", "lora_adapters": ["a", "b"]}]"#;
+        let workers: Vec<WorkerInfo> = serde_json::from_str(json).unwrap();
+        let f = SyncFrame {
+            workers: Some(workers.clone()),
+            ..Default::default()
+        };
+        let back = decode(&encode(&f), 1 << 20).unwrap();
+        assert_eq!(back.workers, Some(workers));
     }
 
     #[test]

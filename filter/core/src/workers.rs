@@ -55,6 +55,11 @@ pub struct WorkerInfo {
     /// vLLM replay endpoint of that publisher.
     #[serde(default)]
     pub zmq_replay: Option<String>,
+    /// LoRA adapters it serves on top of `model`: the OpenAI `model` names a request uses
+    /// for them (vLLM `--lora-modules NAME=PATH`), also the names its KV events hash with.
+    /// (Always serialised: sync frames are postcard, which has no optional fields.)
+    #[serde(default)]
+    pub lora_adapters: Vec<String>,
 }
 
 fn one() -> u32 {

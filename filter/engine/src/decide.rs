@@ -190,13 +190,19 @@ impl Engine {
                 "no inference worker is known to the gateway",
             ));
         }
-        let workers = self.fleet.for_model(&req.model).to_vec();
+        // A base model, or a LoRA adapter: its base model's prompt pipeline, its workers
+        // only, and block hashes seeded with the adapter's name.
+        let Some(served) = self.fleet.resolve(&req.model) else {
+            return Err(self.unknown_model(&req.model));
+        };
+        let (base, lora) = (served.base.to_string(), served.lora.map(str::to_string));
+        let workers = served.workers.to_vec();
         if workers.is_empty() {
             return Err(self.unknown_model(&req.model));
         }
         let block_size = self
             .models
-            .get(&req.model)
+            .get(&base)
             .map(|m| m.block_size)
             .or_else(|| workers.iter().find_map(|w| w.block_size))
             .unwrap_or(self.cfg.router.block_size);
@@ -222,11 +228,7 @@ impl Engine {
             .gateway
             .max_match_blocks
             .saturating_mul(block_size as usize);
-        match self
-            .models
-            .get_mut(&req.model)
-            .and_then(|m| m.prompt.as_mut())
-        {
+        match self.models.get_mut(&base).and_then(|m| m.prompt.as_mut()) {
             None => p.degraded = Some(Degraded::NoTokenizer),
             Some(model) => {
                 let s = Instant::now();
@@ -258,7 +260,7 @@ impl Engine {
             });
         p.hashes = BlockHasher::new(block_size).hash(
             &p.tokens,
-            None,
+            lora.as_deref(),
             salt.as_deref(),
             self.cfg.gateway.max_match_blocks,
         );

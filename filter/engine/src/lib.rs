@@ -37,7 +37,7 @@ pub mod vm;
 
 pub use decide::{routing_headers, DecideInput, Prepared, Timings};
 pub use engine::Engine;
-pub use fleet::Fleet;
+pub use fleet::{Fleet, Served};
 pub use held::StreamAction;
 pub use host::Host;
 pub use lifecycle::sse_events;

@@ -56,6 +56,7 @@ pub(crate) fn worker(id: u64, role: WorkerRole) -> WorkerInfo {
         max_num_batched_tokens: None,
         zmq_events: None,
         zmq_replay: None,
+        lora_adapters: Vec::new(),
     }
 }
 
@@ -321,4 +322,75 @@ fn lifecycle_frees_on_every_path() {
     assert!(e.request_done(1));
     assert!(!e.request_done(1), "second free is a no-op");
     assert!(e.own_loads().is_empty());
+}
+
+/// Issue 17 item 3: a request naming a LoRA adapter uses its base model's pipeline, goes
+/// only to workers serving the adapter, and is hashed with the adapter's seed (Dynamo's
+/// LoRA-aware block hash); an adapter nobody serves is a clear 404.
+#[test]
+fn lora_adapters_route_to_their_workers_with_the_adapter_hash() {
+    let workers: Vec<WorkerInfo> = (1..=4)
+        .map(|i| {
+            let mut w = worker(i, WorkerRole::Aggregated);
+            if i <= 2 {
+                w.lora_adapters = vec!["sql-lora".into()];
+            }
+            w
+        })
+        .collect();
+    let json = format!(
+        r#"{{"sidecar_cluster": "", "workers": {}}}"#,
+        serde_json::to_string(&workers).unwrap()
+    );
+    let cfg = kvgate_core::config::Config::from_json(json.as_bytes()).unwrap();
+    let mut e = Engine::new(cfg, 7, 42);
+    e.load_model("d1", &files()).unwrap();
+    let with_model = |model: &str, user: &str| {
+        let mut v: serde_json::Value = serde_json::from_slice(&long_chat(user)).unwrap();
+        v["model"] = model.into();
+        serde_json::to_vec(&v).unwrap()
+    };
+    fn e_prepare(e: &mut Engine, body: &[u8]) -> Vec<u64> {
+        let input = DecideInput {
+            ctx: 1,
+            path: RoutedPath::Chat,
+            body,
+            tenant: None,
+            session: None,
+            now_ms: 1_000,
+        };
+        let p = e.prepare(&input).unwrap();
+        assert!(
+            p.tokens.len() > 32,
+            "tokenized with the base model's tokenizer"
+        );
+        let expect = kvgate_core::hash::BlockHasher::new(p.block_size).hash(
+            &p.tokens,
+            serde_json::from_slice::<serde_json::Value>(body).unwrap()["model"]
+                .as_str()
+                .filter(|m| *m == "sql-lora"),
+            None,
+            usize::MAX,
+        );
+        assert_eq!(p.hashes.sequence, expect.sequence);
+        p.hashes.sequence
+    }
+    let base = e_prepare(&mut e, &with_model("Qwen/Qwen3-0.6B", "q"));
+    let lora = e_prepare(&mut e, &with_model("sql-lora", "q"));
+    assert_eq!(base.len(), lora.len());
+    assert!(
+        base.iter().zip(&lora).all(|(a, b)| a != b),
+        "the adapter seeds every block"
+    );
+
+    for ctx in 0..8 {
+        let r = routed(decide(
+            &mut e,
+            ctx,
+            &with_model("sql-lora", &format!("q{ctx}")),
+        ));
+        assert!(r.worker.worker_id <= 2, "{:?}", r.worker);
+    }
+    let r = replied(decide(&mut e, 99, &with_model("no-such-lora", "q")));
+    assert_eq!((r.status, r.code), (404, "model_not_found"));
 }

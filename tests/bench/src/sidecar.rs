@@ -202,6 +202,7 @@ pub fn run(
         max_num_batched_tokens: Some(8192),
         zmq_events: None,
         zmq_replay: None,
+        lora_adapters: Vec::new(),
     };
     let announce = |leaving: bool| -> Result<Bytes> {
         Ok(Bytes::from(serde_json::to_vec(&WorkerAnnouncement {

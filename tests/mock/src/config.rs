@@ -29,6 +29,11 @@ pub struct MockArgs {
     /// Served model name (the OpenAI `model` field).
     #[arg(long, default_value = "Qwen/Qwen3-0.6B")]
     pub model: String,
+    /// LoRA adapters served on top of the model, comma-separated (vLLM `--lora-modules`
+    /// names): a request whose `model` is one is served, and its KV blocks hashed, with
+    /// the adapter's seed (Dynamo's LoRA-aware block hash); announced to the gateway.
+    #[arg(long, value_delimiter = ',')]
+    pub lora_adapters: Vec<String>,
     /// Directory with tokenizer.json and tokenizer_config.json; without a usable
     /// tokenizer a deterministic word-level stand-in is used.
     #[arg(long, default_value = "target/models/Qwen3-0.6B")]

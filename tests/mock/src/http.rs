@@ -37,6 +37,8 @@ pub struct AppState {
     pub filler: Arc<Filler>,
     /// Served model name.
     pub model: String,
+    /// LoRA adapters served on top of it.
+    pub lora_adapters: Vec<String>,
     /// Disaggregation role.
     pub role: Role,
     /// Output length when a request sets none.
@@ -98,8 +100,12 @@ async fn prefill_handler(
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Response {
-    Json(json!({"object": "list", "data": [{"id": st.model, "object": "model", "created": 0, "owned_by": "kvgate-mock"}]}))
-        .into_response()
+    let mut data =
+        vec![json!({"id": st.model, "object": "model", "created": 0, "owned_by": "kvgate-mock"})];
+    for a in &st.lora_adapters {
+        data.push(json!({"id": a, "object": "model", "created": 0, "owned_by": "kvgate-mock", "parent": st.model}));
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {

@@ -134,7 +134,12 @@ pub async fn completions(
         Err(e) => return fail(&mut line, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     line.update(|l| l.token_ids = tokens.clone());
-    let hash_seed = block_seed(None, routing.cache_salt.as_deref());
+    // A request for one of the worker's LoRA adapters caches under the adapter's seed.
+    let lora = parsed
+        .model
+        .as_deref()
+        .filter(|m| st.lora_adapters.iter().any(|a| a == m));
+    let hash_seed = block_seed(lora, routing.cache_salt.as_deref());
     let mut prefilled = false;
     let remote = routing
         .prefill_instance

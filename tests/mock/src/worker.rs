@@ -165,6 +165,7 @@ impl MockWorker {
             max_num_batched_tokens: Some(args.max_num_batched_tokens as u64),
             zmq_events,
             zmq_replay: None,
+            lora_adapters: args.lora_adapters.clone(),
         };
         if let Some(client) = &nats {
             tasks.push(
@@ -183,6 +184,7 @@ impl MockWorker {
             tokenizer,
             filler,
             model: args.model.clone(),
+            lora_adapters: args.lora_adapters.clone(),
             role: args.role,
             default_max_tokens: args.default_max_tokens.max(1),
             log,

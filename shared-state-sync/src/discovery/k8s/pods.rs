@@ -15,6 +15,7 @@
 //! | `kvgate.io/role` | `role`: `aggregated`, `prefill` or `decode` |
 //! | `kvgate.io/block-size` | `block_size` |
 //! | `kvgate.io/dp-size` | `dp_size` |
+//! | `kvgate.io/lora-adapters` | `lora_adapters` (comma-separated adapter names) |
 //! | `kvgate.io/instance-id` | `instance_id` (pod annotation only) |
 //!
 //! The instance id is otherwise Dynamo's for the pod name
@@ -35,6 +36,8 @@ pub const ROLE: &str = "kvgate.io/role";
 pub const BLOCK_SIZE: &str = "kvgate.io/block-size";
 /// Data-parallel size annotation.
 pub const DP_SIZE: &str = "kvgate.io/dp-size";
+/// LoRA adapters annotation (comma-separated names).
+pub const LORA_ADAPTERS: &str = "kvgate.io/lora-adapters";
 /// Instance id annotation.
 pub const INSTANCE_ID: &str = "kvgate.io/instance-id";
 
@@ -194,6 +197,15 @@ pub fn workers_of_pod(
     let dp_size = parse::<u32>(DP_SIZE, annotation(pod, pool, DP_SIZE))?
         .unwrap_or(1)
         .max(1);
+    let lora_adapters: Vec<String> = annotation(pod, pool, LORA_ADAPTERS)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     let own_id = pod
         .metadata
         .annotations
@@ -230,6 +242,7 @@ pub fn workers_of_pod(
             max_num_batched_tokens: None,
             zmq_events: None,
             zmq_replay: None,
+            lora_adapters: lora_adapters.clone(),
         })
         .collect())
 }
@@ -315,7 +328,7 @@ mod tests {
                 "qwen-decode-abc12",
                 "fd00::7",
                 "True",
-                json!({MODEL: "other", ROLE: "prefill"}),
+                json!({MODEL: "other", ROLE: "prefill", LORA_ADAPTERS: "sql, chat,"}),
             ),
         ];
         let (w, skipped) = workers(&pods, &pool(), &defaults);
@@ -326,6 +339,8 @@ mod tests {
         assert_eq!(w[0].model, "Qwen/Qwen3-0.6B");
         assert_eq!(w[0].role, WorkerRole::Decode, "the pool's annotation");
         assert_eq!(w[0].block_size, Some(32));
+        assert!(w[0].lora_adapters.is_empty());
+        assert_eq!(w[1].lora_adapters, vec!["sql", "chat"]);
         assert_eq!(w[1].endpoint, "[fd00::7]:8000");
         assert_eq!(w[1].instance_id, 96838965035402);
         assert_eq!(
