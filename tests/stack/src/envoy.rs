@@ -40,6 +40,9 @@ pub struct EnvoyOptions {
     pub port: Option<u16>,
     /// Admin port (None = a free one).
     pub admin_port: Option<u16>,
+    /// The Wasm filter's `allow_on_headers_stop_iteration` (off: what Istio's WasmPlugin
+    /// and Envoy Gateway give, tested to show the watchdog).
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -55,6 +58,7 @@ impl Default for EnvoyOptions {
             log_level: "warn".into(),
             port: None,
             admin_port: None,
+            allow_on_headers_stop_iteration: true,
         }
     }
 }
@@ -104,6 +108,12 @@ pub fn render(
     ];
     for (k, v) in subs {
         t = t.replace(&format!("{{{{{k}}}}}"), &v);
+    }
+    if !opts.allow_on_headers_stop_iteration {
+        t = t.replace(
+            "allow_on_headers_stop_iteration: true",
+            "allow_on_headers_stop_iteration: false",
+        );
     }
     Ok(t)
 }

@@ -52,6 +52,8 @@ pub struct StackOptions {
     pub spare_endpoints: usize,
     /// VM configuration to use instead of the stack's own (static mode: the model files).
     pub vm_config: Option<String>,
+    /// Envoy's `allow_on_headers_stop_iteration` on the filter (default on).
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 impl StackOptions {
@@ -70,6 +72,7 @@ impl StackOptions {
             ports: None,
             spare_endpoints: 0,
             vm_config: None,
+            allow_on_headers_stop_iteration: true,
         }
     }
 }
@@ -171,6 +174,7 @@ impl Stack {
             concurrency: opts.concurrency,
             port: opts.ports.map(|p| p.0),
             admin_port: opts.ports.map(|p| p.1),
+            allow_on_headers_stop_iteration: opts.allow_on_headers_stop_iteration,
             ..EnvoyOptions::default()
         };
         let envoy = Envoy::start(&tools, &envoy_opts, &opts.dir)?;
