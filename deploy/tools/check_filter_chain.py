@@ -115,13 +115,19 @@ def check(name, docs, ref, keys, out, problems):
         for field in ("root_id", "allow_on_headers_stop_iteration", "failure_policy"):
             if wasm.get(field) != ref["wasm"].get(field):
                 bad(f"wasm {field}: {wasm.get(field)!r}, envoy.yaml has {ref['wasm'].get(field)!r}")
-        for field in ("vm_id", "runtime"):
+        for field in ("vm_id", "runtime", "environment_variables"):
             if wasm["vm_config"].get(field) != ref["wasm"]["vm_config"].get(field):
                 bad(f"wasm vm_config.{field} differs from envoy.yaml")
         inserted = [p for p in by("HTTP_FILTER", "INSERT_BEFORE")
                     if p["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == ROUTER]
         if not inserted or inserted[0]["patch"]["value"].get("name") != ext[0]["patch"]["value"]["name"]:
             bad("the wasm filter is not the first filter inserted before the router")
+    # The sidecar API token reaches the VM from the gateway's environment.
+    for d in docs:
+        if d.get("kind") == "WasmPlugin":
+            env = (d["spec"].get("vmConfig") or {}).get("env") or []
+            if {"name": "KVGATE_SIDECAR_TOKEN", "valueFrom": "HOST"} not in env:
+                bad("WasmPlugin vmConfig.env does not pass KVGATE_SIDECAR_TOKEN from the host")
     # The sidecar cluster.
     cluster_name = cfg.get("sidecar_cluster", keys["sidecar_cluster"])
     added = {p["patch"]["value"]["name"]: p["patch"]["value"] for p in by("CLUSTER", "ADD")}

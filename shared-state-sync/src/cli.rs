@@ -142,6 +142,22 @@ pub struct ServeArgs {
     /// Answer a long poll for load changes alone at most this often (ms).
     #[arg(long, default_value_t = 100)]
     pub loads_interval_ms: u64,
+    /// File holding the bearer token the filter must send on `/v1/sync`,
+    /// `/v1/models/files` and `/v1/bookkeeping` [default: the configuration's
+    /// `sidecar_token`, e.g. from `KVGATE_SIDECAR_TOKEN`]. One of a token or
+    /// `--allow-unauthenticated` is required.
+    #[arg(long, value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
+    /// Serve the filter API without a token (only where nothing but the gateway can reach
+    /// `--listen`).
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+    /// Largest `/v1/bookkeeping` body accepted, in bytes (larger: 413).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_bookkeeping_bytes: usize,
+    /// Most steps in one `/v1/bookkeeping` batch (more: 413).
+    #[arg(long, default_value_t = 4096)]
+    pub max_bookkeeping_events: usize,
     /// Largest event payload accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_payload_bytes: usize,
@@ -179,6 +195,10 @@ pub struct ExplainArgs {
     /// The sidecar: `http://IP:PORT` or `unix:/path`.
     #[arg(long, default_value = "http://127.0.0.1:9100")]
     pub sidecar: String,
+    /// File with the sidecar's API token [default: `KVGATE_SIDECAR_TOKEN` of the
+    /// environment].
+    #[arg(long, value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
     /// Directory with tokenizer.json and tokenizer_config.json (else fetched from the
     /// sidecar).
     #[arg(long)]
@@ -199,4 +219,30 @@ pub struct ExplainArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag of every subcommand is documented in the sidecar's README.
+    #[test]
+    fn every_flag_is_in_the_readme() {
+        let readme = include_str!("../README.md");
+        let mut missing = Vec::new();
+        for sub in Cli::command().get_subcommands() {
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    if long != "help" && !readme.contains(&format!("`--{long}")) {
+                        missing.push(format!("{} --{long}", sub.get_name()));
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "not in shared-state-sync/README.md: {missing:?}"
+        );
+    }
 }

@@ -83,10 +83,25 @@ pub async fn request(
     path: &str,
     body: Vec<u8>,
 ) -> Result<(u16, Bytes), ClientError> {
-    let req = Request::builder()
+    request_with_token(target, method, path, body, None).await
+}
+
+/// Sends one request with `authorization: Bearer <token>` when `token` is given.
+pub async fn request_with_token(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> Result<(u16, Bytes), ClientError> {
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, target.authority())
+        .header(hyper::header::HOST, target.authority());
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| ClientError::Http(e.to_string()))?;
     match target {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub resyncs: Counter,
     /// Replay requests sent to vLLM replay sockets.
     pub zmq_replays: Counter,
+    /// Recovery queries to cold workers, by result (dump, stale, no_answer, error).
+    pub recoveries: Family<Label, Counter>,
     /// Events ignored as already applied.
     pub duplicates: Counter,
     /// Stored blocks dropped because their parent block was unknown.
@@ -77,6 +79,7 @@ impl Metrics {
             gaps: Family::default(),
             resyncs: Counter::default(),
             zmq_replays: Counter::default(),
+            recoveries: Family::default(),
             duplicates: Counter::default(),
             dropped_blocks: Counter::default(),
             workers: Gauge::default(),
@@ -115,6 +118,11 @@ impl Metrics {
             "resyncs",
             "Worker index resets after a gap",
             m.resyncs.clone(),
+        );
+        r.register(
+            "recoveries",
+            "Recovery queries to cold workers (worker KV query), by result",
+            m.recoveries.clone(),
         );
         r.register(
             "zmq_replays",

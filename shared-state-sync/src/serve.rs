@@ -176,6 +176,13 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
             s.namespace.clone(),
             s.max_payload,
         ));
+        tokio::spawn(nats::recovery::run(
+            client.clone(),
+            hub.clone(),
+            s.namespace.clone(),
+            s.component.clone(),
+            s.max_payload,
+        ));
         if s.announce {
             let (h, h2) = (hub.clone(), hub.clone());
             let d: Box<dyn Discovery> = Box::new(AnnounceDiscovery::new(
@@ -225,6 +232,7 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         hub,
         models: Arc::new(p.models),
         replica,
+        access: Arc::new(s.api.clone()),
     };
     if let Some(admin) = &s.admin_listen {
         let admin = http::bind(admin).await?;

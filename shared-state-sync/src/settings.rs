@@ -2,7 +2,7 @@
 //! one sidecar. Every rejection names the flag or key at fault (exit code 2).
 
 use crate::cli::ServeArgs;
-use kvgate_core::config::{Config, ConfigError, ConfigSources};
+use kvgate_core::config::{Config, ConfigError, ConfigSources, Secret};
 use kvgate_core::workers::WorkerRole;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -281,6 +281,19 @@ pub struct Settings {
     pub loads_interval_ms: u64,
     /// Largest event payload.
     pub max_payload: usize,
+    /// Who may call the filter API, and how much one bookkeeping call may carry.
+    pub api: ApiSettings,
+}
+
+/// Access to the filter API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSettings {
+    /// The bearer token (None: `--allow-unauthenticated`).
+    pub token: Option<Secret>,
+    /// Largest bookkeeping body in bytes.
+    pub max_bookkeeping_bytes: usize,
+    /// Most steps per bookkeeping batch.
+    pub max_bookkeeping_events: usize,
 }
 
 /// Makes a name safe for a JetStream stream or consumer (`[A-Za-z0-9_-]`, others `_`).
@@ -307,6 +320,34 @@ fn hostname() -> String {
         })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "local".into())
+}
+
+/// The API token: `--api-token-file`, else the configuration's `sidecar_token`; none
+/// only with `--allow-unauthenticated`.
+fn api_token(args: &ServeArgs, config: &Config) -> Result<Option<Secret>, SettingsError> {
+    let token = match &args.api_token_file {
+        Some(path) => {
+            let raw = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                key: "--api-token-file",
+                path: path.clone(),
+                source,
+            })?;
+            Some(Secret::new("--api-token-file", &raw)?)
+        }
+        None => config.gateway.sidecar_token.clone(),
+    };
+    match (token, args.allow_unauthenticated) {
+        (Some(_), true) => Err(invalid(
+            "--allow-unauthenticated",
+            "given together with a token: choose one",
+        )),
+        (None, false) => Err(invalid(
+            "--api-token-file",
+            "the filter API needs a token (--api-token-file, or sidecar_token / \
+             KVGATE_SIDECAR_TOKEN), or --allow-unauthenticated",
+        )),
+        (token, _) => Ok(token),
+    }
 }
 
 /// Reads the kvgate configuration: `DYN_*`/`KVGATE_*` variables of `env`, then the JSON
@@ -417,6 +458,12 @@ impl Settings {
         if args.max_payload_bytes < 1024 {
             return Err(invalid("--max-payload-bytes", "must be at least 1024"));
         }
+        if args.max_bookkeeping_bytes < 1024 {
+            return Err(invalid("--max-bookkeeping-bytes", "must be at least 1024"));
+        }
+        if args.max_bookkeeping_events == 0 {
+            return Err(invalid("--max-bookkeeping-events", "must be positive"));
+        }
         let models = args
             .models
             .iter()
@@ -463,6 +510,12 @@ impl Settings {
             k8s: k8s_settings(args, env)?,
             models,
             replica_sync: args.replica_sync || config.router.replica_sync,
+            // Last: a missing token is reported only when everything else is right.
+            api: ApiSettings {
+                token: api_token(args, &config)?,
+                max_bookkeeping_bytes: args.max_bookkeeping_bytes,
+                max_bookkeeping_events: args.max_bookkeeping_events,
+            },
             config,
             sync_log_size: args.sync_log_size,
             meta_refresh_ms: args.meta_refresh_ms.max(100),
@@ -507,6 +560,12 @@ mod tests {
     }
 
     fn serve(args: &[&str]) -> ServeArgs {
+        let mut all = vec!["--allow-unauthenticated"];
+        all.extend_from_slice(args);
+        serve_exactly(&all)
+    }
+
+    fn serve_exactly(args: &[&str]) -> ServeArgs {
         use clap::Parser;
         let cli = crate::cli::Cli::try_parse_from(
             ["kvgate-sync", "serve", "--no-nats"].iter().chain(args),
@@ -546,5 +605,38 @@ mod tests {
             let e = Settings::from_args(&serve(&["--k8s-inference-pool", "p"]), &env).unwrap_err();
             assert!(e.to_string().contains("kubernetes"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_api_needs_a_token_or_an_explicit_opt_out() {
+        let none: Vec<(String, String)> = Vec::new();
+        let e = Settings::from_args(&serve_exactly(&[]), &none).unwrap_err();
+        assert!(e.to_string().contains("--allow-unauthenticated"), "{e}");
+        let s = Settings::from_args(&serve_exactly(&["--allow-unauthenticated"]), &none).unwrap();
+        assert!(s.api.token.is_none());
+        let env = vec![(
+            "KVGATE_SIDECAR_TOKEN".to_string(),
+            "from-env-0123456789".to_string(),
+        )];
+        let s = Settings::from_args(&serve_exactly(&[]), &env).unwrap();
+        assert_eq!(s.api.token.unwrap().expose(), "from-env-0123456789");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file-0123456789\n").unwrap();
+        let f = file.to_str().unwrap();
+        let s = Settings::from_args(&serve_exactly(&["--api-token-file", f]), &env).unwrap();
+        assert_eq!(s.api.token.unwrap().expose(), "from-file-0123456789");
+        let e = Settings::from_args(
+            &serve_exactly(&["--api-token-file", f, "--allow-unauthenticated"]),
+            &none,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("choose one"), "{e}");
+        std::fs::write(&file, "short").unwrap();
+        let e = Settings::from_args(&serve_exactly(&["--api-token-file", f]), &none).unwrap_err();
+        assert!(e.to_string().contains("16 to 512"), "{e}");
+        assert!(!e.to_string().contains("short"), "{e}");
+        let e = Settings::from_args(&serve(&["--max-bookkeeping-events", "0"]), &none).unwrap_err();
+        assert!(e.to_string().contains("--max-bookkeeping-events"), "{e}");
     }
 }

@@ -51,6 +51,7 @@ fn start_replica(stack: &Stack) -> Replica {
         plugin_config: plugin(),
         workers: stack.workers.iter().map(|w| w.endpoint.clone()).collect(),
         sidecar_port: sidecar.port,
+        sidecar_token: sidecar.token.clone(),
         concurrency: 2,
         ..EnvoyOptions::default()
     };

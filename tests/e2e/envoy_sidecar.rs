@@ -156,3 +156,70 @@ fn disaggregated_requests_name_their_prefill_worker() {
         "prefill worker 1 saw nothing: {ids:?}"
     );
 }
+
+fn worker_blocks(w: &kvgate_stack::Worker) -> u64 {
+    let cache: Value =
+        serde_json::from_str(&http_get(&w.url("/kvgate/cache")).unwrap().text()).unwrap();
+    cache["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cached_blocks"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `make run` twice in the same directory (issue: a stale JetStream store brought back the
+/// first run's KV claims, and the second run's worker 1, whose event ids start over, was
+/// dropped as a duplicate). Each stack starts with an empty store: after the restart the
+/// index holds exactly what worker 1 caches now.
+#[test]
+fn a_second_run_in_the_same_directory_starts_from_a_clean_store() {
+    let dir = test_dir("run-twice");
+    let mut opts = StackOptions::new(&dir);
+    opts.workers = 1;
+    opts.plugin = json!({"decision_header": true});
+    {
+        let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+        stack
+            .wait_routable(Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = stack.envoy.url("/v1/chat/completions");
+        let r = http_post(
+            &url,
+            &[],
+            &long_chat("First run: how do I return a parcel?"),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let w = &stack.workers[0];
+        let real = worker_blocks(w);
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                Some(sidecar_blocks(&stack, 1)).filter(|b| *b == real && *b > 0)
+            })
+            .is_some(),
+            "first run never indexed worker 1"
+        );
+    }
+    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+    stack
+        .wait_routable(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = stack.envoy.url("/v1/chat/completions");
+    let other = json!({"model": kvgate_stack::MODEL, "max_tokens": 1, "messages": [
+        {"role": "user", "content": "Second run, a different prompt entirely: list the planets of the solar system with one fact each. ".repeat(8)}
+    ]});
+    let r = http_post(&url, &[], other.to_string().as_bytes()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let w = &stack.workers[0];
+    let got = wait_for(Duration::from_secs(10), || {
+        let real = worker_blocks(w);
+        (real > 0 && sidecar_blocks(&stack, 1) == real).then_some(real)
+    });
+    assert!(
+        got.is_some(),
+        "index {} vs worker cache {}: stale claims or dropped events",
+        sidecar_blocks(&stack, 1),
+        worker_blocks(w)
+    );
+}

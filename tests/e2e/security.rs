@@ -443,7 +443,7 @@ fn sidecar_listens_on_loopback_and_never_logs_nats_credentials() {
         && std::net::TcpListener::bind(("0.0.0.0", default_port)).is_ok()
     {
         let mut cmd = sidecar_cmd(&tools);
-        cmd.args(["serve", "--no-nats"]);
+        cmd.args(["serve", "--no-nats", "--allow-unauthenticated"]);
         let mut p = Proc::spawn("sidecar-default", cmd, &dir.join("default.log")).unwrap();
         let up = wait_for(Duration::from_secs(30), || listen_address(default_port));
         let alive = p.alive();
@@ -484,7 +484,12 @@ fn sidecar_listens_on_loopback_and_never_logs_nats_credentials() {
     let log = dir.join("creds.log");
     let mut cmd = sidecar_cmd(&tools);
     cmd.env("RUST_LOG", "debug")
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--allow-unauthenticated",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .args([
             "--nats-url",
             &format!("nats://user:hunter2@127.0.0.1:{}", nats.port),
@@ -584,4 +589,69 @@ fn limits_are_configurable_and_enforced() {
         index_blocks(&s).values().sum::<u64>() > 0,
         "small events were refused too: {s}"
     );
+}
+
+/// The sidecar's filter API in the real stack: a local client without the token gets 401
+/// (and books nothing), while the filter in Envoy — which gets the token from Envoy's
+/// environment through `vm_config.environment_variables` — syncs and books.
+#[test]
+fn sidecar_api_needs_the_token_the_filter_gets_from_its_environment() {
+    let mut opts = StackOptions::new(&test_dir("sidecar-token"));
+    opts.workers = 2;
+    opts.plugin = json!({"decision_header": true, "router_replica_sync": true});
+    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+    // Routable means the filter's /v1/sync and model download passed the token check.
+    stack
+        .wait_routable(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sidecar = stack.sidecar.as_ref().unwrap();
+    let token = sidecar.token.clone().expect("the stack generates a token");
+    let booked = || {
+        let m = kvgate_http::get(&sidecar.url("/metrics")).ok()?.text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("kvgate_sync_bookkeeping_events_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    // The filter's bookkeeping arrives (replica sync on).
+    let r = kvgate_http::post(
+        &stack.envoy.url("/v1/chat/completions"),
+        &[("content-type", "application/json")],
+        json!({"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hello"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Its add and its free; then nothing moves.
+    wait_for(Duration::from_secs(10), || booked().filter(|n| *n >= 2))
+        .expect("the filter's bookkeeping never reached the sidecar");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = booked().unwrap();
+    // A local process without the token: 401 JSON, nothing booked.
+    let batch = postcard::to_allocvec(&kvgate_core::sync::BookBatch {
+        events: vec![kvgate_core::sync::BookEvent {
+            request_id: 1,
+            kind: kvgate_core::sync::BookKind::Free,
+        }],
+    })
+    .unwrap();
+    let wrong = format!("Bearer {}x", token);
+    for headers in [vec![], vec![("authorization", wrong.as_str())]] {
+        let r = kvgate_http::post(&sidecar.url("/v1/bookkeeping"), &headers, &batch).unwrap();
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "unauthorized");
+        let r = kvgate_http::get(&sidecar.url("/v1/sync?epoch=0&since=0&wait_ms=0")).unwrap();
+        assert_eq!(r.status, 401);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(booked(), Some(before), "a refused batch was booked");
+    let right = format!("Bearer {token}");
+    let r = kvgate_http::post(
+        &sidecar.url("/v1/bookkeeping"),
+        &[("authorization", right.as_str())],
+        &batch,
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(booked(), Some(before + 1));
 }

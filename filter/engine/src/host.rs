@@ -99,4 +99,6 @@ pub trait Host {
     fn metric(&self, metric: Metric, op: MetricOp);
     /// Writes a log line.
     fn log(&self, level: Level, message: &str);
+    /// A variable of the VM's environment (Envoy: `vm_config.environment_variables`).
+    fn env_var(&self, name: &str) -> Option<String>;
 }

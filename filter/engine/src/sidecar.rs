@@ -5,12 +5,23 @@
 
 use crate::host::{CallId, Host, HttpCall, Level};
 use kvgate_core::backoff::Backoff;
-use kvgate_core::sync::{BookBatch, BookEvent};
+use kvgate_core::sync::{BookBatch, BookEvent, BookKind};
 use std::collections::VecDeque;
 
 /// Most bookkeeping steps kept for the sidecar while it does not answer; older ones are
 /// dropped (the sidecar also expires unfreed requests after `active_request_ttl_ms`).
 pub const MAX_BOOK_QUEUE: usize = 65_536;
+
+/// Most steps in one bookkeeping POST (kvgate-sync accepts 4096 by default).
+pub const BOOK_BATCH_EVENTS: usize = 1_024;
+
+/// Largest bookkeeping POST body, estimated before encoding (kvgate-sync accepts 8 MiB by
+/// default); a single step larger than this (a plan of ~200k blocks) is dropped, counted.
+pub const BOOK_BATCH_BYTES: usize = 2 << 20;
+
+/// Environment variable of the VM the sidecar token is read from when the plugin
+/// configuration has no `sidecar_token`.
+pub const SIDECAR_TOKEN_ENV: &str = "KVGATE_SIDECAR_TOKEN";
 
 /// Time limit of a bookkeeping POST.
 pub const BOOK_TIMEOUT_MS: u64 = 5_000;
@@ -39,18 +50,22 @@ pub enum Pending {
 pub struct Sidecar {
     cluster: String,
     authority: String,
+    /// `authorization` header value (`Bearer <token>`), if the deployment has a token.
+    auth: Option<String>,
     calls: Vec<(CallId, Pending)>,
     backoff: Backoff,
     queue: VecDeque<BookEvent>,
 }
 
 impl Sidecar {
-    /// Calls to Envoy cluster `cluster` with `:authority` `authority`; after a failure
-    /// the next poll waits 200 ms doubling to 3.2 s.
-    pub fn new(cluster: String, authority: String) -> Self {
+    /// Calls to Envoy cluster `cluster` with `:authority` `authority` and, with a token,
+    /// `authorization: Bearer <token>`; after a failure the next poll waits 200 ms
+    /// doubling to 3.2 s.
+    pub fn new(cluster: String, authority: String, token: Option<&str>) -> Self {
         Sidecar {
             cluster,
             authority,
+            auth: token.map(|t| format!("Bearer {t}")),
             calls: Vec::new(),
             backoff: Backoff::new(100, 3_200),
             queue: VecDeque::new(),
@@ -96,12 +111,20 @@ impl Sidecar {
         pending: Pending,
         timeout_ms: u64,
     ) -> Result<(), Pending> {
+        let auth;
+        let headers: &[(&str, &str)] = match &self.auth {
+            Some(a) => {
+                auth = [("authorization", a.as_str())];
+                &auth
+            }
+            None => &[],
+        };
         let call = HttpCall {
             cluster: &self.cluster,
             authority: &self.authority,
             method,
             path,
-            headers: &[],
+            headers,
             body,
             timeout_ms,
         };
@@ -139,7 +162,7 @@ impl Sidecar {
     }
 
     /// Queues new bookkeeping steps (dropping the oldest beyond [`MAX_BOOK_QUEUE`]) and,
-    /// unless a POST is in flight, sends the whole queue as one batch.
+    /// unless a POST is in flight, sends the oldest that fit one POST.
     pub fn send_bookkeeping(&mut self, host: &dyn Host, steps: Vec<BookEvent>) {
         self.queue.extend(steps);
         if self.queue.len() > MAX_BOOK_QUEUE {
@@ -158,8 +181,11 @@ impl Sidecar {
             return;
         }
         let batch = BookBatch {
-            events: self.queue.drain(..).collect(),
+            events: self.next_batch(host),
         };
+        if batch.events.is_empty() {
+            return;
+        }
         let Ok(bytes) = postcard::to_allocvec(&batch) else {
             self.requeue(batch.events);
             return;
@@ -176,10 +202,44 @@ impl Sidecar {
         }
     }
 
+    /// Takes the oldest steps that fit one POST ([`BOOK_BATCH_EVENTS`],
+    /// [`BOOK_BATCH_BYTES`]); a step too large for any POST is dropped and counted.
+    fn next_batch(&mut self, host: &dyn Host) -> Vec<BookEvent> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < BOOK_BATCH_EVENTS {
+            let Some(size) = self.queue.front().map(estimated_size) else {
+                break;
+            };
+            if size > BOOK_BATCH_BYTES {
+                self.queue.pop_front();
+                host.metric(
+                    crate::metrics::Metric::BookDropped,
+                    crate::host::MetricOp::Count(1),
+                );
+                continue;
+            }
+            if bytes + size > BOOK_BATCH_BYTES {
+                break;
+            }
+            bytes += size;
+            out.extend(self.queue.pop_front());
+        }
+        out
+    }
+
     /// Puts steps that did not reach the sidecar back in front of the queue.
     pub fn requeue(&mut self, events: Vec<BookEvent>) {
         for ev in events.into_iter().rev() {
             self.queue.push_front(ev);
         }
+    }
+}
+
+/// An upper bound of a step's postcard size: varints of at most 10 bytes per number.
+fn estimated_size(ev: &BookEvent) -> usize {
+    match &ev.kind {
+        BookKind::Add(plan) => 64 + 10 * plan.blocks.len(),
+        _ => 32,
     }
 }

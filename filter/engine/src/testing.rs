@@ -46,6 +46,7 @@ pub struct FakeHost {
     before_set: RefCell<Option<(String, Hook)>>,
     histograms: RefCell<HashMap<String, Vec<u64>>>,
     logs: RefCell<Vec<(Level, String)>>,
+    env: RefCell<HashMap<String, String>>,
 }
 
 impl FakeHost {
@@ -56,10 +57,18 @@ impl FakeHost {
         h
     }
 
+    /// Sets a variable of the VM environment.
+    pub fn set_env(&self, name: &str, value: &str) {
+        self.env
+            .borrow_mut()
+            .insert(name.to_string(), value.to_string());
+    }
+
     /// Another VM of the same process: same shared data, own calls and logs.
     pub fn sibling(&self) -> Self {
         let h = FakeHost {
             store: self.store.clone(),
+            env: RefCell::new(self.env.borrow().clone()),
             ..FakeHost::default()
         };
         h.now.set(self.now.get());
@@ -187,6 +196,10 @@ impl Host for FakeHost {
             timeout_ms: call.timeout_ms,
         });
         Ok(id)
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.env.borrow().get(name).cloned()
     }
 
     fn metric(&self, metric: Metric, op: MetricOp) {

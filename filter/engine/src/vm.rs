@@ -14,7 +14,7 @@ use crate::outcome::Outcome;
 use crate::shared::{self, Ring};
 use crate::sidecar::{Pending, Sidecar, MODEL_TIMEOUT_MS};
 use crate::DecideInput;
-use kvgate_core::config::{Config, ConfigError};
+use kvgate_core::config::{Config, ConfigError, Secret};
 use kvgate_core::sync::query_escape;
 use kvgate_core::WorkerKey;
 use serde::Deserialize;
@@ -104,11 +104,22 @@ impl Vm {
         vm_config: &VmConfig,
     ) -> Result<Vm, StartError> {
         let cfg = Config::from_json(plugin_config)?;
-        let sidecar = cfg
-            .gateway
-            .sidecar_cluster
-            .clone()
-            .map(|cluster| Sidecar::new(cluster, cfg.gateway.sidecar_authority.clone()));
+        let token = match &cfg.gateway.sidecar_token {
+            Some(t) => Some(t.clone()),
+            None => match host.env_var(crate::sidecar::SIDECAR_TOKEN_ENV) {
+                Some(v) if !v.trim().is_empty() => {
+                    Some(Secret::new(crate::sidecar::SIDECAR_TOKEN_ENV, &v)?)
+                }
+                _ => None,
+            },
+        };
+        let sidecar = cfg.gateway.sidecar_cluster.clone().map(|cluster| {
+            Sidecar::new(
+                cluster,
+                cfg.gateway.sidecar_authority.clone(),
+                token.as_ref().map(Secret::expose),
+            )
+        });
         let mut vm = Vm {
             engine: Engine::new(cfg, tag, seed),
             metrics: MetricsState::default(),

@@ -73,6 +73,10 @@ impl Host for ProxyHost {
         })
     }
 
+    fn env_var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
     fn metric(&self, metric: Metric, op: MetricOp) {
         let Some(id) = metric_id(metric) else { return };
         let _ = match op {

@@ -24,9 +24,34 @@ use serde_json::Value;
 /// Largest snapshot accepted.
 const MAX_FRAME: usize = 512 << 20;
 
-async fn snapshot(target: &Target) -> anyhow::Result<SyncFrame> {
+/// The sidecar API token: `--api-token-file`, else `KVGATE_SIDECAR_TOKEN`.
+fn api_token(args: &ExplainArgs) -> anyhow::Result<Option<String>> {
+    let raw = match &args.api_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --api-token-file {}", p.display()))?,
+        ),
+        None => std::env::var("KVGATE_SIDECAR_TOKEN").ok(),
+    };
+    Ok(raw.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+async fn get(target: &Target, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
     let (status, body) =
-        client::get(target, "/v1/sync?epoch=0&since=0&wait_ms=0&client=explain").await?;
+        client::request_with_token(target, hyper::Method::GET, path, Vec::new(), token).await?;
+    if status == 401 {
+        bail!("the sidecar wants its API token: --api-token-file or KVGATE_SIDECAR_TOKEN");
+    }
+    Ok((status, body.to_vec()))
+}
+
+async fn snapshot(target: &Target, token: Option<&str>) -> anyhow::Result<SyncFrame> {
+    let (status, body) = get(
+        target,
+        "/v1/sync?epoch=0&since=0&wait_ms=0&client=explain",
+        token,
+    )
+    .await?;
     if status != 200 {
         bail!("sidecar answered {status} to /v1/sync");
     }
@@ -37,6 +62,7 @@ async fn model_files(
     args: &ExplainArgs,
     frame: &SyncFrame,
     target: &Target,
+    token: Option<&str>,
     block_size: u32,
 ) -> anyhow::Result<ModelFiles> {
     if let Some(dir) = &args.model_dir {
@@ -58,7 +84,7 @@ async fn model_files(
         query_escape(&entry.name),
         query_escape(&entry.files_digest)
     );
-    let (status, body) = client::get(target, &path).await?;
+    let (status, body) = get(target, &path, token).await?;
     if status != 200 {
         bail!("sidecar answered {status} to {path}");
     }
@@ -96,7 +122,8 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
         }
     };
     let target = Target::parse(&args.sidecar)?;
-    let mut frame = snapshot(&target).await?;
+    let token = api_token(args)?;
+    let mut frame = snapshot(&target, token.as_deref()).await?;
     if let Some(bs) = args.block_size {
         for m in frame.models.iter_mut().flatten() {
             if m.name == args.model {
@@ -125,7 +152,7 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<String> {
                 .find_map(|w| w.block_size)
         })
         .unwrap_or(engine.cfg.router.block_size);
-    let files = model_files(args, &frame, &target, block_size).await?;
+    let files = model_files(args, &frame, &target, token.as_deref(), block_size).await?;
     engine
         .load_model("explain", &files)
         .map_err(|e| anyhow!(e))?;

@@ -1,8 +1,9 @@
 //! The small routes: bookkeeping from the filter, health, readiness, metrics and the JSON
 //! state view.
 
+use super::auth::json_error;
 use super::Api;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,18 +11,39 @@ use axum::Json;
 use kvgate_core::sync::BookBatch;
 
 /// `POST /v1/bookkeeping`: books this gateway's steps and queues their replica events.
-pub async fn bookkeeping(State(api): State<Api>, body: Bytes) -> Response {
+/// A body over `--max-bookkeeping-bytes` or a batch over `--max-bookkeeping-events` gets
+/// 413 and books nothing.
+pub async fn bookkeeping(State(api): State<Api>, body: Body) -> Response {
+    let max_bytes = api.access.max_bookkeeping_bytes;
+    let Ok(body) = axum::body::to_bytes(body, max_bytes).await else {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bookkeeping_too_large",
+            &format!("bookkeeping body over {max_bytes} bytes (--max-bookkeeping-bytes)"),
+        );
+    };
     let batch: BookBatch = match postcard::from_bytes(&body) {
         Ok(b) => b,
         Err(e) => {
             api.hub.decode_error("bookkeeping", &e);
-            return (
+            return json_error(
                 StatusCode::BAD_REQUEST,
-                format!("not a postcard BookBatch: {e}"),
-            )
-                .into_response();
+                "bad_bookkeeping",
+                &format!("not a postcard BookBatch: {e}"),
+            );
         }
     };
+    let max_events = api.access.max_bookkeeping_events;
+    if batch.events.len() > max_events {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bookkeeping_too_large",
+            &format!(
+                "{} bookkeeping steps in one batch, at most {max_events} (--max-bookkeeping-events)",
+                batch.events.len()
+            ),
+        );
+    }
     let events = api.hub.book(&batch);
     if let Some(tx) = &api.replica {
         for ev in events {

@@ -2,22 +2,25 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /v1/sync?epoch=E&since=V&wait_ms=W[&client=C]` | long poll → postcard `SyncFrame` |
-//! | `GET /v1/models/files?name=N&digest=D` | postcard `ModelFiles` |
-//! | `POST /v1/bookkeeping` | postcard `BookBatch` from the filter → 204 |
+//! | `GET /v1/sync?epoch=E&since=V&wait_ms=W[&client=C]` | long poll → postcard `SyncFrame` (token) |
+//! | `GET /v1/models/files?name=N&digest=D` | postcard `ModelFiles` (token) |
+//! | `POST /v1/bookkeeping` | postcard `BookBatch` from the filter → 204 (token, size-capped) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when NATS is up and replays are done, else 503 with the reason |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/state` | JSON debug view |
 //!
-//! `--admin-listen` adds a second listener with only `/healthz`, `/readyz` and `/metrics`.
+//! "(token)": the call must carry `authorization: Bearer <token>` of the deployment, else
+//! 401 with a JSON error. `--admin-listen` adds a second listener with only `/healthz`,
+//! `/readyz` and `/metrics`.
 
 mod admin;
+mod auth;
 mod sync;
 
 use crate::hub::Hub;
 use crate::models::ModelStore;
-use crate::settings::Listen;
+use crate::settings::{ApiSettings, Listen};
 use axum::routing::{get, post};
 use axum::Router;
 use kvgate_core::events::replica::ReplicaEvent;
@@ -34,14 +37,22 @@ pub struct Api {
     pub models: Arc<ModelStore>,
     /// Where replica events go (None: replica sync off).
     pub replica: Option<mpsc::Sender<ReplicaEvent>>,
+    /// Token and limits of the filter API.
+    pub access: Arc<ApiSettings>,
 }
 
 /// The router.
 pub fn router(api: Api) -> Router {
-    Router::new()
+    let filter_api = Router::new()
         .route("/v1/sync", get(sync::sync))
         .route("/v1/models/files", get(sync::model_files))
         .route("/v1/bookkeeping", post(admin::bookkeeping))
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.access.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .merge(filter_api)
         .route("/v1/state", get(admin::state))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))

@@ -9,7 +9,9 @@
 //! filter as a `Clear`), marks it *cold* in `/v1/state` and the `cold_workers` gauge,
 //! and lets live events rebuild it. Routing stays correct, just less cache-aware for
 //! that worker until it stores new blocks: a wrong "cached" claim is worse than a
-//! missed hit. A `Cleared` event from the worker ends the cold mark.
+//! missed hit. A `Cleared` event from the worker ends the cold mark, and so does a
+//! recovery: the sidecar asks a cold worker for a dump of its cache
+//! (`crate::nats::recovery`) and [`Hub::apply_recovery`] replaces its entries with it.
 
 use super::{Hub, State};
 use crate::discovery::Update;
@@ -96,6 +98,30 @@ impl Hub {
         self.gauges(&st);
         drop(st);
         self.notify();
+    }
+
+    /// The (worker, dp rank) keys marked cold, with when.
+    pub fn cold_keys(&self) -> Vec<(WorkerKey, u64)> {
+        self.lock().cold.iter().map(|(k, t)| (*k, *t)).collect()
+    }
+
+    /// Replaces `key`'s entries with a dump of the worker's cache as of `last_event_id`
+    /// and ends its cold mark. False (nothing changed) when the dump is older than
+    /// events already applied, or the key is no longer cold or no longer a worker's.
+    pub fn apply_recovery(&self, key: WorkerKey, events: &[KvEvent], last_event_id: u64) -> bool {
+        let mut st = self.lock();
+        if !st.cold.contains_key(&key) {
+            return false;
+        }
+        let Some(deltas) = st.indexer.apply_dump(key, events, last_event_id) else {
+            return false;
+        };
+        st.log.record(&deltas);
+        st.cold.remove(&key);
+        self.gauges(&st);
+        drop(st);
+        self.notify();
+        true
     }
 
     /// Applies a discovery update.

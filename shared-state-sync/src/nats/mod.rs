@@ -1,10 +1,12 @@
 //! NATS: the connection (credentials, TLS, endless reconnect with backoff, connection
 //! state mirrored into the hub) and the NATS sources and sinks of the sidecar: KV events
-//! ([`kv_events`]), worker loads ([`loads`]) and replica sync ([`replica`]).
+//! ([`kv_events`]), worker loads ([`loads`]), replica sync ([`replica`]) and the
+//! recovery of workers whose events were lost ([`recovery`]).
 //! Credentials are never logged: URLs are shown without their user information.
 
 pub mod kv_events;
 pub mod loads;
+pub mod recovery;
 pub mod replica;
 
 use crate::hub::Hub;

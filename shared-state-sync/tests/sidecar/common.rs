@@ -176,6 +176,11 @@ impl Sidecar {
         let child = command()
             .arg("serve")
             .args(["--listen", &listen])
+            .args(if args.contains(&"--api-token-file") {
+                &[][..]
+            } else {
+                &["--allow-unauthenticated"][..]
+            })
             .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

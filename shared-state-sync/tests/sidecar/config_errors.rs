@@ -3,6 +3,12 @@
 use super::common::command;
 
 fn serve_fails(args: &[&str], env: &[(&str, &str)], key: &str) {
+    let mut all = vec!["--allow-unauthenticated"];
+    all.extend_from_slice(args);
+    serve_fails_exactly(&all, env, key);
+}
+
+fn serve_fails_exactly(args: &[&str], env: &[(&str, &str)], key: &str) {
     let mut c = command();
     c.arg("serve")
         .args(["--nats-url", "nats://127.0.0.1:1"])
@@ -47,6 +53,11 @@ fn config_errors_exit_2_and_name_the_key() {
         r#"[{"instance_id": 1, "endpoint": "x", "model": "m", "colour": 2}]"#,
     );
     serve_fails(&["--workers-file", &workers], &[], "--workers-file");
+    // No API token and no explicit opt-out; a token too short to be one.
+    serve_fails_exactly(&[], &[], "--allow-unauthenticated");
+    let short = file("t", "short");
+    serve_fails_exactly(&["--api-token-file", &short], &[], "--api-token-file");
+    serve_fails_exactly(&[], &[("KVGATE_SIDECAR_TOKEN", "short")], "sidecar_token");
     // clap's own usage errors use the same exit code.
     serve_fails(&["--no-such-flag"], &[], "--no-such-flag");
 }

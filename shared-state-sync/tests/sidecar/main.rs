@@ -11,6 +11,7 @@
     missing_docs
 )]
 
+mod api_auth;
 mod bench;
 mod common;
 mod config_errors;

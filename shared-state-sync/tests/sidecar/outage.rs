@@ -249,3 +249,94 @@ async fn a_kv_event_answers_a_long_poll_that_holds_back_loads() {
         "answered without the event's delta: {f:?}"
     );
 }
+
+/// A worker whose events were lost (ids 2 and 3 never arrive) is reset and marked cold;
+/// the sidecar then asks it for a dump of its cache (worker KV query over NATS
+/// request/reply), replaces its entries with the dump, ends the cold mark, and the
+/// stream continues after the dump's last event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cold_after_lost_events_is_recovered_from_its_cache_dump() {
+    use futures::StreamExt;
+    use kvgate_core::events::query::{query_subject, WorkerKvQueryRequest, WorkerKvQueryResponse};
+    let nats = Nats::start().await;
+    let sc = Sidecar::start(&[
+        "--nats-url",
+        &nats.url(),
+        "--namespace",
+        "nsr",
+        "--durable",
+        "dr",
+    ])
+    .await;
+    sc.ready().await;
+    let h = hashes();
+    let client = nats.client().await;
+    // The worker's side: its cache holds the four blocks, as of event 4.
+    let dump = vec![
+        stored(8, 0, None, &[(1, h.local[0])]),
+        stored(8, 1, Some(1), &[(2, h.local[1])]),
+        stored(8, 2, Some(2), &[(3, h.local[2])]),
+        stored(8, 3, Some(3), &[(4, h.local[3])]),
+    ];
+    let mut sub = client
+        .subscribe(query_subject("nsr", "backend", 8, 0))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let responder = client.clone();
+    let asked = tokio::spawn(async move {
+        let m = sub.next().await.unwrap();
+        let req: WorkerKvQueryRequest = serde_json::from_slice(&m.payload).unwrap();
+        let answer = WorkerKvQueryResponse::TreeDump {
+            events: dump,
+            last_event_id: 4,
+        };
+        responder
+            .publish(m.reply.unwrap(), answer.encode().into())
+            .await
+            .unwrap();
+        responder.flush().await.unwrap();
+        req
+    });
+    publish_event(&client, "nsr", 0, &stored(8, 1, None, &[(1, h.local[0])])).await;
+    eventually("first event", || async { sc.blocks(8).await == 1 }).await;
+    publish_event(
+        &client,
+        "nsr",
+        1,
+        &stored(8, 4, Some(3), &[(4, h.local[3])]),
+    )
+    .await;
+    let req = asked.await.unwrap();
+    assert_eq!(
+        (req.worker_id, req.dp_rank, req.start_event_id),
+        (8, 0, None)
+    );
+    eventually("recovered from the dump", || async {
+        let s = sc.state().await;
+        sc.blocks(8).await == 4 && s["cold"].as_array().is_some_and(|c| c.is_empty())
+    })
+    .await;
+    let s = sc.state().await;
+    assert_eq!(s["totals"]["gaps"], 1, "{s}");
+    let (_, metrics) = sc.get("/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    assert!(
+        metrics.contains(r#"kvgate_sync_recoveries_total{result="dump"} 1"#),
+        "{metrics}"
+    );
+    // The stream goes on after the dump's last id: event 4 again is a duplicate, 5 applies.
+    publish_event(
+        &client,
+        "nsr",
+        2,
+        &stored(8, 4, Some(3), &[(4, h.local[3])]),
+    )
+    .await;
+    publish_event(&client, "nsr", 3, &stored(8, 5, Some(4), &[(5, 77)])).await;
+    eventually("event 5 after the dump", || async {
+        sc.blocks(8).await == 5
+    })
+    .await;
+    assert_eq!(sc.state().await["totals"]["gaps"], 1);
+}

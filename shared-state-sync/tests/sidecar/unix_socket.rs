@@ -12,6 +12,7 @@ async fn serves_on_a_unix_socket() {
         .args([
             "serve",
             "--no-nats",
+            "--allow-unauthenticated",
             "--listen",
             &format!("unix:{}", path.display()),
         ])

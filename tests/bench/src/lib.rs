@@ -271,6 +271,7 @@ impl Fleet {
             plugin_config: config,
             workers: endpoints,
             sidecar_port: self.sidecar.port,
+            sidecar_token: self.sidecar.token.clone(),
             concurrency,
             ..EnvoyOptions::default()
         };

@@ -13,6 +13,7 @@ use super::scheduler::{
 };
 use super::sequence::{Filler, NewRequest, SeqId};
 use super::timing::{Clock, WallClock};
+use kvgate_core::events::{KvEvent, KvEventData, StorageTier, StoredBlock};
 use kvgate_core::{DpRank, WorkerId, WorkerKey};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -289,6 +290,51 @@ impl Engine {
                 }
             })
             .collect()
+    }
+
+    /// A dump of `dp_rank`'s cache as KV events (one `Stored` per block, parents first,
+    /// synthetic ids from 0) and the last event id published so far, taken together under
+    /// the rank's lock: the answer to a router's worker KV query.
+    pub fn kv_dump(&self, dp_rank: DpRank) -> Result<(Vec<KvEvent>, u64), EngineError> {
+        let rank = self.rank(dp_rank)?;
+        let st = rank.lock();
+        let key = st.stamper.worker();
+        let last = st.stamper.counters().last_event_id;
+        let blocks = st.sched.cache().cached_blocks();
+        drop(st);
+        let parent_of: HashMap<u64, Option<u64>> =
+            blocks.iter().map(|b| (b.sequence_hash, b.parent)).collect();
+        let depth = |mut h: u64| {
+            let mut d = 0usize;
+            while let Some(Some(p)) = parent_of.get(&h) {
+                h = *p;
+                d += 1;
+                if d > parent_of.len() {
+                    break;
+                }
+            }
+            d
+        };
+        let mut ordered: Vec<(usize, &CachedBlockInfo)> =
+            blocks.iter().map(|b| (depth(b.sequence_hash), b)).collect();
+        ordered.sort_by_key(|(d, b)| (*d, b.sequence_hash));
+        let events = ordered
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, b))| KvEvent {
+                worker: key,
+                event_id: i as u64,
+                tier: StorageTier::Device,
+                data: KvEventData::Stored {
+                    parent: b.parent,
+                    blocks: vec![StoredBlock {
+                        external: b.sequence_hash,
+                        tokens_hash: b.tokens_hash,
+                    }],
+                },
+            })
+            .collect();
+        Ok((events, last))
     }
 
     /// Every rank's counters.

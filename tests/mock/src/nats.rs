@@ -1,7 +1,8 @@
 //! NATS transport: the [`NatsSink`] that publishes KV events and load reports on the
 //! Dynamo event plane, the worker announcements (`WorkerAnnouncement` JSON every
-//! lease/3, `leaving: true` on shutdown) and peer discovery from other workers'
-//! announcements.
+//! lease/3, `leaving: true` on shutdown), peer discovery from other workers'
+//! announcements, and the answer to a router's worker KV query (a dump of a rank's
+//! cache, `kvgate_core::events::query`) after it lost events.
 
 use super::disagg::Peers;
 use super::events::EventSink;
@@ -139,6 +140,55 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, NatsError> {
             url: url.to_string(),
             source,
         })
+}
+
+/// Answers worker KV queries for every rank of `engine` (request/reply on
+/// `query_subject`): a dump of the rank's cache and its last event id. The mock keeps no
+/// event buffer, so every query gets a `TreeDump` (Dynamo's answer to a range it no
+/// longer buffers).
+pub async fn start_query_responder(
+    client: async_nats::Client,
+    namespace: &str,
+    component: &str,
+    engine: std::sync::Arc<super::engine::Engine>,
+) -> Result<JoinHandle<()>, NatsError> {
+    use kvgate_core::events::query::{query_subject, WorkerKvQueryRequest, WorkerKvQueryResponse};
+    let mut subs = Vec::new();
+    for rank in 0..engine.dp_size() {
+        let subject = query_subject(namespace, component, engine.worker_id(), rank);
+        let sub = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| NatsError::Subscribe { subject, source })?;
+        subs.push(sub.map(move |m| (rank, m)));
+    }
+    let mut all = futures::stream::select_all(subs);
+    Ok(tokio::spawn(async move {
+        while let Some((rank, msg)) = all.next().await {
+            let Some(reply) = msg.reply else { continue };
+            let answer = match serde_json::from_slice::<WorkerKvQueryRequest>(&msg.payload) {
+                Ok(req) if req.worker_id != engine.worker_id() || req.dp_rank != rank => {
+                    WorkerKvQueryResponse::Error(format!(
+                        "asked worker {} rank {}, this is worker {} rank {rank}",
+                        req.worker_id,
+                        req.dp_rank,
+                        engine.worker_id()
+                    ))
+                }
+                Ok(_) => match engine.kv_dump(rank) {
+                    Ok((events, last_event_id)) => WorkerKvQueryResponse::TreeDump {
+                        events,
+                        last_event_id,
+                    },
+                    Err(e) => WorkerKvQueryResponse::Error(e.to_string()),
+                },
+                Err(e) => WorkerKvQueryResponse::Error(format!("bad query: {e}")),
+            };
+            if let Err(e) = client.publish(reply, answer.encode().into()).await {
+                tracing::warn!("worker KV query answer not sent: {e}");
+            }
+        }
+    }))
 }
 
 /// Announces `info` every `lease_ms / 3` until aborted.

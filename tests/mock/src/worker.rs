@@ -9,7 +9,8 @@ use super::events::{EventSink, FanoutSink, Faults, NullSink};
 use super::hf::HfTokenizer;
 use super::http::{router, AppState};
 use super::nats::{
-    announce_leaving, connect, random_id53, start_announcer, start_discovery, NatsError, NatsSink,
+    announce_leaving, connect, random_id53, start_announcer, start_discovery,
+    start_query_responder, NatsError, NatsSink,
 };
 use super::reqlog::RequestLog;
 use super::tokenize::{build_filler, Tokenize, TokenizeError, WordTokenizer};
@@ -171,6 +172,15 @@ impl MockWorker {
             tasks.push(
                 start_discovery(client.clone(), &args.namespace, instance_id, peers.clone())
                     .await?,
+            );
+            tasks.push(
+                start_query_responder(
+                    client.clone(),
+                    &args.namespace,
+                    &args.component,
+                    engine.clone(),
+                )
+                .await?,
             );
             tasks.push(start_announcer(
                 client.clone(),

@@ -43,6 +43,9 @@ pub struct EnvoyOptions {
     /// The Wasm filter's `allow_on_headers_stop_iteration` (off: what Istio's WasmPlugin
     /// and Envoy Gateway give, tested to show the watchdog).
     pub allow_on_headers_stop_iteration: bool,
+    /// The sidecar's API token, given to Envoy as `KVGATE_SIDECAR_TOKEN` (the template
+    /// hands it to the Wasm VM through `environment_variables.host_env_keys`).
+    pub sidecar_token: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -59,6 +62,7 @@ impl Default for EnvoyOptions {
             port: None,
             admin_port: None,
             allow_on_headers_stop_iteration: true,
+            sidecar_token: None,
         }
     }
 }
@@ -146,7 +150,11 @@ impl Envoy {
                 "-l",
                 &opts.log_level,
             ])
-            .env("ENVOY_VERSION", "1.40.0");
+            .env("ENVOY_VERSION", "1.40.0")
+            .env_remove("KVGATE_SIDECAR_TOKEN");
+        if let Some(t) = &opts.sidecar_token {
+            cmd.env("KVGATE_SIDECAR_TOKEN", t);
+        }
         let mut proc = Proc::spawn(name, cmd, &dir.join(format!("{name}.log")))?;
         let ready = wait_for(Duration::from_secs(120), || {
             if !proc.alive() {

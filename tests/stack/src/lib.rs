@@ -14,7 +14,7 @@ pub use envoy::{render as render_envoy, Envoy, EnvoyKind, EnvoyOptions};
 pub use nats::Nats;
 pub use proc::{free_port, wait_for, Proc, StackError};
 pub use tools::{nats_server_path, repo_root, require, wasm_path, Tools};
-pub use workers::{Sidecar, Worker};
+pub use workers::{new_token, Sidecar, Worker};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -175,6 +175,7 @@ impl Stack {
             port: opts.ports.map(|p| p.0),
             admin_port: opts.ports.map(|p| p.1),
             allow_on_headers_stop_iteration: opts.allow_on_headers_stop_iteration,
+            sidecar_token: sidecar.as_ref().and_then(|s| s.token.clone()),
             ..EnvoyOptions::default()
         };
         let envoy = Envoy::start(&tools, &envoy_opts, &opts.dir)?;
@@ -257,6 +258,26 @@ impl Stack {
     pub fn worker_at(&self, endpoint: &str) -> Option<&Worker> {
         self.workers.iter().find(|w| w.endpoint == endpoint)
     }
+}
+
+/// Removes what an earlier run left in `dir`: logs, rendered Envoy configs, sidecar tokens
+/// and the mock workers' request log (other files are kept; nats-server empties its own
+/// store when a stack starts).
+pub fn clear_run_files(dir: &Path) -> Result<(), StackError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let ours = [".log", ".token", ".yaml"]
+            .iter()
+            .any(|x| name.ends_with(x))
+            || name == "mock-requests.jsonl";
+        if ours && e.path().is_file() {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// VM configuration carrying the model files inline (static mode, no sidecar).

@@ -1,5 +1,6 @@
-//! A real nats-server with JetStream on a free loopback port, its store in a temporary
-//! directory; restartable on the same port for the fault tests.
+//! A real nats-server with JetStream on a free loopback port. Each start begins with an
+//! empty store (`dir/nats`): a stack never sees KV events or claims of an earlier run.
+//! [`Nats::restart`] (the fault tests' crash) keeps the store, as a real restart would.
 
 use super::proc::{free_port, wait_for, Proc, StackError};
 use super::tools::Tools;
@@ -19,8 +20,12 @@ pub struct Nats {
 }
 
 impl Nats {
-    /// Starts nats-server with JetStream, store under `dir/nats`.
+    /// Starts nats-server with JetStream and a fresh store under `dir/nats`.
     pub fn start(tools: &Tools, dir: &Path) -> Result<Nats, StackError> {
+        match std::fs::remove_dir_all(dir.join("nats")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         Self::start_on(&tools.nats_bin()?, dir, free_port())
     }
 

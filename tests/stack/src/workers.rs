@@ -101,13 +101,30 @@ pub struct Sidecar {
     pub proc: Proc,
     /// Its HTTP port.
     pub port: u16,
+    /// The API token the filter must send (None with `--allow-unauthenticated`).
+    pub token: Option<String>,
     args: Vec<String>,
 }
 
 impl Sidecar {
-    /// Starts `kvgate-sync serve` on a free port with `args`.
+    /// Starts `kvgate-sync serve` on a free port with `args`; unless they say
+    /// `--allow-unauthenticated` or `--api-token-file`, with a new random API token
+    /// (written to `dir/sidecar-<port>.token`, readable by the owner only).
     pub fn start(tools: &Tools, dir: &Path, args: &[String]) -> Result<Sidecar, StackError> {
-        Self::start_on(tools, dir, free_port(), args)
+        let port = free_port();
+        let mut args = args.to_vec();
+        let mut token = None;
+        if !args
+            .iter()
+            .any(|a| a == "--allow-unauthenticated" || a == "--api-token-file")
+        {
+            let t = new_token()?;
+            let file = dir.join(format!("sidecar-{port}.token"));
+            write_private(&file, &t)?;
+            args.extend(["--api-token-file".to_string(), file.display().to_string()]);
+            token = Some(t);
+        }
+        Self::start_on(tools, dir, port, &args, token)
     }
 
     fn start_on(
@@ -115,11 +132,13 @@ impl Sidecar {
         dir: &Path,
         port: u16,
         args: &[String],
+        token: Option<String>,
     ) -> Result<Sidecar, StackError> {
         let mut cmd = Command::new(tools.sidecar_bin()?);
         cmd.arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args);
+            .args(args)
+            .env_remove("KVGATE_SIDECAR_TOKEN");
         // The sidecar rejects unknown KVGATE_* variables (typos in configuration); the
         // launchers' own path variables are not configuration.
         for (k, _) in std::env::vars() {
@@ -136,14 +155,21 @@ impl Sidecar {
         Ok(Sidecar {
             proc,
             port,
+            token,
             args: args.to_vec(),
         })
     }
 
-    /// Restarts it on the same port.
+    /// Restarts it on the same port (same token).
     pub fn restart(&mut self, tools: &Tools, dir: &Path) -> Result<(), StackError> {
         self.proc.kill();
-        *self = Self::start_on(tools, dir, self.port, &self.args.clone())?;
+        *self = Self::start_on(
+            tools,
+            dir,
+            self.port,
+            &self.args.clone(),
+            self.token.clone(),
+        )?;
         Ok(())
     }
 
@@ -177,4 +203,29 @@ fn wait_healthy(proc: &mut Proc, url: &str, failure: &str) -> Result<(), StackEr
     } else {
         Err(proc.error(failure))
     }
+}
+
+/// A new API token: 32 random bytes as hex.
+pub fn new_token() -> Result<String, StackError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| StackError::Process {
+        name: "token".into(),
+        detail: format!("no randomness: {e}"),
+        log: String::new(),
+    })?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Writes `text` to a new file readable by the owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), StackError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }

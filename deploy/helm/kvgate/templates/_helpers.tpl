@@ -85,3 +85,8 @@ this refuses, so an unedited copy cannot deploy a filter Istio would never fetch
 {{- end -}}
 {{- $d -}}
 {{- end -}}
+
+{{/* The Secret holding the sidecar API token (key `token`). */}}
+{{- define "kvgate.tokenSecret" -}}
+{{- .Values.sidecar.apiTokenSecret | default (printf "%s-sidecar-token" (include "kvgate.fullname" .)) -}}
+{{- end -}}

@@ -79,6 +79,7 @@ pub const KEYS: &[Key] = &[
     key!("unknown_model", ["KVGATE_UNKNOWN_MODEL"], Str, "reject", "`reject`: 404 for a model no worker serves; `passthrough`: forward unrouted to the cluster's load balancer."),
     key!("sidecar_cluster", ["KVGATE_SIDECAR_CLUSTER"], Str, "kvgate_sidecar", "Envoy cluster of the sidecar; empty = static mode (workers from this config, approximate matching)."),
     key!("sidecar_authority", ["KVGATE_SIDECAR_AUTHORITY"], Str, "kvgate-sidecar", "`:authority` sent to the sidecar."),
+    key!("sidecar_token", ["KVGATE_SIDECAR_TOKEN"], Str, "unset", "Bearer token between filter and sidecar (kvgate-sync reads `--api-token-file` or this key); unset = the VM environment's `KVGATE_SIDECAR_TOKEN` (Envoy `vm_config.environment_variables`, Istio `vmConfig.env`), else none."),
     key!("sync_interval_ms", ["KVGATE_SYNC_INTERVAL_MS"], UInt, "20", "How often each VM checks shared data for new index deltas (the tick period)."),
     key!("sync_wait_ms", ["KVGATE_SYNC_WAIT_MS"], UInt, "1000", "Long-poll time of one sync request to the sidecar."),
     key!("stale_after_ms", ["KVGATE_STALE_AFTER_MS"], UInt, "10000", "With no successful sync for this long the index is stale: routing uses load only (counted)."),

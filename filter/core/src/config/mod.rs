@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use validate::{
-    AdmissionControl, Config, FailPolicy, GatewayConfig, RouterConfig, TemplateCompat, UnknownModel,
+    AdmissionControl, Config, FailPolicy, GatewayConfig, RouterConfig, Secret, TemplateCompat,
+    UnknownModel,
 };
 
 /// Why a configuration was rejected.
@@ -86,6 +87,7 @@ pub struct RawConfig {
     pub unknown_model: Option<String>,
     pub sidecar_cluster: Option<String>,
     pub sidecar_authority: Option<String>,
+    pub sidecar_token: Option<String>,
     pub sync_interval_ms: Option<u64>,
     pub sync_wait_ms: Option<u64>,
     pub stale_after_ms: Option<u64>,

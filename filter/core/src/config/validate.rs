@@ -128,6 +128,8 @@ pub struct GatewayConfig {
     pub sidecar_cluster: Option<String>,
     /// Sidecar authority.
     pub sidecar_authority: String,
+    /// Bearer token for the sidecar (None = from the VM environment, else none).
+    pub sidecar_token: Option<Secret>,
     /// Tick period in ms.
     pub sync_interval_ms: u64,
     /// Long-poll time in ms.
@@ -226,6 +228,43 @@ fn session_header(v: Option<String>) -> Result<Option<String>, ConfigError> {
         ));
     }
     Ok(Some(name))
+}
+
+/// A secret value (the sidecar token): compared and cloned, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Checks a bearer token: 16 to 512 visible ASCII characters without spaces, so it
+    /// fits an `authorization` header as is and is not trivially short.
+    pub fn new(key: &'static str, value: &str) -> Result<Secret, ConfigError> {
+        let v = value.trim();
+        if !(16..=512).contains(&v.len()) || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                key,
+                "must be 16 to 512 visible ASCII characters (no spaces)".to_string(),
+            ));
+        }
+        Ok(Secret(v.to_string()))
+    }
+
+    /// The value, for the one header that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+fn sidecar_token(v: Option<String>) -> Result<Option<Secret>, ConfigError> {
+    match v.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => Secret::new("sidecar_token", t).map(Some),
+    }
 }
 
 /// Validates raw values and applies defaults.
@@ -441,6 +480,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         sidecar_authority: raw
             .sidecar_authority
             .unwrap_or_else(|| "kvgate-sidecar".into()),
+        sidecar_token: sidecar_token(raw.sidecar_token)?,
         sync_interval_ms: ranged("sync_interval_ms", raw.sync_interval_ms, 20, 1, 60_000)?,
         sync_wait_ms: ranged("sync_wait_ms", raw.sync_wait_ms, 1000, 0, 60_000)?,
         stale_after_ms: ranged(

@@ -11,6 +11,7 @@
 
 pub mod dynamo;
 pub mod metrics;
+pub mod query;
 pub mod replica;
 pub mod vllm;
 

@@ -178,6 +178,36 @@ impl KvIndexer {
         deltas
     }
 
+    /// Replaces what is known about `key` with a dump of the worker's cache (the answer
+    /// to a recovery query, see [`crate::events::query`]): its entries are cleared, the
+    /// dump's `Stored` events applied in order whatever their ids, and the stream goes
+    /// on after `last_event_id`. Refused (None, nothing changed) when events newer than
+    /// the dump were applied already: the dump is stale, ask again.
+    pub fn apply_dump(
+        &mut self,
+        key: WorkerKey,
+        events: &[KvEvent],
+        last_event_id: u64,
+    ) -> Option<Vec<IndexDelta>> {
+        if self.last_event_id(&key).is_some_and(|l| l > last_event_id) {
+            return None;
+        }
+        let mut deltas = Vec::new();
+        self.clear_key(key, &mut deltas);
+        self.workers.entry(key).or_default().last_event_id = None;
+        for (i, ev) in events.iter().enumerate() {
+            let ev = KvEvent {
+                worker: key,
+                event_id: i as u64 + 1,
+                tier: ev.tier,
+                data: ev.data.clone(),
+            };
+            deltas.extend(self.apply(&ev).deltas);
+        }
+        self.workers.entry(key).or_default().last_event_id = Some(last_event_id);
+        Some(deltas)
+    }
+
     /// Forgets a worker instance entirely (every dp rank): used when it leaves.
     pub fn remove_worker(&mut self, worker_id: WorkerId) -> Vec<IndexDelta> {
         let keys: Vec<WorkerKey> = self
@@ -309,5 +339,46 @@ mod tests {
             }]
         );
         assert_eq!(ix.index().worker_blocks(&WorkerKey::new(7, 1)), 1);
+    }
+
+    #[test]
+    fn a_dump_replaces_the_workers_entries_and_the_stream_continues_after_it() {
+        let mut ix = KvIndexer::new();
+        let k = WorkerKey::new(3, 0);
+        let ev = |id: u64, data: KvEventData| KvEvent {
+            worker: k,
+            event_id: id,
+            tier: StorageTier::Device,
+            data,
+        };
+        let st = |parent: Option<u64>, ext: u64| KvEventData::Stored {
+            parent,
+            blocks: vec![StoredBlock {
+                external: ext,
+                tokens_hash: ext * 10,
+            }],
+        };
+        // Lost events 2..4: the live stream jumps, the worker is reset.
+        ix.apply(&ev(1, st(None, 1)));
+        let out = ix.apply(&ev(5, st(Some(1), 2)));
+        assert!(out.gap.is_some());
+        ix.reset_worker_key(k);
+        assert_eq!(ix.index().worker_blocks(&k), 0);
+        // A dump as of event 4 is older than the live event 5 already applied: refused.
+        assert!(ix.apply_dump(k, &[ev(0, st(None, 1))], 4).is_none());
+        // A dump as of event 6: exactly its blocks, and the stream continues at 7.
+        let dump = [
+            ev(0, st(None, 1)),
+            ev(0, st(Some(1), 2)),
+            ev(0, st(Some(2), 3)),
+        ];
+        let deltas = ix.apply_dump(k, &dump, 6);
+        assert!(deltas.is_some_and(|d| !d.is_empty()));
+        assert_eq!(ix.index().worker_blocks(&k), 3);
+        assert_eq!(ix.last_event_id(&k), Some(6));
+        assert!(ix.apply(&ev(6, st(None, 9))).duplicate);
+        let out = ix.apply(&ev(7, st(Some(3), 4)));
+        assert!(out.gap.is_none() && !out.duplicate);
+        assert_eq!(ix.index().worker_blocks(&k), 4);
     }
 }

@@ -304,6 +304,108 @@ fn bookkeeping_goes_out_in_order_one_post_at_a_time_and_survives_failures() {
     assert_eq!(a.bookkeeping_queued(), 0);
 }
 
+fn auth_of(call: &SentCall) -> Option<&str> {
+    call.headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn every_sidecar_call_carries_the_token_from_config_or_environment() {
+    // None configured: no header.
+    let h = FakeHost::at(1_000);
+    let mut a = vm(&h, 1, SIDECAR);
+    a.on_tick(&h);
+    assert_eq!(auth_of(&one_call(&h)), None);
+    // From the plugin configuration (beats the environment).
+    let h = FakeHost::at(1_000);
+    h.set_env("KVGATE_SIDECAR_TOKEN", "from-the-environment-0123");
+    let cfg =
+        br#"{"sidecar_cluster": "kvgate_sidecar", "sidecar_token": "from-the-config-0123456"}"#;
+    let mut a = vm(&h, 1, cfg);
+    a.on_tick(&h);
+    assert_eq!(
+        auth_of(&one_call(&h)),
+        Some("Bearer from-the-config-0123456")
+    );
+    // From the VM environment, on the sync poll and on bookkeeping alike.
+    let h = FakeHost::at(1_000);
+    h.set_env("KVGATE_SIDECAR_TOKEN", "from-the-environment-0123");
+    let mut a = vm(&h, 1, REPLICA);
+    a.on_tick(&h);
+    let sync = one_call(&h);
+    assert_eq!(auth_of(&sync), Some("Bearer from-the-environment-0123"));
+    a.on_response(&h, sync.id, ok(&snapshot(3, 1, Vec::new())));
+    let _repoll = one_call(&h);
+    let _ = a.decide(
+        &h,
+        1,
+        crate::headers::RoutedPath::Chat,
+        &long_chat("a"),
+        None,
+    );
+    a.on_tick(&h);
+    let book = one_call(&h);
+    decode_batch(&book);
+    assert_eq!(auth_of(&book), Some("Bearer from-the-environment-0123"));
+    // A token too short to be one stops the VM with a message, it is never sent.
+    let h = FakeHost::at(1_000);
+    h.set_env("KVGATE_SIDECAR_TOKEN", "short");
+    let err = Vm::configure(&h, 1, 1, SIDECAR, &VmConfig::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("KVGATE_SIDECAR_TOKEN"), "{err}");
+    assert!(!err.contains("short"), "the token leaked into: {err}");
+}
+
+#[test]
+fn a_long_bookkeeping_queue_goes_out_in_posts_the_sidecar_accepts() {
+    let h = FakeHost::at(1_000);
+    let mut a = vm(&h, 1, REPLICA);
+    a.on_tick(&h);
+    let sync = one_call(&h);
+    a.on_response(&h, sync.id, ok(&snapshot(3, 1, Vec::new())));
+    let _repoll = one_call(&h);
+    let n = crate::sidecar::BOOK_BATCH_EVENTS as u32 + 10;
+    for ctx in 0..n {
+        let _ = a.decide(
+            &h,
+            ctx,
+            crate::headers::RoutedPath::Chat,
+            &long_chat("a"),
+            None,
+        );
+        a.request_done(&h, ctx);
+    }
+    let mut sent = 0;
+    for _ in 0..10 {
+        a.on_tick(&h);
+        let Some(book) = h.take_calls().into_iter().find(|c| c.method == "POST") else {
+            break;
+        };
+        let batch = decode_batch(&book);
+        assert!(batch.events.len() <= crate::sidecar::BOOK_BATCH_EVENTS);
+        assert!(book.body.as_ref().unwrap().len() <= crate::sidecar::BOOK_BATCH_BYTES);
+        sent += batch.events.len();
+        a.on_response(
+            &h,
+            book.id,
+            CallResponse {
+                status: Some(204),
+                body: b"",
+            },
+        );
+    }
+    assert_eq!(
+        sent,
+        2 * n as usize,
+        "every add and free reached the sidecar"
+    );
+    assert_eq!(a.bookkeeping_queued(), 0);
+}
+
 #[test]
 fn model_files_are_fetched_once_shared_and_loaded_by_every_vm() {
     let h1 = FakeHost::at(1_000);

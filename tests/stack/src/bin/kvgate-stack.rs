@@ -1,6 +1,6 @@
 //! `make run`: the local kvgate stack — nats-server, the kvgate-sync sidecar, 4 mock
 //! workers serving Qwen/Qwen3-0.6B and Envoy with the kvgate filter on 127.0.0.1:8080
-//! (admin 127.0.0.1:9901) — until Ctrl-C, which stops everything it started.
+//! (admin 127.0.0.1:9901) — until Ctrl-C or SIGTERM, which stop everything it started.
 
 use clap::Parser;
 use kvgate_stack::{Stack, StackOptions, MODEL};
@@ -36,7 +36,9 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = std::path::absolute(&args.dir)?;
-    let _ = std::fs::remove_file(dir.join("mock-requests.jsonl"));
+    // Each run starts clean: logs, rendered configs, tokens and the request log of the
+    // previous run go (nats-server's store is emptied when it starts).
+    kvgate_stack::clear_run_files(&dir)?;
     let mut opts = StackOptions::new(&dir);
     opts.workers = args.workers;
     opts.plugin = serde_json::from_str(&args.plugin)?;
@@ -53,34 +55,56 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|w| format!("{}={}", w.instance_id, w.endpoint))
         .collect();
+    let sidecar = stack.sidecar.as_ref();
+    let nats = stack.nats.as_ref().map(|n| n.url()).unwrap_or_default();
+    let token_file = sidecar
+        .map(|s| dir.join(format!("sidecar-{}.token", s.port)))
+        .unwrap_or_default();
+    let logs: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
     println!(
         r#"
 kvgate is running.
-  gateway   http://127.0.0.1:{port}   (Envoy + kvgate filter)
+  gateway   http://127.0.0.1:{port}   (Envoy + kvgate filter; config {dir}/envoy.yaml)
   admin     http://127.0.0.1:{admin}/stats/prometheus   (kvgate_* metrics)
-  sidecar   {sidecar}/v1/state
+  sidecar   {sidecar_url}/v1/state   (kvgate-sync; API token in {token})
+  nats      {nats}   namespace `dynamo`, component `backend`, JetStream store {dir}/nats
   workers   {workers}
   requests  {log}
+  logs      {dir}/{{{logs}}}
+
+Point your own workers at it: publish KV events to {nats} as namespace `dynamo`,
+component `backend` (Dynamo's subjects), and announce them on `namespace.dynamo.kvgate.workers`
+(shared-state-sync/README.md); Envoy only sends traffic to endpoints its `workers` cluster lists.
 
 Try (send it twice: the second goes to the worker that cached the prefix):
   curl -s -i http://127.0.0.1:{port}/v1/chat/completions -H 'content-type: application/json' \
     -d '{{"model":"{MODEL}","messages":[{{"role":"system","content":"You are a helpful assistant who answers in detail."}},{{"role":"user","content":"Why is the sky blue?"}}]}}'
 
-Ctrl-C stops everything."#,
+Ctrl-C (or SIGTERM) stops everything."#,
         port = stack.envoy.port,
         admin = stack.envoy.admin_port,
-        sidecar = stack
-            .sidecar
-            .as_ref()
-            .map(|s| s.url(""))
-            .unwrap_or_default(),
+        dir = dir.display(),
+        sidecar_url = sidecar.map(|s| s.url("")).unwrap_or_default(),
+        token = token_file.display(),
         workers = workers.join(" "),
         log = stack.request_log.display(),
+        logs = logs.join(","),
     );
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(tokio::signal::ctrl_c())?;
+        .block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r,
+                _ = term.recv() => Ok(()),
+            }
+        })?;
     eprintln!("kvgate: stopping ...");
     drop(stack);
     Ok(())
