@@ -134,8 +134,14 @@ test: setup ## Set up, then run every test (unit, golden, proxy-wasm host, real 
 	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
 
-run: setup wasm native ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C
-	$(CARGO_TARGET_DIR)/debug/kvgate-stack --dir $(ROOT)/target/run
+# RUN_ARGS picks a topology (README "Topologies"), e.g. RUN_ARGS="--prefill 1" or
+# RUN_ARGS="--zmq-only --dp-size 2"; `kvgate-stack --help` lists every flag.
+RUN_ARGS ?=
+run: setup wasm ## Start the local stack (nats-server, kvgate-sync, 4 mock workers, Envoy + kvgate on 127.0.0.1:8080) until Ctrl-C; release builds
+	+cargo build --release -p kvgate-sync -p kvgate-mock -p kvgate-stack --bins
+	KVGATE_SIDECAR=$(CARGO_TARGET_DIR)/release/kvgate-sync \
+	KVGATE_MOCK_WORKER=$(CARGO_TARGET_DIR)/release/mock-worker \
+	  $(CARGO_TARGET_DIR)/release/kvgate-stack --dir $(ROOT)/target/run $(RUN_ARGS)
 
 # ---- deploy/: Istio, Helm chart, Wasm OCI image (see deploy/README-istio.md) ---------------
 OCI_OUT    := $(ROOT)/target/oci/kvgate-filter

@@ -11,11 +11,15 @@
 //! * **recovery**: time from the end of the fault until a decision again shows overlap
 //!   on the chosen worker (`x-kvgate-decision`, not degraded); for an added worker, the
 //!   time until it is chosen.
+//! * **KV-aware decisions before / after**: the share of decisions with overlap on the
+//!   chosen worker in the load before the fault and from the recovery on (the load runs
+//!   on for [`AFTER`]): a worker left cold after the fault shows here.
 //! * **convergence**: after the load stops, the sidecar's index (`/v1/state` blocks per
-//!   worker) equals every mock engine's true cache (`/kvgate/cache`), and holds nothing
-//!   for workers that are gone. With event gaps the index is only required to be a
-//!   subset of the cache (kvgate resets a worker's entries on a gap; see
-//!   `shared-state-sync/src/hub/index.rs`).
+//!   worker) equals every mock engine's true cache (`/kvgate/cache`), holds nothing
+//!   for workers that are gone, and no worker is still cold: a worker whose events were
+//!   lost is reset, then recovered from a dump of its cache (worker KV query,
+//!   `shared-state-sync/src/nats/recovery.rs`). With injected event gaps the index is
+//!   only required to be a subset of the cache.
 //!
 //! The three `faults_*` tests run in `make test` (a few minutes together);
 //! `make faults-report` runs [`fault_report`] (ignored by default): every scenario plus a
@@ -53,6 +57,9 @@ struct Marks {
     added: Option<u64>,
 }
 
+/// How long the load runs on after the first KV-aware decision that follows a fault.
+const AFTER: Duration = Duration::from_secs(4);
+
 /// One line of the report.
 #[derive(Debug, Clone)]
 struct Row {
@@ -62,9 +69,14 @@ struct Row {
     cut: usize,
     errors: BTreeMap<String, usize>,
     kv_during: String,
+    kv_before_after: String,
     recovery: String,
     converged: String,
     converged_ok: bool,
+    /// Workers still cold when the index had converged.
+    cold_after: Vec<u64>,
+    /// The index must equal the caches (not only be a subset).
+    exact: bool,
 }
 
 impl Row {
@@ -86,6 +98,7 @@ impl Row {
             self.cut.to_string(),
             self.kv_during.clone(),
             self.recovery.clone(),
+            self.kv_before_after.clone(),
             self.converged.clone(),
         ]
     }
@@ -100,6 +113,7 @@ fn table(rows: &[Row]) -> Table {
         "cut with a killed worker",
         "KV-aware decisions during the fault",
         "recovery to KV-aware routing",
+        "KV-aware decisions before / after",
         "index = engines' caches after quiet",
     ]);
     for r in rows {
@@ -217,8 +231,30 @@ fn scenario(
     let seen = wait_for(Duration::from_secs(30), || {
         load.samples().into_iter().find(|s| recovered(s))
     });
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(AFTER);
     let samples = load.stop();
+    let share = |from: Duration, to: Duration| {
+        let decided: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.start >= from && s.start < to && s.decision.is_some())
+            .collect();
+        let kv = decided
+            .iter()
+            .filter(|s| s.decision.as_ref().is_some_and(|d| d.kv_aware()))
+            .count();
+        match decided.len() {
+            0 => "–".to_string(),
+            n => format!("{:.0} %", 100.0 * kv as f64 / n as f64),
+        }
+    };
+    let kv_before_after = format!(
+        "{} / {}",
+        share(Duration::ZERO, marks.fault_at),
+        match &seen {
+            Some(s) => share(s.start, Duration::MAX),
+            None => "–".to_string(),
+        }
+    );
     let recovery = match (&seen, marks.added) {
         (Some(s), Some(_)) => format!(
             "chosen after {}",
@@ -278,9 +314,12 @@ fn scenario(
         cut,
         errors,
         kv_during,
+        kv_before_after,
         recovery,
         converged,
         converged_ok: conv.is_ok(),
+        cold_after: conv.as_ref().map(|(_, c)| c.clone()).unwrap_or_default(),
+        exact: rule == Converge::Exact,
     };
     eprintln!("{}", table(std::slice::from_ref(&row)).markdown());
     row
@@ -396,6 +435,38 @@ fn worker_added(stack: &mut Stack) -> Row {
     )
 }
 
+/// Disaggregated serving (2 prefill, 2 decode workers): a prefill worker is killed under
+/// load. Decode workers try the next prefill worker the gateway listed
+/// (`x-kvgate-prefill-fallbacks`) and report the dead one, which the filter leaves out of
+/// prefill picks: no request may fail.
+fn prefill_worker_killed(hold: Duration) -> Row {
+    let mut opts = StackOptions::new(&test_dir("faults-prefill"));
+    opts.workers = 4;
+    opts.prefill_workers = 2;
+    opts.plugin = json!({"decision_header": true});
+    let mut stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+    stack
+        .wait_routable(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let name = format!(
+        "prefill worker killed under load (SIGKILL; 2 prefill + 2 decode), restarted after {}",
+        report::secs(hold)
+    );
+    scenario(&mut stack, &name, Converge::Exact, |stack, load| {
+        let fault_at = load.elapsed();
+        stack.workers[0].proc.kill();
+        std::thread::sleep(hold);
+        let (tools, dir) = (stack.tools.clone(), stack.dir.clone());
+        stack.workers[0].restart(&tools, &dir).unwrap();
+        Marks {
+            fault_at,
+            restored_at: load.elapsed(),
+            killed: None,
+            added: None,
+        }
+    })
+}
+
 fn event_gaps_and_duplicates(full: bool) -> Row {
     let mut stack = start_stack(
         "faults-events",
@@ -465,6 +536,14 @@ fn check(rows: &[Row]) {
     for r in rows {
         assert_eq!(r.lost, 0, "{}: lost requests: {:?}", r.scenario, r.errors);
         assert!(r.converged_ok, "{}: {}", r.scenario, r.converged);
+        // Lost events are recovered from the worker's cache dump, not left cold.
+        assert!(
+            !r.exact || r.cold_after.is_empty(),
+            "{}: workers {:?} still cold: {}",
+            r.scenario,
+            r.cold_after,
+            r.converged
+        );
         assert!(
             !r.recovery.starts_with("not"),
             "{}: no recovery to KV-aware routing",
@@ -484,6 +563,11 @@ fn faults_worker_killed_and_added() {
 }
 
 #[test]
+fn faults_prefill_worker_killed() {
+    check(&[prefill_worker_killed(Duration::from_secs(4))]);
+}
+
+#[test]
 fn faults_event_gaps_and_duplicates() {
     check(&[event_gaps_and_duplicates(false)]);
 }
@@ -495,6 +579,7 @@ fn faults_event_gaps_and_duplicates() {
 fn fault_report() {
     let mut rows = control_plane(true);
     rows.extend(workers());
+    rows.push(prefill_worker_killed(Duration::from_secs(4)));
     rows.push(event_gaps_and_duplicates(true));
     let md = format!(
         "Fault injection on loopback: Envoy (2 threads) + kvgate filter, kvgate-sync, nats-server, 3 mock workers; \

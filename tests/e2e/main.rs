@@ -16,6 +16,7 @@ mod common;
 mod envoy_sidecar;
 mod envoy_static;
 mod faults;
+mod fleet;
 mod held;
 mod host_filter;
 mod hostile;

@@ -51,6 +51,9 @@ pub struct RouteRequest<'a> {
     /// The worker of the request's session (session affinity), kept while its cost is
     /// within `session_affinity_slack` of the best.
     pub session: Option<WorkerKey>,
+    /// The model requires prefill workers (`enforce_disagg` for it): with none available
+    /// the request fails instead of being served aggregated.
+    pub enforce_disagg: bool,
 }
 
 /// Aggregated or disaggregated serving.
@@ -143,6 +146,13 @@ pub struct Decision {
     pub decode: Pick,
     /// The prefill worker, in disaggregated mode.
     pub prefill: Option<Pick>,
+    /// Prefill workers the decode worker tries next if the chosen one cannot be reached:
+    /// the next-best prefill candidates by cost, distinct workers, at most
+    /// `max_fallbacks`.
+    pub prefill_fallbacks: Vec<WorkerKey>,
+    /// The model requires disaggregated serving: the decode worker must not prefill
+    /// locally if no prefill worker can be reached.
+    pub prefill_required: bool,
     /// Endpoints Envoy tries next if the destination refuses the connection: the next-best
     /// decode candidates by cost at the chosen dp rank, distinct, at most `max_fallbacks`.
     pub fallbacks: Vec<String>,
@@ -312,6 +322,25 @@ fn fallbacks(stage: &Stage, workers: &[&WorkerInfo], chosen: &Pick, max: usize) 
     out
 }
 
+/// The next-best prefill workers after `chosen`, cheapest first, one rank per worker (a
+/// worker that cannot be reached is down at every rank).
+fn prefill_fallbacks(stage: &Stage, chosen: &Pick, max: usize) -> Vec<WorkerKey> {
+    let mut order: Vec<&Scored> = stage.scored.iter().collect();
+    order.sort_by(|a, b| a.logit.total_cmp(&b.logit));
+    let mut out: Vec<WorkerKey> = Vec::new();
+    for s in order {
+        let w = s.candidate.worker;
+        if out.len() >= max {
+            break;
+        }
+        if w.worker_id != chosen.worker.worker_id && !out.iter().any(|o| o.worker_id == w.worker_id)
+        {
+            out.push(w);
+        }
+    }
+    out
+}
+
 /// Routes one request among `workers` (all serving its model).
 pub fn route(
     cfg: &RouterConfig,
@@ -366,6 +395,7 @@ pub fn route(
                 });
             };
             let fallbacks = fallbacks(&d, &decoders, &decode, cfg.max_fallbacks);
+            let prefill_fallbacks = prefill_fallbacks(&p, &prefill, cfg.max_fallbacks);
             let plan = plan_for(
                 cfg,
                 req,
@@ -387,13 +417,15 @@ pub fn route(
                 mode: RoutingMode::Disaggregated,
                 decode,
                 prefill: Some(prefill),
+                prefill_fallbacks,
+                prefill_required: req.enforce_disagg,
                 fallbacks,
                 plan,
                 explain,
             });
         }
     }
-    if cfg.enforce_disagg {
+    if req.enforce_disagg {
         return Err(RouteError::DisaggRequired);
     }
     if decoders.is_empty() {
@@ -422,6 +454,8 @@ pub fn route(
         mode: RoutingMode::Aggregated,
         decode,
         prefill: None,
+        prefill_fallbacks: Vec::new(),
+        prefill_required: false,
         fallbacks,
         plan,
         explain,
@@ -606,6 +640,7 @@ mod tests {
             sequence: seq,
             overlaps: ov,
             session: None,
+            enforce_disagg: false,
         }
     }
 
@@ -705,14 +740,59 @@ mod tests {
         let decode_only = [worker(2, WorkerRole::Decode)];
         let d = route(&cfg, &decode_only, &request(&seq, &ov), &book, &mut rng).unwrap();
         assert_eq!(d.mode, RoutingMode::Aggregated);
-        let mut enforce = cfg.clone();
-        enforce.enforce_disagg = true;
-        let e = route(&enforce, &decode_only, &request(&seq, &ov), &book, &mut rng).unwrap_err();
+        let enforced = RouteRequest {
+            enforce_disagg: true,
+            ..request(&seq, &ov)
+        };
+        let e = route(&cfg, &decode_only, &enforced, &book, &mut rng).unwrap_err();
         assert_eq!(e, RouteError::DisaggRequired);
+        // With prefill workers available, enforcing changes nothing.
+        let d = route(&cfg, &workers, &enforced, &book, &mut rng).unwrap();
+        assert_eq!(d.mode, RoutingMode::Disaggregated);
         assert_eq!(
             route(&cfg, &[], &request(&seq, &ov), &book, &mut rng).unwrap_err(),
             RouteError::NoWorkers
         );
+    }
+
+    #[test]
+    fn the_next_best_prefill_workers_follow_the_chosen_one() {
+        let mut cfg = Config::default().router;
+        let mut p2 = worker(2, WorkerRole::Prefill);
+        p2.dp_size = 2;
+        let workers = [
+            worker(1, WorkerRole::Prefill),
+            p2,
+            worker(3, WorkerRole::Prefill),
+            worker(4, WorkerRole::Decode),
+        ];
+        let seq = [1u64, 2, 3];
+        let mut idx = PrefixIndex::new();
+        // Worker 1 holds 3 blocks, worker 3 two, worker 2 none.
+        for (w, n) in [(1, 3), (3, 2)] {
+            for &s in seq.iter().take(n) {
+                idx.insert(WorkerKey::new(w, 0), s);
+            }
+        }
+        let ov = idx.overlap(&seq);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let book = Book(LoadBook::new(), None);
+        let d = route(&cfg, &workers, &request(&seq, &ov), &book, &mut rng).unwrap();
+        assert_eq!(d.prefill.as_ref().unwrap().worker.worker_id, 1);
+        let ids: Vec<u64> = d.prefill_fallbacks.iter().map(|k| k.worker_id).collect();
+        assert_eq!(ids.first(), Some(&3), "{ids:?}");
+        assert_eq!(
+            ids.len(),
+            2,
+            "each worker once, the chosen one never: {ids:?}"
+        );
+        assert!(ids.contains(&2));
+        cfg.max_fallbacks = 1;
+        let d = route(&cfg, &workers, &request(&seq, &ov), &book, &mut rng).unwrap();
+        assert_eq!(d.prefill_fallbacks.len(), 1);
+        cfg.max_fallbacks = 0;
+        let d = route(&cfg, &workers, &request(&seq, &ov), &book, &mut rng).unwrap();
+        assert!(d.prefill_fallbacks.is_empty());
     }
 
     #[test]

@@ -196,10 +196,11 @@ impl Engine {
             return Err(self.unknown_model(&req.model));
         };
         let (base, lora) = (served.base.to_string(), served.lora.map(str::to_string));
-        let workers = served.workers.to_vec();
+        let mut workers = served.workers.to_vec();
         if workers.is_empty() {
             return Err(self.unknown_model(&req.model));
         }
+        self.without_quarantined(&mut workers, input.now_ms);
         let block_size = self
             .models
             .get(&base)
@@ -300,6 +301,10 @@ impl Engine {
             sequence: &p.hashes.sequence,
             overlaps: &p.overlaps,
             session: p.session,
+            enforce_disagg: p
+                .workers
+                .first()
+                .is_some_and(|w| self.cfg.router.enforce_disagg.applies(&w.model)),
         };
         let view = View {
             book: &self.book,
@@ -524,6 +529,17 @@ pub fn routing_headers(d: &Decision, vllm_dp_rank: bool) -> Vec<(&'static str, S
         v.push((h::PREFILL_DP_RANK, p.worker.dp_rank.to_string()));
         v.push((h::DYNAMO_PREFILL_DP_RANK, p.worker.dp_rank.to_string()));
         v.push((h::PREFILLER_HOST_PORT, p.endpoint.clone()));
+        if !d.prefill_fallbacks.is_empty() {
+            let list: Vec<String> = d
+                .prefill_fallbacks
+                .iter()
+                .map(|k| format!("{}/{}", k.worker_id, k.dp_rank))
+                .collect();
+            v.push((h::PREFILL_FALLBACKS, list.join(",")));
+        }
+        if d.prefill_required {
+            v.push((h::PREFILL_REQUIRED, "true".to_string()));
+        }
     }
     v
 }

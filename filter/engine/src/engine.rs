@@ -39,6 +39,8 @@ pub struct Engine {
     pub(crate) predictions_out: Vec<crate::predict::Prediction>,
     /// Per other VM, the last prediction applied.
     pub(crate) predictions_seen: HashMap<u64, u64>,
+    /// Prefill workers reported unreachable.
+    pub(crate) quarantine: crate::health::Quarantine,
 }
 
 impl Engine {
@@ -70,6 +72,7 @@ impl Engine {
             outbox: Vec::new(),
             predictions_out: Vec::new(),
             predictions_seen: HashMap::new(),
+            quarantine: Default::default(),
         }
     }
 

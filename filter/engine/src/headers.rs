@@ -28,6 +28,15 @@ pub const DYNAMO_ROUTING_MODE: &str = "x-dynamo-routing-mode";
 pub const DESTINATION_ENDPOINT: &str = "x-gateway-destination-endpoint";
 /// Prefill worker `ip:port` (Dynamo EPP name).
 pub const PREFILLER_HOST_PORT: &str = "x-prefiller-host-port";
+/// Prefill workers (`id/rank`, comma-separated, best first) the decode worker tries if
+/// the named prefill worker cannot be reached (kvgate's own; Dynamo workers ignore it).
+pub const PREFILL_FALLBACKS: &str = "x-kvgate-prefill-fallbacks";
+/// `true` when the model requires disaggregated serving (`enforce_disagg`): the decode
+/// worker must not prefill locally when no prefill worker can be reached.
+pub const PREFILL_REQUIRED: &str = "x-kvgate-prefill-required";
+/// Response header a decode worker sets naming each prefill worker it could not reach
+/// (`id`, comma-separated).
+pub const PREFILL_UNREACHABLE: &str = "x-kvgate-prefill-unreachable";
 /// Opt-in response header with the one-line explanation of the decision.
 pub const DECISION: &str = "x-kvgate-decision";
 /// Tenant id: Dynamo turns it into the cache salt of the block hashes.

@@ -20,6 +20,7 @@ mod decide;
 mod engine;
 pub mod fleet;
 pub mod headers;
+mod health;
 pub mod held;
 pub mod host;
 pub mod ledger;

@@ -80,6 +80,9 @@ pub enum Metric {
     WatchdogResumed,
     /// Ledger updates that gave up after repeated compare-and-swap conflicts.
     LedgerContended,
+    /// Prefill workers taken out of prefill picks after a decode worker could not reach
+    /// them.
+    PrefillQuarantined,
     /// Stage latency histogram (µs).
     Stage(Stage),
     /// Blocks of the prompt the chosen worker held.
@@ -131,6 +134,7 @@ impl Metric {
             Metric::BookDropped => "kvgate.sync.bookkeeping_dropped",
             Metric::WatchdogResumed => "kvgate.watchdog.resumed",
             Metric::LedgerContended => "kvgate.ledger.contended",
+            Metric::PrefillQuarantined => "kvgate.prefill.quarantined",
             Metric::Stage(s) => match s {
                 Stage::Decision => "kvgate.decision_us",
                 Stage::Parse => "kvgate.parse_us",
@@ -194,6 +198,8 @@ pub struct Counters {
     pub frames: u64,
     /// Sync frames refused (discontinuous or malformed).
     pub frame_errors: u64,
+    /// Prefill workers quarantined on a decode worker's report.
+    pub prefill_quarantined: u64,
 }
 
 /// One VM's metric bookkeeping: what it exported last, its share of the in-flight gauges,
@@ -241,6 +247,11 @@ impl MetricsState {
             ),
             (Metric::SyncFrames, c.frames, l.frames),
             (Metric::SyncFrameErrors, c.frame_errors, l.frame_errors),
+            (
+                Metric::PrefillQuarantined,
+                c.prefill_quarantined,
+                l.prefill_quarantined,
+            ),
         ];
         for (m, now, before) in pairs {
             count(host, m, now.saturating_sub(before));

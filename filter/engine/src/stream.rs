@@ -233,6 +233,26 @@ impl Stream {
         v
     }
 
+    /// The upstream's response headers arrived; `prefill_unreachable` is its
+    /// `x-kvgate-prefill-unreachable` value (the glue removes that header before the
+    /// client sees it): those prefill workers leave prefill picks for a while.
+    pub fn upstream_response(
+        &mut self,
+        vm: &mut Vm,
+        host: &dyn Host,
+        prefill_unreachable: Option<&str>,
+    ) {
+        if let (true, Some(v)) = (self.routed, prefill_unreachable) {
+            let n = vm.engine.prefill_unreachable(v, host.now_ms());
+            if n > 0 {
+                host.log(
+                    crate::host::Level::Warn,
+                    &format!("kvgate: prefill worker(s) {v} unreachable from the decode worker; left out of prefill picks"),
+                );
+            }
+        }
+    }
+
     /// Whether [`Stream::response_body`] needs the chunk's bytes (streamed-output counting).
     pub fn wants_response_bytes(&self, vm: &Vm, size: usize) -> bool {
         self.routed && size > 0 && vm.engine.cfg.router.track_output_blocks

@@ -2,6 +2,7 @@
 //! answer is applied here (remove/set headers, replace the body, reply locally).
 
 use crate::host::ProxyHost;
+use kvgate_engine::headers;
 use kvgate_engine::stream::REPLY_HEADERS;
 use kvgate_engine::{Next, Reply, Stream, Verdict, Vm};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -98,7 +99,13 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        let vm = self.vm.borrow();
+        let unreachable = self.get_http_response_header(headers::PREFILL_UNREACHABLE);
+        if unreachable.is_some() {
+            self.set_http_response_header(headers::PREFILL_UNREACHABLE, None);
+        }
+        let mut vm = self.vm.borrow_mut();
+        self.stream
+            .upstream_response(&mut vm, &ProxyHost, unreachable.as_deref());
         for (name, value) in self.stream.response_headers(&vm) {
             self.set_http_response_header(name, Some(value));
         }

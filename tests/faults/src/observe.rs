@@ -53,15 +53,22 @@ impl Decision {
         if d.mode.is_empty() {
             return None;
         }
+        // Disaggregated: `… prefill: | <prefill candidates> decode: | <decode candidates>`.
+        let mut in_prefill = head.trim_end().ends_with("prefill:");
         for part in parts {
-            let part = part.trim();
+            let mut part = part.trim();
             if let Some(why) = part.strip_prefix("degraded=") {
                 d.degraded = Some(why.to_string());
                 continue;
             }
+            let prefill = in_prefill;
+            if let Some(before) = part.strip_suffix("decode:") {
+                part = before.trim_end();
+                in_prefill = false;
+            }
             let (prefill, rest) = match part.strip_prefix("prefill:") {
                 Some(r) => (true, r.trim()),
-                None => (false, part),
+                None => (prefill, part),
             };
             let mut words = rest.split_whitespace();
             let Some((w, r)) = words.next().and_then(|id| id.split_once('/')) else {
@@ -92,9 +99,15 @@ impl Decision {
         self.candidates.iter().find(|c| c.chosen && !c.prefill)
     }
 
-    /// KV-aware: not degraded, and the chosen worker holds part of the prompt.
+    /// KV-aware: not degraded, and the chosen worker holds part of the prompt (the
+    /// chosen prefill worker in disaggregated mode: the decode pick ignores the cache).
     pub fn kv_aware(&self) -> bool {
-        self.degraded.is_none() && self.chosen().is_some_and(|c| c.overlap > 0)
+        let pick = self
+            .candidates
+            .iter()
+            .find(|c| c.chosen && c.prefill)
+            .or_else(|| self.chosen());
+        self.degraded.is_none() && pick.is_some_and(|c| c.overlap > 0)
     }
 
     /// Worker ids of every candidate.
@@ -302,6 +315,19 @@ mod tests {
         .unwrap();
         assert_eq!(d.degraded.as_deref(), Some("stale_index"));
         assert!(!d.kv_aware());
+        let d = Decision::parse(
+            "mode=disaggregated isl=40 bs=16 prefill: | 1/0 ov=2 pf=0 dc=0 logit=1.00 | 2/0 ov=0 pf=0 dc=0 logit=0.50* decode: | 3/0 ov=0 pf=0 dc=3 logit=3.00* | 4/0 ov=0 pf=0 dc=4 logit=4.00",
+        )
+        .unwrap();
+        let prefill: Vec<(u64, bool)> = d
+            .candidates
+            .iter()
+            .filter(|c| c.prefill)
+            .map(|c| (c.worker, c.chosen))
+            .collect();
+        assert_eq!(prefill, vec![(1, false), (2, true)]);
+        assert_eq!(d.chosen().unwrap().worker, 3, "the decode pick");
+        assert!(!d.kv_aware(), "the chosen prefill worker holds nothing");
         assert!(Decision::parse("garbage").is_none());
     }
 

@@ -478,6 +478,10 @@ fn trailers_release_the_buffered_body_and_reset_is_recorded() {
 fn vms_on_threads_share_cas_counters() {
     let module = probe_module();
     let shared = SharedStore::new();
+    // As in Envoy, reading a missing key gives CAS 0 and a write with CAS 0 is
+    // unconditional: two first increments would both write 1. Seed the key so every
+    // increment is a compare-and-swap.
+    shared.set("kvgate", b"bodies", b"0", 0);
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let (module, shared) = (module.clone(), shared.clone());

@@ -12,7 +12,26 @@ use std::path::PathBuf;
 /// A simulated OpenAI-compatible LLM engine with a paged prefix cache that publishes
 /// Dynamo-format KV events (roughly a small model on one GPU; no GPU needed).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mock-worker", version, about, long_about = None)]
+#[command(
+    name = "mock-worker",
+    version,
+    about = "A GPU-free LLM engine for testing kvgate: OpenAI API, paged prefix cache, real KV events",
+    long_about = "A GPU-free stand-in for a vLLM/SGLang/TRT-LLM worker, for testing kvgate.\n\n\
+        It serves the OpenAI chat and text completion APIs (streamed or whole), tokenizes with \
+        the model's real chat template and tokenizer, and runs each request through a \
+        scheduler with a paged prefix cache per data-parallel rank: --num-gpu-blocks blocks \
+        of --block-size tokens, shared prefixes reused, least recently used blocks evicted. \
+        Prefill and decode take simulated time from Dynamo's mocker time model (prefill cost \
+        grows with uncached prompt tokens, decode with KV usage), divided by --speedup.\n\n\
+        Every cache change is published as a KV event in the real wire formats: Dynamo's \
+        (NATS/JetStream, --nats-url) and/or vLLM's native ZMQ stream (--zmq-pub; rank r on \
+        the port + r). With NATS it also reports load, announces itself to kvgate \
+        (namespace.{ns}.kvgate.workers) and answers worker KV queries with a cache dump. \
+        Roles: aggregated, prefill, or decode (a decode worker runs the prefill on the \
+        worker named by x-prefill-instance-id, trying x-kvgate-prefill-fallbacks next, and \
+        prefills itself when none is reachable unless x-kvgate-prefill-required). \
+        GET /kvgate/cache and /kvgate/stats show its true cache and counters."
+)]
 pub struct MockArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -91,8 +110,9 @@ pub struct MockArgs {
     /// A peer worker, `ID=IP:PORT` (repeatable): where to send remote prefills.
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(WorkerId, String)>,
-    /// Also publish vLLM-native KV events on a ZMQ PUB socket bound here
-    /// (e.g. `tcp://127.0.0.1:5557`).
+    /// Also publish vLLM-native KV events on ZMQ PUB sockets: rank r binds this
+    /// endpoint's port + r, as vLLM's per-rank engines do (e.g. `tcp://127.0.0.1:5557`;
+    /// port 0: consecutive free ports).
     #[arg(long)]
     pub zmq_pub: Option<String>,
     /// Topic frame of the ZMQ messages (vLLM's default is empty).

@@ -186,6 +186,11 @@ pub struct Routing {
     pub prefill_instance: Option<WorkerId>,
     /// `x-dynamo-prefill-dp-rank` / `x-prefill-dp-rank`.
     pub prefill_dp_rank: Option<DpRank>,
+    /// `x-kvgate-prefill-fallbacks` (`id/rank,…`): prefill workers to try, in order, when
+    /// the named one cannot be reached.
+    pub prefill_fallbacks: Vec<(WorkerId, DpRank)>,
+    /// `x-kvgate-prefill-required: true`: never prefill locally instead.
+    pub prefill_required: bool,
     /// `x-request-id`.
     pub request_id: Option<String>,
     /// `x-tenant-id`: the cache salt that shifts the block hash seed (Dynamo's
@@ -206,6 +211,7 @@ pub fn is_routing_header(name: &str) -> bool {
             | "x-gateway-destination-endpoint"
             | "x-request-id"
     ) || name.starts_with("x-dynamo-")
+        || name.starts_with("x-kvgate-prefill-")
 }
 
 fn header<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
@@ -255,6 +261,22 @@ pub fn parse_routing(h: &HeaderMap) -> Result<Routing, RequestError> {
             &["x-dynamo-prefill-dp-rank", "x-prefill-dp-rank"],
             "x-prefill-dp-rank",
         )?,
+        prefill_fallbacks: match header(h, &["x-kvgate-prefill-fallbacks"]) {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(|item| {
+                    let bad = || invalid("x-kvgate-prefill-fallbacks", format!("`{item}`"));
+                    let (id, rank) = item.trim().split_once('/').ok_or_else(bad)?;
+                    Ok((
+                        id.parse().map_err(|_| bad())?,
+                        rank.parse().map_err(|_| bad())?,
+                    ))
+                })
+                .collect::<Result<_, RequestError>>()?,
+        },
+        prefill_required: header(h, &["x-kvgate-prefill-required"])
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         request_id: header(h, &["x-request-id"]).map(str::to_string),
         cache_salt: header(h, &["x-tenant-id"]).map(str::to_string),
         logged,

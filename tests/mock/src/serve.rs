@@ -14,6 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kvgate_core::hash::block_seed;
+use kvgate_core::WorkerId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -141,26 +142,44 @@ pub async fn completions(
         .filter(|m| st.lora_adapters.iter().any(|a| a == m));
     let hash_seed = block_seed(lora, routing.cache_salt.as_deref());
     let mut prefilled = false;
+    let mut unreachable: Vec<WorkerId> = Vec::new();
     let remote = routing
         .prefill_instance
         .filter(|&p| st.role == Role::Decode && p != st.engine.worker_id());
     if let Some(pid) = remote {
-        let req = PrefillRequest {
-            request_id: request_id.clone(),
-            token_ids: tokens.clone(),
-            dp_rank: routing.prefill_dp_rank.unwrap_or(0),
-            hash_seed,
-        };
-        match remote_prefill(&st.peers, pid, &req, st.prefill_timeout).await {
-            Ok(r) => {
-                prefilled = true;
-                line.update(|l| {
-                    l.prefill_worker_id = Some(r.worker_id);
-                    l.prefill_hit_tokens = Some(r.prefix_hit_tokens);
-                });
+        // The named prefill worker, then the gateway's fallbacks in order; one that cannot
+        // be reached (or refuses) is skipped and reported back to the gateway.
+        let first = (pid, routing.prefill_dp_rank.unwrap_or(0));
+        let mut last_error = String::new();
+        for (id, rank) in std::iter::once(first).chain(routing.prefill_fallbacks.iter().copied()) {
+            let req = PrefillRequest {
+                request_id: request_id.clone(),
+                token_ids: tokens.clone(),
+                dp_rank: rank,
+                hash_seed,
+            };
+            match remote_prefill(&st.peers, id, &req, st.prefill_timeout).await {
+                Ok(r) => {
+                    prefilled = true;
+                    line.update(|l| {
+                        l.prefill_worker_id = Some(r.worker_id);
+                        l.prefill_hit_tokens = Some(r.prefix_hit_tokens);
+                    });
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(prefill_worker = id, "remote prefill failed: {e}");
+                    unreachable.push(id);
+                    last_error = e.to_string();
+                }
             }
-            Err(e) => return fail(&mut line, StatusCode::BAD_GATEWAY, e.to_string()),
         }
+        if !prefilled && routing.prefill_required {
+            let mut r = fail(&mut line, StatusCode::BAD_GATEWAY, last_error);
+            set_unreachable(&mut r, &unreachable);
+            return r;
+        }
+        // Otherwise this worker prefills itself (aggregated fallback).
     }
     let prompt_tokens = tokens.len();
     let max_tokens = parsed.max_tokens.unwrap_or(st.default_max_tokens).max(1);
@@ -194,7 +213,7 @@ pub async fn completions(
         include_usage: parsed.include_usage,
         done: false,
     };
-    if parsed.stream {
+    let mut response = if parsed.stream {
         let body = Body::from_stream(futures::stream::unfold(stream, |mut s| async move {
             let bytes = s.next_sse().await?;
             Some((Ok::<Bytes, std::convert::Infallible>(Bytes::from(bytes)), s))
@@ -209,6 +228,23 @@ pub async fn completions(
             .into_response()
     } else {
         stream.whole().await
+    };
+    set_unreachable(&mut response, &unreachable);
+    response
+}
+
+/// Names the prefill workers this decode worker could not use
+/// (`x-kvgate-prefill-unreachable`), so the gateway can stop choosing them.
+fn set_unreachable(r: &mut Response, ids: &[WorkerId]) {
+    if ids.is_empty() {
+        return;
+    }
+    let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+    if let Ok(v) = header::HeaderValue::from_str(&list.join(",")) {
+        r.headers_mut().insert(
+            header::HeaderName::from_static("x-kvgate-prefill-unreachable"),
+            v,
+        );
     }
 }
 

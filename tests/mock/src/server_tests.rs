@@ -226,15 +226,63 @@ async fn a_decode_worker_runs_its_prefill_on_the_named_peer() {
             2
         );
     }
-    // An unknown prefill worker is a gateway error.
+    // An unreachable prefill worker: the next one the gateway listed runs the prefill,
+    // and the decode worker names the unreachable one in its answer.
+    let other: Vec<u32> = (100..140).collect();
+    let body2 = json!({"prompt": other, "max_tokens": 4});
+    let r = post(
+        &d,
+        "/v1/completions",
+        &[
+            ("x-prefill-instance-id", "99"),
+            ("x-kvgate-prefill-fallbacks", "11/0"),
+        ],
+        &body2,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-kvgate-prefill-unreachable"), Some("99"));
+    let ps = get_json(&p, "/kvgate/stats").await;
+    assert_eq!(ps["totals"]["computed_prefill_tokens"], 80);
+    // None reachable: the decode worker prefills itself (aggregated fallback) ...
+    let third: Vec<u32> = (200..240).collect();
+    let body3 = json!({"prompt": third, "max_tokens": 4});
     let r = post(
         &d,
         "/v1/completions",
         &[("x-prefill-instance-id", "99")],
+        &body3,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-kvgate-prefill-unreachable"), Some("99"));
+    let ds = get_json(&d, "/kvgate/stats").await;
+    assert_eq!(ds["totals"]["computed_prefill_tokens"], 40);
+    // ... unless the model requires disaggregated serving: a gateway error.
+    let r = post(
+        &d,
+        "/v1/completions",
+        &[
+            ("x-prefill-instance-id", "99"),
+            ("x-kvgate-prefill-required", "true"),
+        ],
         &body,
     )
     .await;
     assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-kvgate-prefill-unreachable"), Some("99"));
+    // A malformed fallback list is a gateway bug: 400.
+    let r = post(
+        &d,
+        "/v1/completions",
+        &[
+            ("x-prefill-instance-id", "11"),
+            ("x-kvgate-prefill-fallbacks", "11"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 400);
     d.shutdown().await;
     p.shutdown().await;
 }

@@ -14,8 +14,8 @@
 use super::events::EventSink;
 use bytes::Bytes;
 use kvgate_core::events::vllm::{
-    encode_batch, encode_multipart, BlockRemoved, BlockStored, CacheGroup, Encoding, ExternalHash,
-    TokenIds, VllmBatch, VllmEvent,
+    encode_batch, encode_multipart, rank_endpoint, BlockRemoved, BlockStored, CacheGroup, Encoding,
+    ExternalHash, TokenIds, VllmBatch, VllmEvent,
 };
 use kvgate_core::events::{KvEvent, KvEventData};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,17 +39,34 @@ pub enum ZmqError {
     },
 }
 
-/// The endpoint of rank `rank`: the base port plus the rank (port 0 stays 0: any port).
-pub fn rank_endpoint(base: &str, rank: u32) -> Result<String, ZmqError> {
+fn any_port(base: &str) -> bool {
+    base.ends_with(":0")
+}
+
+/// One bound PUB socket per rank: rank r on the base port + r. With base port 0, rank 0
+/// takes any free port and the others the ports after it.
+async fn bind_ranks(
+    base: &str,
+    dp_size: u32,
+) -> Result<(Vec<zeromq::PubSocket>, Vec<String>), ZmqError> {
     let bad = || ZmqError::BadEndpoint(base.to_string());
-    let rest = base.strip_prefix("tcp://").ok_or_else(bad)?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let port: u32 = port.parse().map_err(|_| bad())?;
-    let port = if port == 0 { 0 } else { port + rank };
-    if host.is_empty() || port > u32::from(u16::MAX) {
-        return Err(bad());
+    let mut socks = Vec::new();
+    let mut bound: Vec<String> = Vec::new();
+    for r in 0..dp_size {
+        let endpoint = match bound.first() {
+            Some(first) if any_port(base) => rank_endpoint(first, r),
+            _ => rank_endpoint(base, r),
+        }
+        .ok_or_else(bad)?;
+        let mut sock = zeromq::PubSocket::new();
+        let ep = sock
+            .bind(&endpoint)
+            .await
+            .map_err(|source| ZmqError::Bind { endpoint, source })?;
+        bound.push(ep.to_string());
+        socks.push(sock);
     }
-    Ok(format!("tcp://{host}:{port}"))
+    Ok((socks, bound))
 }
 
 /// The vLLM batch of one KV event (`tokens`: the stored blocks' token ids).
@@ -93,8 +110,10 @@ pub struct ZmqSink {
 }
 
 impl ZmqSink {
-    /// Binds one PUB socket per rank on `base` (port + rank). Returns the sink, the sending
-    /// tasks and the bound endpoints (rank order).
+    /// Binds one PUB socket per rank on `base` (port + rank, as vLLM's per-rank engines
+    /// do; with port 0, on consecutive free ports so the announced first endpoint still
+    /// names every rank). Returns the sink, the sending tasks and the bound endpoints
+    /// (rank order).
     pub async fn start(
         base: &str,
         dp_size: u32,
@@ -102,17 +121,18 @@ impl ZmqSink {
         block_size: u32,
         topic: &str,
     ) -> Result<(Self, Vec<JoinHandle<()>>, Vec<String>), ZmqError> {
+        let dp_size = dp_size.max(1);
+        let mut attempt = 0;
+        let (socks, bound) = loop {
+            attempt += 1;
+            match bind_ranks(base, dp_size).await {
+                Err(ZmqError::Bind { .. }) if attempt < 20 && any_port(base) => continue,
+                other => break other?,
+            }
+        };
         let mut ranks = Vec::new();
         let mut tasks = Vec::new();
-        let mut bound = Vec::new();
-        for r in 0..dp_size.max(1) {
-            let endpoint = rank_endpoint(base, r)?;
-            let mut sock = zeromq::PubSocket::new();
-            let ep = sock
-                .bind(&endpoint)
-                .await
-                .map_err(|source| ZmqError::Bind { endpoint, source })?;
-            bound.push(ep.to_string());
+        for mut sock in socks {
             let (tx, mut rx) = mpsc::unbounded_channel::<[Vec<u8>; 3]>();
             tasks.push(tokio::spawn(async move {
                 while let Some(frames) = rx.recv().await {
@@ -172,21 +192,6 @@ mod tests {
     use kvgate_core::WorkerKey;
     use std::time::Duration;
     use zeromq::SocketRecv;
-
-    #[test]
-    fn rank_endpoints() {
-        assert_eq!(
-            rank_endpoint("tcp://127.0.0.1:5557", 2).unwrap(),
-            "tcp://127.0.0.1:5559"
-        );
-        assert_eq!(
-            rank_endpoint("tcp://127.0.0.1:0", 3).unwrap(),
-            "tcp://127.0.0.1:0"
-        );
-        assert!(rank_endpoint("ipc:///x", 0).is_err());
-        assert!(rank_endpoint("tcp://h:65535", 1).is_err());
-        assert!(rank_endpoint("tcp://:1", 0).is_err());
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stored_events_reach_a_subscriber_and_convert_back() {

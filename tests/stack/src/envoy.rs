@@ -46,6 +46,9 @@ pub struct EnvoyOptions {
     /// The sidecar's API token, given to Envoy as `KVGATE_SIDECAR_TOKEN` (the template
     /// hands it to the Wasm VM through `environment_variables.host_env_keys`).
     pub sidecar_token: Option<String>,
+    /// File stem of the rendered config and the log (None: `envoy`, or `envoy-baseline`
+    /// for the baseline), so several gateways can share a directory.
+    pub name: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -63,6 +66,7 @@ impl Default for EnvoyOptions {
             admin_port: None,
             allow_on_headers_stop_iteration: true,
             sidecar_token: None,
+            name: None,
         }
     }
 }
@@ -127,10 +131,10 @@ impl Envoy {
     pub fn start(tools: &Tools, opts: &EnvoyOptions, dir: &Path) -> Result<Envoy, StackError> {
         let port = opts.port.unwrap_or_else(free_port);
         let admin_port = opts.admin_port.unwrap_or_else(free_port);
-        let name = match opts.kind {
+        let name = opts.name.as_deref().unwrap_or(match opts.kind {
             EnvoyKind::Kvgate => "envoy",
             EnvoyKind::Baseline => "envoy-baseline",
-        };
+        });
         let cfg_path = dir.join(format!("{name}.yaml"));
         std::fs::write(&cfg_path, render(tools, opts, port, admin_port)?)?;
         let envoy = tools.envoy_cmd()?;

@@ -12,7 +12,7 @@ mod workers;
 
 pub use envoy::{render as render_envoy, Envoy, EnvoyKind, EnvoyOptions};
 pub use nats::Nats;
-pub use proc::{free_port, wait_for, Proc, StackError};
+pub use proc::{free_port, free_ports, wait_for, Proc, StackError};
 pub use tools::{nats_server_path, repo_root, require, wasm_path, Tools};
 pub use workers::{new_token, Sidecar, Worker};
 
@@ -54,6 +54,18 @@ pub struct StackOptions {
     pub vm_config: Option<String>,
     /// Envoy's `allow_on_headers_stop_iteration` on the filter (default on).
     pub allow_on_headers_stop_iteration: bool,
+    /// Gateways (Envoys with the filter) sharing the one sidecar; the first is
+    /// [`Stack::envoy`], the others [`Stack::more_envoys`].
+    pub gateways: usize,
+    /// Data-parallel ranks per worker (`--dp-size`).
+    pub dp_size: u32,
+    /// The first this many workers are prefill workers, the others decode workers
+    /// (0: every worker aggregated).
+    pub prefill_workers: usize,
+    /// Workers publish only vLLM's native ZMQ stream (one PUB socket per dp rank) and no
+    /// NATS at all, as a plain vLLM does: the stack writes their table to
+    /// `workers.json` and the sidecar runs with `--no-nats --workers-file`.
+    pub zmq_only: bool,
 }
 
 impl StackOptions {
@@ -73,14 +85,38 @@ impl StackOptions {
             spare_endpoints: 0,
             vm_config: None,
             allow_on_headers_stop_iteration: true,
+            gateways: 1,
+            dp_size: 1,
+            prefill_workers: 0,
+            zmq_only: false,
         }
+    }
+
+    /// The mock-worker arguments of the worker with instance id `id` (1-based) beyond
+    /// the ones every worker gets: role, then `per_worker_args`.
+    fn args_of(&self, id: usize) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.prefill_workers > 0 {
+            let role = if id <= self.prefill_workers {
+                "prefill"
+            } else {
+                "decode"
+            };
+            args.extend(["--role".to_string(), role.to_string()]);
+        }
+        if let Some(extra) = self.per_worker_args.get(id - 1) {
+            args.extend(extra.iter().cloned());
+        }
+        args
     }
 }
 
 /// A running stack. Dropping it stops everything (Envoy first).
 pub struct Stack {
-    /// Envoy.
+    /// Envoy (the first gateway).
     pub envoy: Envoy,
+    /// The other gateways sharing the sidecar ([`StackOptions::gateways`]).
+    pub more_envoys: Vec<Envoy>,
     /// Mock workers.
     pub workers: Vec<Worker>,
     /// The sidecar.
@@ -105,7 +141,7 @@ impl Stack {
         let tools = Tools::from_env()?;
         std::fs::create_dir_all(&opts.dir)?;
         let request_log = opts.dir.join("mock-requests.jsonl");
-        let nats = if opts.sidecar {
+        let nats = if opts.sidecar && !opts.zmq_only {
             Some(Nats::start(&tools, &opts.dir)?)
         } else {
             None
@@ -117,27 +153,65 @@ impl Stack {
         if let Some(n) = &nats {
             worker_args.extend(["--nats-url".to_string(), n.url()]);
         }
+        if opts.dp_size > 1 {
+            worker_args.extend(["--dp-size".to_string(), opts.dp_size.to_string()]);
+        }
         worker_args.extend(opts.worker_args.iter().cloned());
         let mut workers = Vec::new();
-        for id in 1..=opts.workers as u64 {
+        let mut table = Vec::new();
+        for id in 1..=opts.workers {
             let mut args = worker_args.clone();
-            if let Some(extra) = opts.per_worker_args.get(id as usize - 1) {
-                args.extend(extra.iter().cloned());
+            args.extend(opts.args_of(id));
+            let mut zmq = None;
+            if opts.zmq_only {
+                // No NATS announcements: decode workers learn the prefill workers (started
+                // first) from the command line.
+                if id > opts.prefill_workers {
+                    for w in workers.iter().take(opts.prefill_workers) {
+                        let w: &Worker = w;
+                        args.extend([
+                            "--peer".to_string(),
+                            format!("{}={}", w.instance_id, w.endpoint),
+                        ]);
+                    }
+                }
+                let base = format!("tcp://127.0.0.1:{}", free_ports(opts.dp_size.max(1)));
+                args.extend(["--zmq-pub".to_string(), base.clone()]);
+                zmq = Some(base);
             }
-            workers.push(Worker::start(&tools, &opts.dir, id, &args)?);
+            let w = Worker::start(&tools, &opts.dir, id as u64, &args)?;
+            table.push(json!({
+                "instance_id": w.instance_id,
+                "endpoint": w.endpoint,
+                "model": MODEL,
+                "role": if opts.prefill_workers == 0 { "aggregated" } else if id <= opts.prefill_workers { "prefill" } else { "decode" },
+                "block_size": 16,
+                "dp_size": opts.dp_size.max(1),
+                "zmq_events": zmq,
+            }));
+            workers.push(w);
         }
-        let sidecar = match &nats {
-            Some(n) => {
-                let mut args = vec![
-                    "--nats-url".to_string(),
-                    n.url(),
-                    "--model".to_string(),
-                    format!("{MODEL}={}", tools.model_dir.display()),
-                ];
-                args.extend(opts.sidecar_args.iter().cloned());
-                Some(Sidecar::start(&tools, &opts.dir, &args)?)
+        let sidecar = if !opts.sidecar {
+            None
+        } else {
+            let mut args = vec![
+                "--model".to_string(),
+                format!("{MODEL}={}", tools.model_dir.display()),
+            ];
+            match &nats {
+                Some(n) => args.extend(["--nats-url".to_string(), n.url()]),
+                None => {
+                    let file = opts.dir.join("workers.json");
+                    std::fs::write(&file, Value::Array(table).to_string())?;
+                    args.extend([
+                        "--no-nats".to_string(),
+                        "--workers-file".to_string(),
+                        file.display().to_string(),
+                    ]);
+                }
             }
-            None => None,
+            args.extend(opts.sidecar_args.iter().cloned());
+            Some(Sidecar::start(&tools, &opts.dir, &args)?)
         };
         let mut plugin = serde_json::Map::new();
         plugin.insert("sync_wait_ms".into(), json!(500));
@@ -179,8 +253,20 @@ impl Stack {
             ..EnvoyOptions::default()
         };
         let envoy = Envoy::start(&tools, &envoy_opts, &opts.dir)?;
+        let mut more_envoys = Vec::new();
+        for g in 1..opts.gateways.max(1) {
+            let step = g as u16;
+            let more = EnvoyOptions {
+                name: Some(format!("envoy-{}", g + 1)),
+                port: opts.ports.map(|p| p.0 + step),
+                admin_port: opts.ports.map(|p| p.1 + step),
+                ..envoy_opts.clone()
+            };
+            more_envoys.push(Envoy::start(&tools, &more, &opts.dir)?);
+        }
         Ok(Stack {
             envoy,
+            more_envoys,
             workers,
             sidecar,
             nats,
@@ -225,16 +311,21 @@ impl Stack {
     /// `decision_header: true`): sends a probe request until its `x-kvgate-decision` shows
     /// no degradation and every worker as a candidate. Returns the probe's decision line.
     pub fn wait_routable(&self, timeout: Duration) -> Result<String, StackError> {
+        let mut line = String::new();
+        for envoy in std::iter::once(&self.envoy).chain(&self.more_envoys) {
+            line = self.wait_routable_on(envoy, timeout)?;
+        }
+        Ok(line)
+    }
+
+    /// [`Stack::wait_routable`] on one gateway.
+    pub fn wait_routable_on(&self, envoy: &Envoy, timeout: Duration) -> Result<String, StackError> {
         let body = json!({"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]}).to_string();
         let want = self.workers.len();
         let mut last = String::new();
         let ok = wait_for(timeout, || {
-            let r = kvgate_http::post(
-                &self.envoy.url("/v1/chat/completions"),
-                &[],
-                body.as_bytes(),
-            )
-            .ok()?;
+            let r =
+                kvgate_http::post(&envoy.url("/v1/chat/completions"), &[], body.as_bytes()).ok()?;
             last = r
                 .header("x-kvgate-decision")
                 .unwrap_or_default()
@@ -248,7 +339,7 @@ impl Stack {
                 .then(|| last.clone())
         });
         ok.ok_or_else(|| {
-            self.envoy
+            envoy
                 .proc
                 .error(&format!("filter not routable yet; last decision: `{last}`"))
         })

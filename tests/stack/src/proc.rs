@@ -176,6 +176,18 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// `n` consecutive free ports (one per dp rank: vLLM's rank r publishes on the first + r),
+/// none of them handed out again by [`free_port`]; returns the first.
+pub fn free_ports(n: u32) -> u16 {
+    loop {
+        let first = free_port();
+        let consecutive = (1..n).all(|r| u32::from(free_port()) == u32::from(first) + r);
+        if consecutive {
+            return first;
+        }
+    }
+}
+
 /// Polls `f` every 25 ms until it returns `Some`, or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -11,9 +11,19 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use validate::{
-    AdmissionControl, Config, FailPolicy, GatewayConfig, RouterConfig, Secret, TemplateCompat,
-    UnknownModel,
+    AdmissionControl, Config, EnforceDisagg, FailPolicy, GatewayConfig, RouterConfig, Secret,
+    TemplateCompat, UnknownModel,
 };
+
+/// `enforce_disagg` as written: every model (`true`), none (`false`), or these models.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum EnforceDisaggRaw {
+    /// Every model or none.
+    All(bool),
+    /// Only the models named.
+    Models(Vec<String>),
+}
 
 /// Why a configuration was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -69,9 +79,10 @@ pub struct RawConfig {
     pub active_prefill_tokens_threshold: Option<u64>,
     pub active_prefill_tokens_threshold_frac: Option<f64>,
     pub busy_threshold: Option<f64>,
-    pub enforce_disagg: Option<bool>,
+    pub enforce_disagg: Option<EnforceDisaggRaw>,
     pub overload_status: Option<u16>,
     pub max_fallbacks: Option<u64>,
+    pub prefill_quarantine_ms: Option<u64>,
     pub session_affinity_header: Option<String>,
     pub session_affinity_slack: Option<f64>,
     pub fail_policy: Option<String>,

@@ -11,7 +11,11 @@ fn defaults_are_dynamos() {
     assert!(
         c.router.use_kv_events && c.router.track_active_blocks && c.router.track_prefill_tokens
     );
-    assert!(!c.router.track_output_blocks && !c.router.replica_sync && !c.router.enforce_disagg);
+    assert!(
+        !c.router.track_output_blocks
+            && !c.router.replica_sync
+            && c.router.enforce_disagg == EnforceDisagg::Off
+    );
     assert_eq!(c.router.approx_ttl_ms, 120_000);
     assert_eq!(c.router.active_decode_blocks_threshold, None);
     assert_eq!(c.gateway.fail_policy, FailPolicy::FailOpen);
@@ -172,5 +176,20 @@ fn readme_table_is_current() {
             "README.md's configuration table is out of date; the current one is in {}",
             path.display()
         );
+    }
+}
+
+#[test]
+fn enforce_disagg_is_for_every_model_or_the_models_named() {
+    let c = Config::from_json(br#"{"enforce_disagg": true}"#).unwrap();
+    assert!(c.router.enforce_disagg.applies("any/model"));
+    let c = Config::from_json(br#"{"enforce_disagg": ["Qwen/Qwen3-0.6B"]}"#).unwrap();
+    assert!(c.router.enforce_disagg.applies("Qwen/Qwen3-0.6B"));
+    assert!(!c.router.enforce_disagg.applies("meta-llama/Llama-3.2-1B"));
+    let c = Config::from_json(br#"{"enforce_disagg": false}"#).unwrap();
+    assert!(!c.router.enforce_disagg.applies("Qwen/Qwen3-0.6B"));
+    for bad in [r#"{"enforce_disagg": [""]}"#, r#"{"enforce_disagg": 3}"#] {
+        let e = Config::from_json(bad.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("enforce_disagg"), "{bad}: {e}");
     }
 }

@@ -15,6 +15,47 @@ pub enum FailPolicy {
     FailClosed,
 }
 
+/// For which models disaggregated serving is required: a request for such a model with
+/// no prefill worker available gets 503 `no_prefill_worker` instead of aggregated serving.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EnforceDisagg {
+    /// No model (fall back to aggregated serving).
+    #[default]
+    Off,
+    /// Every model.
+    All,
+    /// Only these models (a LoRA adapter counts as its base model).
+    Models(BTreeSet<String>),
+}
+
+impl EnforceDisagg {
+    /// Whether requests for `model` must be served disaggregated.
+    pub fn applies(&self, model: &str) -> bool {
+        match self {
+            EnforceDisagg::Off => false,
+            EnforceDisagg::All => true,
+            EnforceDisagg::Models(m) => m.contains(model),
+        }
+    }
+}
+
+fn enforce_disagg(v: Option<super::EnforceDisaggRaw>) -> Result<EnforceDisagg, ConfigError> {
+    use super::EnforceDisaggRaw as Raw;
+    Ok(match v {
+        None | Some(Raw::All(false)) => EnforceDisagg::Off,
+        Some(Raw::All(true)) => EnforceDisagg::All,
+        Some(Raw::Models(list)) => {
+            if let Some(bad) = list.iter().find(|m| m.trim().is_empty() || m.len() > 256) {
+                return Err(ConfigError::invalid(
+                    "enforce_disagg",
+                    format!("`{bad}` is not a model name"),
+                ));
+            }
+            EnforceDisagg::Models(list.into_iter().collect())
+        }
+    })
+}
+
 /// What to do with a request for a model no worker serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UnknownModel {
@@ -86,12 +127,16 @@ pub struct RouterConfig {
     pub active_prefill_tokens_threshold_frac: Option<f64>,
     /// Busy when reported KV usage fraction > this.
     pub busy_threshold: Option<f64>,
-    /// Fail rather than fall back to aggregated when prefill workers are required.
-    pub enforce_disagg: bool,
+    /// Models that fail rather than fall back to aggregated when no prefill worker is
+    /// available.
+    pub enforce_disagg: EnforceDisagg,
     /// Status when every worker is busy.
     pub overload_status: u16,
-    /// Next-best workers listed after the chosen one in the destination header.
+    /// Next-best workers listed after the chosen one in the destination header (and
+    /// prefill workers in `x-kvgate-prefill-fallbacks`).
     pub max_fallbacks: usize,
+    /// How long a prefill worker reported unreachable stays out of prefill picks (ms).
+    pub prefill_quarantine_ms: u64,
     /// Extra cost, as a fraction of the request's blocks, a session's worker may have
     /// over the best and still be kept.
     pub session_affinity_slack: f64,
@@ -362,7 +407,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         active_prefill_tokens_threshold: prefill_thr,
         active_prefill_tokens_threshold_frac: prefill_frac,
         busy_threshold: busy,
-        enforce_disagg: raw.enforce_disagg.unwrap_or(false),
+        enforce_disagg: enforce_disagg(raw.enforce_disagg)?,
         overload_status: ranged(
             "overload_status",
             raw.overload_status.map(u64::from),
@@ -371,6 +416,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             599,
         )? as u16,
         max_fallbacks: ranged("max_fallbacks", raw.max_fallbacks, 2, 0, 8)? as usize,
+        prefill_quarantine_ms: ranged(
+            "prefill_quarantine_ms",
+            raw.prefill_quarantine_ms,
+            5_000,
+            0,
+            600_000,
+        )?,
         session_affinity_slack: non_negative(
             "session_affinity_slack",
             raw.session_affinity_slack,

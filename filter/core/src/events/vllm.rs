@@ -33,6 +33,21 @@ use super::dynamo::wire::{check_size, Head, Reader, WireError};
 use super::EventError;
 use crate::types::{DpRank, WorkerId};
 
+/// The endpoint vLLM's engine of local data-parallel rank `offset` publishes on (or serves
+/// replay on) when configured with `base`: the base port plus the offset, as vLLM's
+/// per-rank engines do; port 0 (any port) stays 0. `None` unless `base` is
+/// `tcp://HOST:PORT` and the port stays a port.
+pub fn rank_endpoint(base: &str, offset: u32) -> Option<String> {
+    let (host, port) = base.strip_prefix("tcp://")?.rsplit_once(':')?;
+    let port: u32 = port.parse().ok()?;
+    let port = if port == 0 {
+        0
+    } else {
+        port.checked_add(offset)?
+    };
+    (!host.is_empty() && port <= u32::from(u16::MAX)).then(|| format!("tcp://{host}:{port}"))
+}
+
 /// Format name used in errors.
 pub const FORMAT: &str = "vLLM KVEventBatch";
 

@@ -17,6 +17,10 @@ use kvgate_core::workers::WorkerRole;
 
 fn static_vm(host: &FakeHost, extra: &str) -> Vm {
     let workers: Vec<_> = (1..=2).map(|i| worker(i, WorkerRole::Aggregated)).collect();
+    vm_with(host, &workers, extra)
+}
+
+fn vm_with(host: &FakeHost, workers: &[kvgate_core::workers::WorkerInfo], extra: &str) -> Vm {
     let cfg = format!(
         r#"{{"sidecar_cluster": "", "max_body_bytes": 100000, "workers": {} {extra}}}"#,
         serde_json::to_string(&workers).unwrap()
@@ -375,4 +379,97 @@ fn without_affinity_configured_no_token_is_read_or_written() {
         assert!(s.response_headers(&vm).is_empty());
         s.done(&mut vm, &h);
     }
+}
+
+/// Decides one long chat on `vm`; returns the routing headers.
+fn decide_headers(vm: &mut Vm, h: &FakeHost, ctx: u32) -> (Stream, Vec<(&'static str, String)>) {
+    let mut s = Stream::new(ctx);
+    s.request_headers(vm, h, &post(&[]), false);
+    let Verdict::Continue { headers, .. } = s.decide(vm, h, &long_chat("disaggregate")) else {
+        panic!("not routed")
+    };
+    (s, headers)
+}
+
+fn value<'a>(hs: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+    hs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn prefill_fallbacks_are_named_and_an_unreachable_prefill_worker_is_quarantined() {
+    let h = FakeHost::at(1_000);
+    let workers = [
+        worker(1, WorkerRole::Prefill),
+        worker(2, WorkerRole::Prefill),
+        worker(3, WorkerRole::Prefill),
+        worker(4, WorkerRole::Decode),
+    ];
+    let mut vm = vm_with(&h, &workers, r#", "prefill_quarantine_ms": 5000"#);
+    let (mut s, hs) = decide_headers(&mut vm, &h, 1);
+    let chosen = value(&hs, "x-prefill-instance-id").unwrap().to_string();
+    let fallbacks = value(&hs, "x-kvgate-prefill-fallbacks").unwrap();
+    let ids: Vec<&str> = fallbacks
+        .split(',')
+        .map(|f| f.split('/').next().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{fallbacks}");
+    assert!(
+        !ids.contains(&chosen.as_str()),
+        "{fallbacks} repeats {chosen}"
+    );
+    assert_eq!(value(&hs, "x-kvgate-prefill-required"), None);
+
+    // The decode worker reports the chosen prefill worker unreachable (and junk, and a
+    // decode worker, which are ignored).
+    s.upstream_response(&mut vm, &h, Some(&format!("{chosen},x,4")));
+    assert_eq!(vm.engine.counters.prefill_quarantined, 1);
+    for ctx in 2..12 {
+        let (_, hs) = decide_headers(&mut vm, &h, ctx);
+        assert_ne!(value(&hs, "x-prefill-instance-id"), Some(chosen.as_str()));
+        assert!(!value(&hs, "x-kvgate-prefill-fallbacks")
+            .unwrap_or_default()
+            .split(',')
+            .any(|f| f.split('/').next() == Some(chosen.as_str())));
+    }
+    assert_eq!(h.metric_value("kvgate.prefill.quarantined"), 1);
+    // After the quarantine it is a candidate again.
+    h.advance(5_001);
+    let seen = (12..40).any(|ctx| {
+        let (_, hs) = decide_headers(&mut vm, &h, ctx);
+        value(&hs, "x-prefill-instance-id") == Some(chosen.as_str())
+            || value(&hs, "x-kvgate-prefill-fallbacks")
+                .unwrap_or_default()
+                .contains(&format!("{chosen}/"))
+    });
+    assert!(seen, "prefill worker {chosen} never came back");
+}
+
+#[test]
+fn enforce_disagg_names_its_models_and_tells_the_decode_worker() {
+    let h = FakeHost::at(1_000);
+    let decode_only = [worker(4, WorkerRole::Decode)];
+    // Enforced for another model only: this one falls back to aggregated serving.
+    let mut vm = vm_with(&h, &decode_only, r#", "enforce_disagg": ["other/model"]"#);
+    let (_, hs) = decide_headers(&mut vm, &h, 1);
+    assert_eq!(value(&hs, "x-dynamo-routing-mode"), Some("aggregated"));
+    // Enforced for this model: 503 no_prefill_worker.
+    let mut vm = vm_with(
+        &h,
+        &decode_only,
+        r#", "enforce_disagg": ["Qwen/Qwen3-0.6B"]"#,
+    );
+    let mut s = Stream::new(1);
+    s.request_headers(&mut vm, &h, &post(&[]), false);
+    let Verdict::Reply(r) = s.decide(&mut vm, &h, &long_chat("x")) else {
+        panic!("not refused")
+    };
+    assert_eq!((r.status, r.code), (503, "no_prefill_worker"));
+    // With a prefill worker, the decode worker is told not to prefill locally.
+    let both = [
+        worker(1, WorkerRole::Prefill),
+        worker(4, WorkerRole::Decode),
+    ];
+    let mut vm = vm_with(&h, &both, r#", "enforce_disagg": ["Qwen/Qwen3-0.6B"]"#);
+    let (_, hs) = decide_headers(&mut vm, &h, 1);
+    assert_eq!(value(&hs, "x-kvgate-prefill-required"), Some("true"));
 }

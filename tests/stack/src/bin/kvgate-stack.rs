@@ -1,6 +1,8 @@
 //! `make run`: the local kvgate stack — nats-server, the kvgate-sync sidecar, 4 mock
 //! workers serving Qwen/Qwen3-0.6B and Envoy with the kvgate filter on 127.0.0.1:8080
 //! (admin 127.0.0.1:9901) — until Ctrl-C or SIGTERM, which stop everything it started.
+//! Flags start the other topologies: prefill/decode workers, data-parallel ranks,
+//! vLLM-ZMQ-only workers without NATS, several gateways on one sidecar.
 
 use clap::Parser;
 use kvgate_stack::{Stack, StackOptions, MODEL};
@@ -31,6 +33,21 @@ struct Args {
     /// Envoy worker threads.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
+    /// Disaggregated serving: the first N workers are prefill workers, the rest decode
+    /// workers (0: every worker aggregated).
+    #[arg(long, default_value_t = 0)]
+    prefill: usize,
+    /// Data-parallel ranks per worker (each rank its own scheduler, cache and events).
+    #[arg(long, default_value_t = 1)]
+    dp_size: u32,
+    /// Workers publish only vLLM's native ZMQ KV events (one PUB socket per dp rank) and
+    /// no NATS is started: the sidecar reads the worker table from `DIR/workers.json`.
+    #[arg(long)]
+    zmq_only: bool,
+    /// Gateways (Envoys with the filter) sharing the one sidecar, on consecutive ports
+    /// from `--port` and `--admin-port`.
+    #[arg(long, default_value_t = 1)]
+    gateways: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,19 +61,76 @@ fn main() -> anyhow::Result<()> {
     opts.plugin = serde_json::from_str(&args.plugin)?;
     opts.concurrency = args.concurrency;
     opts.ports = Some((args.port, args.admin_port));
+    opts.prefill_workers = args.prefill;
+    opts.dp_size = args.dp_size.max(1);
+    opts.zmq_only = args.zmq_only;
+    opts.gateways = args.gateways.max(1);
+    if args.prefill >= args.workers {
+        anyhow::bail!(
+            "--prefill {} leaves no decode worker among --workers {}",
+            args.prefill,
+            args.workers
+        );
+    }
     eprintln!(
-        "kvgate: starting nats-server, kvgate-sync, {} mock workers and Envoy (logs in {}) ...",
+        "kvgate: starting {}kvgate-sync, {} mock workers and {} Envoy(s) (logs in {}) ...",
+        if args.zmq_only { "" } else { "nats-server, " },
         args.workers,
+        opts.gateways,
         dir.display()
     );
     let stack = Stack::start(&opts)?;
     let workers: Vec<String> = stack
         .workers
         .iter()
-        .map(|w| format!("{}={}", w.instance_id, w.endpoint))
+        .enumerate()
+        .map(|(i, w)| {
+            let role = match args.prefill {
+                0 => "",
+                n if i < n => " (prefill)",
+                _ => " (decode)",
+            };
+            format!("{}={}{role}", w.instance_id, w.endpoint)
+        })
         .collect();
+    let more_gateways: String = stack
+        .more_envoys
+        .iter()
+        .map(|e| {
+            format!(
+                "\n  gateway   http://127.0.0.1:{}   (admin {}; same sidecar)",
+                e.port, e.admin_port
+            )
+        })
+        .collect();
+    let point = match &stack.nats {
+        Some(n) => format!(
+            "Point your own workers at it: publish KV events to {} as namespace `dynamo`,\n\
+             component `backend` (Dynamo's subjects), and announce them on\n\
+             `namespace.dynamo.kvgate.workers` (shared-state-sync/README.md); Envoy only sends\n\
+             traffic to endpoints its `workers` cluster lists.",
+            n.url()
+        ),
+        None => format!(
+            "Point your own vLLM workers at it: add them to {}/workers.json with their\n\
+             `zmq_events` endpoint (vLLM's --kv-events-config; rank r publishes on its port + r)\n\
+             and `dp_size`; the sidecar reloads the file. Envoy only sends traffic to endpoints\n\
+             its `workers` cluster lists.",
+            dir.display()
+        ),
+    };
+    let nats_line = match &stack.nats {
+        Some(n) => format!(
+            "{}   namespace `dynamo`, component `backend`, JetStream store {}/nats",
+            n.url(),
+            dir.display()
+        ),
+        None => format!(
+            "none (--zmq-only: vLLM ZMQ events, worker table {}/workers.json)",
+            dir.display()
+        ),
+    };
     let sidecar = stack.sidecar.as_ref();
-    let nats = stack.nats.as_ref().map(|n| n.url()).unwrap_or_default();
     let token_file = sidecar
         .map(|s| dir.join(format!("sidecar-{}.token", s.port)))
         .unwrap_or_default();
@@ -68,17 +142,15 @@ fn main() -> anyhow::Result<()> {
     println!(
         r#"
 kvgate is running.
-  gateway   http://127.0.0.1:{port}   (Envoy + kvgate filter; config {dir}/envoy.yaml)
+  gateway   http://127.0.0.1:{port}   (Envoy + kvgate filter; config {dir}/envoy.yaml){more_gateways}
   admin     http://127.0.0.1:{admin}/stats/prometheus   (kvgate_* metrics)
   sidecar   {sidecar_url}/v1/state   (kvgate-sync; API token in {token})
-  nats      {nats}   namespace `dynamo`, component `backend`, JetStream store {dir}/nats
-  workers   {workers}
+  nats      {nats_line}
+  workers   {workers}   (dp ranks per worker: {dp})
   requests  {log}
   logs      {dir}/{{{logs}}}
 
-Point your own workers at it: publish KV events to {nats} as namespace `dynamo`,
-component `backend` (Dynamo's subjects), and announce them on `namespace.dynamo.kvgate.workers`
-(shared-state-sync/README.md); Envoy only sends traffic to endpoints its `workers` cluster lists.
+{point}
 
 Try (send it twice: the second goes to the worker that cached the prefix):
   curl -s -i http://127.0.0.1:{port}/v1/chat/completions -H 'content-type: application/json' \
@@ -91,6 +163,7 @@ Ctrl-C (or SIGTERM) stops everything."#,
         sidecar_url = sidecar.map(|s| s.url("")).unwrap_or_default(),
         token = token_file.display(),
         workers = workers.join(" "),
+        dp = opts.dp_size,
         log = stack.request_log.display(),
         logs = logs.join(","),
     );

@@ -217,3 +217,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn each_rank_publishes_on_the_base_port_plus_its_offset() {
+    assert_eq!(
+        rank_endpoint("tcp://127.0.0.1:5557", 2).as_deref(),
+        Some("tcp://127.0.0.1:5559")
+    );
+    assert_eq!(
+        rank_endpoint("tcp://[::1]:5557", 0).as_deref(),
+        Some("tcp://[::1]:5557")
+    );
+    assert_eq!(
+        rank_endpoint("tcp://127.0.0.1:0", 3).as_deref(),
+        Some("tcp://127.0.0.1:0")
+    );
+    assert_eq!(rank_endpoint("ipc:///x", 0), None);
+    assert_eq!(rank_endpoint("tcp://h:65535", 1), None);
+    assert_eq!(rank_endpoint("tcp://h:x", 1), None);
+    assert_eq!(rank_endpoint("tcp://:1", 0), None);
+}
