@@ -115,23 +115,23 @@ check: wasm-target nats-server $(MODEL_DIR)/tokenizer.json $(LLAMA3_DIR)/tokeniz
 e2e: setup wasm native ## Only the end-to-end test binary (real Envoy + NATS, the wasmtime host)
 	+cargo test --workspace --test e2e --no-fail-fast -- --test-threads=$(E2E_THREADS)
 
-# The build phase of `make test`, in parallel: the release .wasm, the native build then
-# clippy (they share target/debug), and cargo-fuzz + the fuzz targets (own directories),
-# all drawing on one pool of $(JOBS) jobs, so one build's serial tail (LTO, a big crate)
-# overlaps with another's work.
+# The build phase of `make test`, in parallel: the release .wasm and the native build then
+# clippy (they share target/debug), drawing on one pool of $(JOBS) jobs, so one build's
+# serial tail (LTO, a big crate) overlaps with the other's work. The fuzz targets' bodies are
+# part of the native build (cargo test replays their seeds and seeded mutations); the
+# libFuzzer builds (cargo-fuzz, instrumented) are left to `make fuzz-smoke` / `make fuzz`.
 .PHONY: test-build
-test-build: wasm lint-after-native fuzz-build
+test-build: wasm lint-after-native
 
 .PHONY: lint-after-native
 lint-after-native: native
 	$(MAKE) --no-print-directory lint
 
-test: setup ## Set up, then run every test (unit, golden, proxy-wasm host, real Envoy + NATS end to end, deploy checks, fuzz and bench smoke runs)
+test: setup ## Set up, then run every test (unit, golden, fuzz seeds and mutations, proxy-wasm host, real Envoy + NATS end to end, deploy checks, bench smoke run)
 	$(MAKE) --no-print-directory -j$(JOBS) test-build
 	cargo test --workspace --no-fail-fast --exclude kvgate-e2e
 	$(MAKE) --no-print-directory e2e
 	$(MAKE) --no-print-directory check-deploy
-	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
 
 # RUN_ARGS picks a topology (README "Topologies"), e.g. RUN_ARGS="--prefill 1" or
@@ -192,7 +192,7 @@ CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ_ROOT := $(TOOLS)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
 CARGO_FUZZ := $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz
 export CARGO_FUZZ
-# The fuzz workspace (its own Cargo.lock, instrumented release builds) builds in its own
+# The fuzz binaries (instrumented release builds, feature `libfuzzer`) build in their own
 # directory, so it never waits for the main build's lock.
 export FUZZ_TARGET_DIR := $(CARGO_TARGET_DIR)/fuzz-build
 FUZZ_TARGETS ?=

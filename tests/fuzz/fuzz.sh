@@ -39,7 +39,7 @@ if [ $# -gt 0 ]; then targets=("$@"); else targets=("${ALL[@]}"); fi
 # the crates forbid unsafe code, and the targets look for panics, hangs and memory blow-ups.
 # cargo-fuzz passes nightly-only -Z flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 echo "fuzz: building the targets"
-(cd "$HERE" && RUSTC_BOOTSTRAP=1 "$CARGO_FUZZ" fuzz build --fuzz-dir "$HERE" -O -a -s none)
+(cd "$HERE" && RUSTC_BOOTSTRAP=1 "$CARGO_FUZZ" fuzz build --fuzz-dir "$HERE" --features libfuzzer -O -a -s none)
 [ "$MODE" = build ] && exit 0
 
 rm -rf "$WORK/seeds"

@@ -1,10 +1,16 @@
-//! Helpers shared by the kvgate fuzz targets and the seed writer: where the repository's
-//! fixtures and the Qwen3 model files are, and how one fuzz input carries several ZMQ frames.
+//! The kvgate fuzz targets ([`targets`]), their seed corpus ([`seeds`]) and the helpers they
+//! share: where the repository's fixtures and the Qwen3 model files are, and how one fuzz
+//! input carries several ZMQ frames. libFuzzer drives the targets through `fuzz_targets/`
+//! (`make fuzz`, feature `libfuzzer`); `cargo test` replays the seeds and seeded mutations
+//! of them natively (`tests/replay.rs`).
 //!
 //! Nothing here re-implements kvgate logic: the targets call the crates' public API and only
 //! check properties of what comes back.
 
 use std::path::PathBuf;
+
+pub mod seeds;
+pub mod targets;
 
 /// Separates the frames of a multi-frame input (ZMQ multipart, replay frames). `0xc1` is
 /// never used in MessagePack, so the separator does not occur in well-formed payloads.

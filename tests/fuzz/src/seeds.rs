@@ -1,4 +1,5 @@
-//! `seeds OUT_DIR`: writes the seed corpus of every fuzz target into `OUT_DIR/<target>/`,
+//! The seed corpus of every fuzz target, written into `OUT_DIR/<target>/` (by the `seeds`
+//! binary for libFuzzer, and by the native replay test),
 //! from the repository's real fixtures and the crates' own encoders:
 //!
 //! * `prompt`: the Qwen3 golden requests (`tests/fixtures/qwen3/…golden.jsonl`, long
@@ -18,24 +19,21 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::{join_frames, model_files, repo_root, MAX_PAYLOAD};
 use kvgate_core::config::keys::{self, Kind};
 use kvgate_core::events::dynamo;
 use kvgate_core::index::KvIndexer;
 use kvgate_core::sync::{self, ModelEntry, RemoteLoad, SyncLog};
 use kvgate_core::workers::WorkerInfo;
 use kvgate_core::WorkerKey;
-use kvgate_fuzz::{join_frames, model_files, repo_root, MAX_PAYLOAD};
 use serde_json::{json, Map, Value};
-
-// Built by `cargo fuzz build` with the targets, so compiled with coverage instrumentation:
-// libFuzzer's runtime provides the coverage callbacks (its `main` is not used).
-extern crate libfuzzer_sys;
 
 /// Largest prompt seed, in bytes (the `prompt` target runs with `-max_len` 4096: tokenizing
 /// dominates its cost).
 const MAX_PROMPT_SEED: usize = 4000;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+/// Errors of the seed writer (reading fixtures, writing files).
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 struct Out {
     dir: PathBuf,
@@ -59,7 +57,7 @@ impl Out {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("odd hex length {}", s.len()).into());
     }
     (0..s.len())
@@ -392,12 +390,10 @@ fn index_ops(out: &mut Out) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let Some(dir) = std::env::args_os().nth(1) else {
-        return Err("usage: seeds OUT_DIR".into());
-    };
+/// Writes every target's seeds under `dir`; returns (files, bytes).
+pub fn write_all(dir: &Path) -> Result<(usize, usize)> {
     let mut out = Out {
-        dir: PathBuf::from(dir),
+        dir: dir.to_path_buf(),
         count: 0,
         bytes: 0,
     };
@@ -407,11 +403,5 @@ fn main() -> Result<()> {
     prompt(&mut out)?;
     template(&mut out)?;
     index_ops(&mut out)?;
-    println!(
-        "seeds: {} files, {} bytes in {}",
-        out.count,
-        out.bytes,
-        out.dir.display()
-    );
-    Ok(())
+    Ok((out.count, out.bytes))
 }
