@@ -4,10 +4,10 @@
 
 use crate::body::{self, Rewrite};
 use crate::engine::Engine;
+use crate::engine::Prediction;
 use crate::headers::{self as h, RoutedPath};
 use crate::ledger::{Others, Part};
-use crate::outcome::{Degraded, Early, ForwardReason, Outcome, Reply, Route};
-use crate::predict::Prediction;
+use crate::outcome::{Degraded, Early, ForwardReason, Outcome, Reply, Route, Timings};
 use kvgate_core::config::{FailPolicy, UnknownModel};
 use kvgate_core::hash::{BlockHasher, BlockHashes};
 use kvgate_core::index::OverlapScores;
@@ -36,23 +36,6 @@ pub struct DecideInput<'a> {
     pub session: Option<WorkerKey>,
     /// Wall clock, ms since the epoch.
     pub now_ms: u64,
-}
-
-/// Time spent per stage, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Timings {
-    /// JSON parse and validation.
-    pub parse_us: u64,
-    /// Chat template rendering.
-    pub template_us: u64,
-    /// Tokenization.
-    pub tokenize_us: u64,
-    /// Block hashing and index lookup.
-    pub hash_us: u64,
-    /// Cost formula and selection.
-    pub score_us: u64,
-    /// The whole decision.
-    pub total_us: u64,
 }
 
 /// A request made ready for the cost formula by [`Engine::prepare`].
@@ -200,7 +183,7 @@ impl Engine {
         if workers.is_empty() {
             return Err(self.unknown_model(&req.model));
         }
-        self.without_quarantined(&mut workers, input.now_ms);
+        self.quarantine.retain_available(&mut workers, input.now_ms);
         let block_size = self
             .models
             .get(&base)

@@ -1,17 +1,68 @@
 //! One VM's decision state: the index copy, bookkeeping, worker table, predictions and
 //! tokenizers of one Envoy worker thread (or of `explain`, or of one simulated gateway
 //! thread in the bench). The request path lives in `decide`, the response path in
-//! `lifecycle`, sync frames in `sync`, models in `models`.
+//! `lifecycle`, sync frames in `sync`, models in `models`; the data types the other files
+//! work on (counters, model state, predictions) are defined here, so no file that adds
+//! methods to [`Engine`] is also imported by it.
 
 use crate::fleet::Fleet;
-use crate::metrics::Counters;
-use crate::models::ModelState;
 use kvgate_core::config::Config;
 use kvgate_core::index::{ApproxIndex, PrefixIndex};
 use kvgate_core::load::{LoadBook, WorkerLoad};
 use kvgate_core::sync::{BookEvent, BookKind, ModelEntry, RemoteLoad, SyncState};
 use kvgate_core::WorkerKey;
+use kvgate_prompt::ModelPrompt;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+
+/// Counters the engine keeps as it decides; [`MetricsState::export`] turns their growth
+/// into metric moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Decisions made with routing headers.
+    pub routed: u64,
+    /// Requests forwarded without a decision under fail-open.
+    pub fail_open: u64,
+    /// Requests answered 503 under fail-closed.
+    pub fail_closed: u64,
+    /// Requests rejected because every worker was busy.
+    pub no_capacity: u64,
+    /// Requests not routed by design (unknown model passthrough, unsupported content).
+    pub passthrough: u64,
+    /// Requests rejected for bad input.
+    pub rejected: u64,
+    /// Decisions made on load alone because the index was stale.
+    pub stale_index: u64,
+    /// Decisions made on load alone because the model's tokenizer was not loaded.
+    pub no_tokenizer: u64,
+    /// Sync frames applied.
+    pub frames: u64,
+    /// Sync frames refused (discontinuous or malformed).
+    pub frame_errors: u64,
+    /// Prefill workers quarantined on a decode worker's report.
+    pub prefill_quarantined: u64,
+}
+
+/// One model on this VM.
+pub struct ModelState {
+    /// Digest of the loaded (or wanted) files.
+    pub digest: String,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// The loaded prompt pipeline (None until the files arrive).
+    pub prompt: Option<ModelPrompt>,
+}
+
+/// One prediction: the prompt's sequence hashes will be cached on `worker`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The worker (prefill worker when disaggregated).
+    pub worker: WorkerKey,
+    /// When it was made, ms (its TTL runs from here).
+    pub at_ms: u64,
+    /// Sequence hashes of the prompt's complete blocks.
+    pub sequence: Vec<u64>,
+}
 
 /// One VM's state.
 pub struct Engine {
@@ -36,7 +87,7 @@ pub struct Engine {
     pub counters: Counters,
     pub(crate) outbox: Vec<BookEvent>,
     /// Predictions of this VM not yet published for the other VMs.
-    pub(crate) predictions_out: Vec<crate::predict::Prediction>,
+    pub(crate) predictions_out: Vec<Prediction>,
     /// Per other VM, the last prediction applied.
     pub(crate) predictions_seen: HashMap<u64, u64>,
     /// Prefill workers reported unreachable.

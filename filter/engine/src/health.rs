@@ -2,12 +2,11 @@
 //! worker the gateway named says so (`x-kvgate-prefill-unreachable`); that worker is kept
 //! out of prefill picks for `prefill_quarantine_ms`, long before its lease would expire.
 
-use crate::engine::Engine;
-use kvgate_core::workers::WorkerRole;
+use kvgate_core::workers::{WorkerInfo, WorkerRole};
 use kvgate_core::WorkerId;
 use std::collections::HashMap;
 
-/// Most ids read from one header (the rest are ignored).
+/// Most ids read from one report (the rest are ignored).
 const MAX_IDS_PER_REPORT: usize = 16;
 
 /// Prefill workers out of rotation, until a time.
@@ -17,66 +16,68 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
-    /// Whether `id` is out of rotation at `now_ms` (expired entries are dropped).
-    pub fn contains(&mut self, id: WorkerId, now_ms: u64) -> bool {
-        match self.until_ms.get(&id) {
-            Some(&until) if until > now_ms => true,
-            Some(_) => {
-                self.until_ms.remove(&id);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Whether nothing is out of rotation.
-    pub fn is_empty(&self) -> bool {
-        self.until_ms.is_empty()
-    }
-}
-
-impl Engine {
-    /// A decode worker's `x-kvgate-prefill-unreachable` value: each listed id that is a
-    /// known prefill worker is kept out of prefill picks until `now_ms +
-    /// prefill_quarantine_ms`. Returns how many were.
-    pub fn prefill_unreachable(&mut self, value: &str, now_ms: u64) -> usize {
-        let ms = self.cfg.router.prefill_quarantine_ms;
-        if ms == 0 {
-            return 0;
-        }
+    /// Takes a decode worker's report (comma-separated ids): each id that `workers` lists
+    /// as a prefill worker is out of rotation until `until_ms`. Returns how many were.
+    pub fn report(&mut self, value: &str, workers: &[WorkerInfo], until_ms: u64) -> usize {
         let mut n = 0;
         for id in value
             .split(',')
             .take(MAX_IDS_PER_REPORT)
             .filter_map(|s| s.trim().parse::<WorkerId>().ok())
         {
-            let known = self
-                .fleet
-                .all()
+            let prefill = workers
                 .iter()
                 .any(|w| w.instance_id == id && w.role == WorkerRole::Prefill);
-            if known {
-                self.quarantine
-                    .until_ms
-                    .insert(id, now_ms.saturating_add(ms));
-                self.counters.prefill_quarantined += 1;
+            if prefill {
+                self.until_ms.insert(id, until_ms);
                 n += 1;
             }
         }
         n
     }
 
-    /// Drops quarantined prefill workers from `workers` (decode and aggregated workers
-    /// stay).
-    pub(crate) fn without_quarantined(
-        &mut self,
-        workers: &mut Vec<kvgate_core::workers::WorkerInfo>,
-        now_ms: u64,
-    ) {
-        if self.quarantine.is_empty() {
+    /// Drops the prefill workers out of rotation at `now_ms` from `workers` (decode and
+    /// aggregated workers stay); forgets expired entries.
+    pub fn retain_available(&mut self, workers: &mut Vec<WorkerInfo>, now_ms: u64) {
+        if self.until_ms.is_empty() {
             return;
         }
-        let q = &mut self.quarantine;
-        workers.retain(|w| w.role != WorkerRole::Prefill || !q.contains(w.instance_id, now_ms));
+        self.until_ms.retain(|_, until| *until > now_ms);
+        let out = &self.until_ms;
+        workers.retain(|w| w.role != WorkerRole::Prefill || !out.contains_key(&w.instance_id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn w(id: WorkerId, role: WorkerRole) -> WorkerInfo {
+        serde_json::from_value(serde_json::json!({
+            "instance_id": id, "endpoint": format!("127.0.0.1:{}", 9000 + id),
+            "model": "m", "role": role,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_known_prefill_workers_are_quarantined_until_the_time() {
+        let fleet = vec![
+            w(1, WorkerRole::Prefill),
+            w(2, WorkerRole::Prefill),
+            w(3, WorkerRole::Decode),
+        ];
+        let mut q = Quarantine::default();
+        assert_eq!(q.report("1, 3,junk,9", &fleet, 1_000), 1);
+        let mut ws = fleet.clone();
+        q.retain_available(&mut ws, 999);
+        let ids: Vec<WorkerId> = ws.iter().map(|w| w.instance_id).collect();
+        assert_eq!(ids, vec![2, 3]);
+        let mut ws = fleet.clone();
+        q.retain_available(&mut ws, 1_000);
+        assert_eq!(ws.len(), 3, "expired");
+        assert!(q.until_ms.is_empty());
     }
 }

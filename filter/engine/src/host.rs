@@ -1,7 +1,7 @@
 //! What the engine needs from whoever runs it — Envoy's proxy-wasm host calls, the
 //! sidecar's `explain`, a virtual-time benchmark or a unit test — said once, as a trait.
 
-use crate::metrics::Metric;
+use crate::metric::Metric;
 
 /// A shared-data compare-and-swap token (proxy-wasm's `cas`).
 pub type Cas = u32;

@@ -26,6 +26,21 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl Engine {
+    /// A decode worker's `x-kvgate-prefill-unreachable` value: each listed id that is a
+    /// known prefill worker is kept out of prefill picks until `now_ms +
+    /// prefill_quarantine_ms` (0: off). Returns how many were.
+    pub fn prefill_unreachable(&mut self, value: &str, now_ms: u64) -> usize {
+        let ms = self.cfg.router.prefill_quarantine_ms;
+        if ms == 0 {
+            return 0;
+        }
+        let n = self
+            .quarantine
+            .report(value, self.fleet.all(), now_ms.saturating_add(ms));
+        self.counters.prefill_quarantined += n as u64;
+        n
+    }
+
     /// The response started (headers or first body byte): the prefill is done.
     /// Returns whether the booked load changed.
     pub fn response_started(&mut self, ctx: u32) -> bool {

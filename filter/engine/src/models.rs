@@ -2,6 +2,7 @@
 //! digest) and the loaded [`ModelPrompt`]s.
 
 use crate::engine::Engine;
+pub use crate::engine::ModelState;
 pub use kvgate_core::sync::ModelFiles;
 use kvgate_prompt::{Limits, ModelPrompt, PromptError, PromptOptions};
 
@@ -14,16 +15,6 @@ pub struct ModelLoadError {
     /// What failed.
     #[source]
     pub source: PromptError,
-}
-
-/// One model on this VM.
-pub struct ModelState {
-    /// Digest of the loaded (or wanted) files.
-    pub digest: String,
-    /// Tokens per KV block.
-    pub block_size: u32,
-    /// The loaded prompt pipeline (None until the files arrive).
-    pub prompt: Option<ModelPrompt>,
 }
 
 impl Engine {

@@ -2,7 +2,6 @@
 //! locally (a JSON error), or forwarded unrouted — and why, so metrics and logs name every
 //! outcome from one place.
 
-use crate::decide::Timings;
 use kvgate_core::WorkerKey;
 
 /// Why a decision was made on load alone.
@@ -122,4 +121,21 @@ impl From<Early> for Outcome {
             Early::Forward(f) => Outcome::Forward(f),
         }
     }
+}
+
+/// Time spent per stage, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// JSON parse and validation.
+    pub parse_us: u64,
+    /// Chat template rendering.
+    pub template_us: u64,
+    /// Tokenization.
+    pub tokenize_us: u64,
+    /// Block hashing and index lookup.
+    pub hash_us: u64,
+    /// Cost formula and selection.
+    pub score_us: u64,
+    /// The whole decision.
+    pub total_us: u64,
 }

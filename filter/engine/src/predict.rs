@@ -5,21 +5,9 @@
 //! predicts from every VM's decisions.
 
 use crate::engine::Engine;
+pub use crate::engine::Prediction;
 use crate::host::Host;
 use crate::shared::{self, Ring};
-use kvgate_core::WorkerKey;
-use serde::{Deserialize, Serialize};
-
-/// One prediction: the prompt's sequence hashes will be cached on `worker`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Prediction {
-    /// The worker (prefill worker when disaggregated).
-    pub worker: WorkerKey,
-    /// When it was made, ms (its TTL runs from here).
-    pub at_ms: u64,
-    /// Sequence hashes of the prompt's complete blocks.
-    pub sequence: Vec<u64>,
-}
 
 impl Engine {
     /// Whether decisions predict cache contents.
@@ -84,6 +72,7 @@ mod tests {
     use super::*;
     use crate::testing::FakeHost;
     use kvgate_core::config::Config;
+    use kvgate_core::WorkerKey;
 
     fn engine(host: &FakeHost, vm: u64) -> Engine {
         let cfg = Config::from_json(br#"{"sidecar_cluster": ""}"#).unwrap();
