@@ -98,10 +98,7 @@ fn bookkeeping_is_zero_after_client_aborts_and_upstream_resets() {
         "--durable".into(),
         "kvgate-a".into(),
     ];
-    let mut stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stack = routable_stack(&opts);
     let b = start_replica(&stack);
     wait_routable(&b.envoy, 3);
 

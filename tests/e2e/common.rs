@@ -1,8 +1,10 @@
-//! Shared helpers: golden chats, model files, request bodies, a per-test directory.
+//! Shared helpers: golden chats, model files, request bodies, a per-test directory, a
+//! routable stack.
 
-use kvgate_stack::MODEL;
+use kvgate_stack::{Stack, StackOptions, MODEL};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The Hugging Face golden cases (rendered prompt + token ids), with the stack's model.
 pub fn golden() -> Vec<Value> {
@@ -46,6 +48,16 @@ pub fn long_chat(question: &str) -> Vec<u8> {
         "max_tokens": 4
     }))
     .unwrap()
+}
+
+/// Starts the stack and waits (up to 90 s) until every gateway routes with the tokenizer
+/// and knows every worker (the plugin needs `decision_header: true`); panics otherwise.
+pub fn routable_stack(opts: &StackOptions) -> Stack {
+    let stack = Stack::start(opts).unwrap_or_else(|e| panic!("{e}"));
+    stack
+        .wait_routable(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}"));
+    stack
 }
 
 /// A fresh directory for one test's logs under the target dir.

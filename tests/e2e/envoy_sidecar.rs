@@ -33,10 +33,7 @@ fn second_request_with_a_shared_prefix_goes_to_the_worker_holding_it() {
     let mut opts = StackOptions::new(&dir);
     opts.workers = 3;
     opts.plugin = json!({"decision_header": true});
-    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let stack = routable_stack(&opts);
     let url = stack.envoy.url("/v1/chat/completions");
 
     let r = http_post(&url, &[], &long_chat("How do I return a parcel?")).unwrap();
@@ -109,10 +106,7 @@ fn disaggregated_requests_name_their_prefill_worker() {
         vec!["--role".into(), "decode".into()],
     ];
     opts.plugin = json!({"decision_header": true});
-    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let stack = routable_stack(&opts);
     let r = http_post(
         &stack.envoy.url("/v1/chat/completions"),
         &[],
@@ -179,10 +173,7 @@ fn a_second_run_in_the_same_directory_starts_from_a_clean_store() {
     opts.workers = 1;
     opts.plugin = json!({"decision_header": true});
     {
-        let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-        stack
-            .wait_routable(Duration::from_secs(90))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let stack = routable_stack(&opts);
         let url = stack.envoy.url("/v1/chat/completions");
         let r = http_post(
             &url,
@@ -201,10 +192,7 @@ fn a_second_run_in_the_same_directory_starts_from_a_clean_store() {
             "first run never indexed worker 1"
         );
     }
-    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let stack = routable_stack(&opts);
     let url = stack.envoy.url("/v1/chat/completions");
     let other = json!({"model": kvgate_stack::MODEL, "max_tokens": 1, "messages": [
         {"role": "user", "content": "Second run, a different prompt entirely: list the planets of the solar system with one fact each. ".repeat(8)}

@@ -138,11 +138,7 @@ fn start_stack(name: &str, workers: usize, spare: usize, per_worker: Vec<Vec<Str
     opts.spare_endpoints = spare;
     opts.per_worker_args = per_worker;
     opts.plugin = json!({"decision_header": true});
-    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
-    stack
+    routable_stack(&opts)
 }
 
 /// Waits until the sidecar's index equals the workers' caches (or, for `SubsetOn(w)`,
@@ -444,10 +440,7 @@ fn prefill_worker_killed(hold: Duration) -> Row {
     opts.workers = 4;
     opts.prefill_workers = 2;
     opts.plugin = json!({"decision_header": true});
-    let mut stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stack = routable_stack(&opts);
     let name = format!(
         "prefill worker killed under load (SIGKILL; 2 prefill + 2 decode), restarted after {}",
         report::secs(hold)

@@ -83,10 +83,7 @@ fn two_gateways_on_one_sidecar_both_follow_every_worker_table_change() {
     opts.spare_endpoints = 1;
     opts.plugin = json!({"decision_header": true});
     opts.sidecar_args = vec!["--meta-refresh-ms".into(), "60000".into()];
-    let mut stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stack = routable_stack(&opts);
 
     // A worker leaves (graceful stop: it announces `leaving`).
     stack.workers[2].proc.stop(Duration::from_secs(5));

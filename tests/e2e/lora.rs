@@ -5,7 +5,7 @@
 
 use crate::common::*;
 use kvgate_http::post as http_post;
-use kvgate_stack::{wait_for, Stack, StackOptions};
+use kvgate_stack::{wait_for, StackOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -37,10 +37,7 @@ fn adapters_route_to_their_workers_and_match_their_own_cache() {
         Vec::new(),
     ];
     opts.plugin = json!({"decision_header": true});
-    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let stack = routable_stack(&opts);
     let url = stack.envoy.url("/v1/chat/completions");
 
     // Each adapter's requests reach only its worker (worker 3 serves no adapter).

@@ -200,10 +200,7 @@ fn envoy_strips_forged_routing_and_never_routes_to_a_dropped_worker() {
     let mut opts = StackOptions::new(&test_dir("security"));
     opts.workers = 3;
     opts.plugin = json!({"decision_header": true});
-    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let stack = routable_stack(&opts);
     let addr = format!("127.0.0.1:{}", stack.envoy.port);
     let endpoints: Vec<String> = stack.workers.iter().map(|w| w.endpoint.clone()).collect();
     let send_within = |headers: &[(String, String)], body: &Value, path: &str, limit| {
@@ -527,10 +524,7 @@ fn limits_are_configurable_and_enforced() {
         "max_match_blocks": 2,
     });
     opts.sidecar_args = vec!["--max-payload-bytes".into(), "1024".into()];
-    let stack = Stack::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-    stack
-        .wait_routable(Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let stack = routable_stack(&opts);
     let addr = format!("127.0.0.1:{}", stack.envoy.port);
     let post = |body: &Value| {
         client::send(
