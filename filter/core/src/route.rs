@@ -296,13 +296,18 @@ fn pick(stage: &Stage, workers: &[&WorkerInfo]) -> Option<Pick> {
     })
 }
 
+/// A stage's candidates, cheapest first.
+fn by_cost(stage: &Stage) -> Vec<&Scored> {
+    let mut order: Vec<&Scored> = stage.scored.iter().collect();
+    order.sort_by(|a, b| a.logit.total_cmp(&b.logit));
+    order
+}
+
 /// The next-best endpoints after `chosen`, cheapest first: same dp rank (the rank headers
 /// name it), another endpoint, each once.
 fn fallbacks(stage: &Stage, workers: &[&WorkerInfo], chosen: &Pick, max: usize) -> Vec<String> {
-    let mut order: Vec<&Scored> = stage.scored.iter().collect();
-    order.sort_by(|a, b| a.logit.total_cmp(&b.logit));
     let mut out: Vec<String> = Vec::new();
-    for s in order {
+    for s in by_cost(stage) {
         if out.len() >= max {
             break;
         }
@@ -325,10 +330,8 @@ fn fallbacks(stage: &Stage, workers: &[&WorkerInfo], chosen: &Pick, max: usize) 
 /// The next-best prefill workers after `chosen`, cheapest first, one rank per worker (a
 /// worker that cannot be reached is down at every rank).
 fn prefill_fallbacks(stage: &Stage, chosen: &Pick, max: usize) -> Vec<WorkerKey> {
-    let mut order: Vec<&Scored> = stage.scored.iter().collect();
-    order.sort_by(|a, b| a.logit.total_cmp(&b.logit));
     let mut out: Vec<WorkerKey> = Vec::new();
-    for s in order {
+    for s in by_cost(stage) {
         let w = s.candidate.worker;
         if out.len() >= max {
             break;

@@ -5,11 +5,12 @@
 //! is cache-aware for it again at once instead of after its cache turned over.
 //!
 //! Every [`POLL`] it queries each cold (worker, dp rank) not asked within its backoff
-//! ([`RETRY`] doubling to [`MAX_RETRY`]: workers that never answer — Dynamo's own, whose
+//! ([`RETRY`]: workers that never answer — Dynamo's own, whose
 //! query runs on its request plane, or ZMQ-only ones — cost one short request now and
 //! then). A dump older than events already applied is asked for again.
 
 use crate::hub::Hub;
+use kvgate_core::backoff::Backoff;
 use kvgate_core::events::query::{query_subject, WorkerKvQueryRequest, WorkerKvQueryResponse};
 use kvgate_core::WorkerKey;
 use std::collections::HashMap;
@@ -20,10 +21,9 @@ use std::time::{Duration, Instant};
 pub const POLL: Duration = Duration::from_millis(250);
 /// Time limit of one query.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
-/// First wait before asking the same worker again.
-pub const RETRY: Duration = Duration::from_millis(500);
-/// Longest wait between two queries to a worker that does not answer.
-pub const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Pacing of the queries to a worker that does not answer: 1 s after the first miss,
+/// doubling to at most 30 s.
+pub const RETRY: Backoff = Backoff::new(500, 30_000);
 
 /// What became of one query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,17 +104,18 @@ pub async fn run(
     component: String,
     max_payload: usize,
 ) {
-    // Per key: when it may be asked next, and the wait after that.
-    let mut next: HashMap<WorkerKey, (Instant, Duration)> = HashMap::new();
+    // Per cold key, when it may be asked again (time in ms since this task started).
+    let mut pacing: HashMap<WorkerKey, Backoff> = HashMap::new();
+    let start = Instant::now();
+    let now_ms = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut tick = tokio::time::interval(POLL);
     loop {
         tick.tick().await;
         let cold = hub.cold_keys();
-        next.retain(|k, _| cold.iter().any(|(c, _)| c == k));
+        pacing.retain(|k, _| cold.iter().any(|(c, _)| c == k));
         for (key, _) in cold {
-            let now = Instant::now();
-            let (at, wait) = *next.entry(key).or_insert((now, RETRY));
-            if at > now {
+            let backoff = pacing.entry(key).or_insert_with(|| RETRY.clone());
+            if !backoff.ready(now_ms()) {
                 continue;
             }
             let outcome = recover(&client, &hub, &namespace, &component, key, max_payload).await;
@@ -122,12 +123,13 @@ pub async fn run(
                 .recoveries
                 .get_or_create(&[("result", outcome.label())])
                 .inc();
-            let wait = match outcome {
-                Outcome::Recovered => RETRY,
-                Outcome::Stale => Duration::ZERO,
-                Outcome::NoAnswer | Outcome::Error => (wait * 2).min(MAX_RETRY),
-            };
-            next.insert(key, (Instant::now() + wait, wait.max(RETRY)));
+            match outcome {
+                // Applied, or older than live events: ask again as soon as it is cold.
+                Outcome::Recovered | Outcome::Stale => backoff.succeeded(),
+                Outcome::NoAnswer | Outcome::Error => {
+                    backoff.failed(now_ms());
+                }
+            }
         }
     }
 }

@@ -92,17 +92,22 @@ impl StackOptions {
         }
     }
 
+    /// The role of the worker with instance id `id` (1-based): aggregated, or prefill for
+    /// the first [`StackOptions::prefill_workers`] and decode for the others.
+    pub fn role_of(&self, id: usize) -> &'static str {
+        match self.prefill_workers {
+            0 => "aggregated",
+            n if id <= n => "prefill",
+            _ => "decode",
+        }
+    }
+
     /// The mock-worker arguments of the worker with instance id `id` (1-based) beyond
     /// the ones every worker gets: role, then `per_worker_args`.
     fn args_of(&self, id: usize) -> Vec<String> {
         let mut args = Vec::new();
         if self.prefill_workers > 0 {
-            let role = if id <= self.prefill_workers {
-                "prefill"
-            } else {
-                "decode"
-            };
-            args.extend(["--role".to_string(), role.to_string()]);
+            args.extend(["--role".to_string(), self.role_of(id).to_string()]);
         }
         if let Some(extra) = self.per_worker_args.get(id - 1) {
             args.extend(extra.iter().cloned());
@@ -157,7 +162,7 @@ impl Stack {
             worker_args.extend(["--dp-size".to_string(), opts.dp_size.to_string()]);
         }
         worker_args.extend(opts.worker_args.iter().cloned());
-        let mut workers = Vec::new();
+        let mut workers: Vec<Worker> = Vec::new();
         let mut table = Vec::new();
         for id in 1..=opts.workers {
             let mut args = worker_args.clone();
@@ -168,7 +173,6 @@ impl Stack {
                 // first) from the command line.
                 if id > opts.prefill_workers {
                     for w in workers.iter().take(opts.prefill_workers) {
-                        let w: &Worker = w;
                         args.extend([
                             "--peer".to_string(),
                             format!("{}={}", w.instance_id, w.endpoint),
@@ -184,7 +188,7 @@ impl Stack {
                 "instance_id": w.instance_id,
                 "endpoint": w.endpoint,
                 "model": MODEL,
-                "role": if opts.prefill_workers == 0 { "aggregated" } else if id <= opts.prefill_workers { "prefill" } else { "decode" },
+                "role": opts.role_of(id),
                 "block_size": 16,
                 "dp_size": opts.dp_size.max(1),
                 "zmq_events": zmq,

@@ -3,7 +3,7 @@
 
 use super::proc::{free_port, wait_for, Proc, StackError};
 use super::tools::Tools;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -103,6 +103,8 @@ pub struct Sidecar {
     pub port: u16,
     /// The API token the filter must send (None with `--allow-unauthenticated`).
     pub token: Option<String>,
+    /// The file holding [`Sidecar::token`] when the launcher generated it.
+    pub token_file: Option<PathBuf>,
     args: Vec<String>,
 }
 
@@ -114,6 +116,7 @@ impl Sidecar {
         let port = free_port();
         let mut args = args.to_vec();
         let mut token = None;
+        let mut token_file = None;
         if !args
             .iter()
             .any(|a| a == "--allow-unauthenticated" || a == "--api-token-file")
@@ -123,8 +126,11 @@ impl Sidecar {
             write_private(&file, &t)?;
             args.extend(["--api-token-file".to_string(), file.display().to_string()]);
             token = Some(t);
+            token_file = Some(file);
         }
-        Self::start_on(tools, dir, port, &args, token)
+        let mut s = Self::start_on(tools, dir, port, &args, token)?;
+        s.token_file = token_file;
+        Ok(s)
     }
 
     fn start_on(
@@ -156,6 +162,7 @@ impl Sidecar {
             proc,
             port,
             token,
+            token_file: None,
             args: args.to_vec(),
         })
     }
@@ -163,6 +170,7 @@ impl Sidecar {
     /// Restarts it on the same port (same token).
     pub fn restart(&mut self, tools: &Tools, dir: &Path) -> Result<(), StackError> {
         self.proc.kill();
+        let token_file = self.token_file.take();
         *self = Self::start_on(
             tools,
             dir,
@@ -170,6 +178,7 @@ impl Sidecar {
             &self.args.clone(),
             self.token.clone(),
         )?;
+        self.token_file = token_file;
         Ok(())
     }
 

@@ -84,13 +84,9 @@ fn main() -> anyhow::Result<()> {
         .workers
         .iter()
         .enumerate()
-        .map(|(i, w)| {
-            let role = match args.prefill {
-                0 => "",
-                n if i < n => " (prefill)",
-                _ => " (decode)",
-            };
-            format!("{}={}{role}", w.instance_id, w.endpoint)
+        .map(|(i, w)| match opts.role_of(i + 1) {
+            "aggregated" => format!("{}={}", w.instance_id, w.endpoint),
+            role => format!("{}={} ({role})", w.instance_id, w.endpoint),
         })
         .collect();
     let more_gateways: String = stack
@@ -132,7 +128,7 @@ fn main() -> anyhow::Result<()> {
     };
     let sidecar = stack.sidecar.as_ref();
     let token_file = sidecar
-        .map(|s| dir.join(format!("sidecar-{}.token", s.port)))
+        .and_then(|s| s.token_file.clone())
         .unwrap_or_default();
     let logs: Vec<String> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok())
