@@ -104,6 +104,18 @@ impl Vm {
         vm_config: &VmConfig,
     ) -> Result<Vm, StartError> {
         let cfg = Config::from_json(plugin_config)?;
+        Self::from_config(host, tag, seed, cfg, vm_config)
+    }
+
+    /// [`Vm::configure`] with a configuration already merged and validated (the sidecar's
+    /// endpoint picker runs the engine with the sidecar's own configuration).
+    pub fn from_config(
+        host: &dyn Host,
+        tag: u64,
+        seed: u64,
+        cfg: Config,
+        vm_config: &VmConfig,
+    ) -> Result<Vm, StartError> {
         let token = match &cfg.gateway.sidecar_token {
             Some(t) => Some(t.clone()),
             None => match host.env_var(crate::sidecar::SIDECAR_TOKEN_ENV) {
