@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Check that the rendered Istio resources give the filter chain of envoy-config/envoy.yaml.
+(In endpoint-picker mode: that the InferencePool names the kvgate-sync picker's gRPC port.)
 
 One job: compare the kvgate pieces of each rendered example with envoy-config/envoy.yaml
 (the source of truth) and collect the plugin configurations for the filter's own parser:
@@ -90,10 +91,53 @@ def collect(docs):
     return configs, patches, route
 
 
+def check_picker(name, docs, picker, configs, route, ref, keys, out, bad):
+    """Endpoint-picker mode: kvgate-sync --epp behind the InferencePool's endpointPickerRef."""
+    if {"envoyfilter", "wasmplugin"} & configs.keys() or "sidecar" not in configs:
+        bad("endpoint-picker mode: expected the sidecar config and no EnvoyFilter or WasmPlugin")
+        return
+    cfg = configs["sidecar"]
+    for k in sorted(set(cfg) - set(keys)):
+        bad(f"sidecar plugin config: key {k!r} is not in keys.rs")
+    with open(os.path.join(out, f"{os.path.splitext(name)[0]}.sidecar.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    container = picker["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    if f"--epp=0.0.0.0:{ports.get('grpc-ext-proc')}" not in container.get("args", []):
+        bad("the picker container's --epp does not listen on its grpc-ext-proc port")
+    services = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Service"}
+    pools = [d for d in docs if d.get("kind") == "InferencePool"]
+    if len(pools) != 1:
+        bad("expected one InferencePool")
+        return
+    ref_ = pools[0]["spec"]["endpointPickerRef"]
+    svc = services.get(ref_.get("name"))
+    if not svc:
+        bad(f"endpointPickerRef names Service {ref_.get('name')!r}, not rendered")
+        return
+    grpc = [p for p in svc["spec"]["ports"] if p.get("targetPort") == "grpc-ext-proc"]
+    if not grpc or grpc[0]["port"] != ref_.get("port", {}).get("number"):
+        bad("endpointPickerRef port is not the picker Service's ext_proc port")
+    if ref_.get("failureMode") not in ("FailOpen", "FailClose"):
+        bad(f"endpointPickerRef failureMode {ref_.get('failureMode')!r}")
+    labels = picker["spec"]["template"]["metadata"]["labels"]
+    if any(labels.get(k) != v for k, v in svc["spec"]["selector"].items()):
+        bad("the picker Service does not select the picker pods")
+    timeouts = [r.get("timeouts", {}).get("request") for r in route["spec"]["rules"]] if route else []
+    if timeouts != [ref["route_timeout"]]:
+        bad(f"HTTPRoute request timeout {timeouts}, envoy.yaml route timeout {ref['route_timeout']}")
+
+
 def check(name, docs, ref, keys, out, problems):
     configs, patches, route = collect(docs)
     def bad(msg):
         problems.append(f"{name}: {msg}")
+    picker = [d for d in docs if d.get("kind") == "Deployment"
+              and (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "endpoint-picker"]
+    if picker:
+        check_picker(name, docs, picker[0], configs, route, ref, keys, out, bad)
+        return
     if "sidecar" not in configs or not ({"envoyfilter", "wasmplugin"} & configs.keys()):
         bad("expected the sidecar config and an EnvoyFilter or WasmPlugin plugin config")
         return

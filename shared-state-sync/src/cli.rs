@@ -161,6 +161,11 @@ pub struct ServeArgs {
     /// Largest event payload accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_payload_bytes: usize,
+    /// Also serve the filter's engine as a Gateway API Inference Extension endpoint
+    /// picker on `IP:PORT`: Envoy's ext_proc gRPC service (an InferencePool's
+    /// `endpointPickerRef`), with gRPC health (`liveness`, `readiness`).
+    #[arg(long, value_name = "IP:PORT")]
+    pub epp: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

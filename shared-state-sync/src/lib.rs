@@ -16,11 +16,16 @@
 //!                                            workers, loads)
 //! ```
 //!
+//! With `--epp` it also serves the filter's engine as a Gateway API Inference Extension
+//! endpoint picker (Envoy ext_proc over gRPC, [`epp`]) for gateways without the filter.
+//!
 //! Each module is one source or sink; [`hub`] holds the state they share.
 
 pub mod cli;
 pub mod client;
 pub mod discovery;
+#[cfg(feature = "epp")]
+pub mod epp;
 #[cfg(feature = "explain")]
 pub mod explain;
 pub mod hash_cmd;

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub nats_connected: Gauge,
     /// Whether the sidecar is ready (0/1).
     pub ready: Gauge,
+    /// The endpoint picker's metrics (`kvgate_sync_epp_*`, with `--epp`).
+    #[cfg(feature = "epp")]
+    pub epp: std::sync::Arc<crate::epp::metrics::EppMetrics>,
 }
 
 impl Default for Metrics {
@@ -97,6 +100,8 @@ impl Metrics {
             announcements: Counter::default(),
             nats_connected: Gauge::default(),
             ready: Gauge::default(),
+            #[cfg(feature = "epp")]
+            epp: Default::default(),
         };
         let r = &mut registry;
         r.register(
@@ -206,6 +211,8 @@ impl Metrics {
             m.nats_connected.clone(),
         );
         r.register("ready", "Whether the sidecar is ready", m.ready.clone());
+        #[cfg(feature = "epp")]
+        m.epp.register(r.sub_registry_with_prefix("epp"));
         Metrics { registry, ..m }
     }
 

@@ -227,6 +227,11 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     });
 
     let bound = http::bind(&s.listen).await?;
+    // After the bind: the picker's engine long-polls this sidecar's own API.
+    #[cfg(feature = "epp")]
+    if let Some(addr) = s.epp {
+        crate::epp::serve(addr, &s, hub.metrics.epp.clone(), shutdown_signal()).await?;
+    }
     tracing::info!(listen = %bound.describe(), "serving the filter");
     let api = Api {
         hub,

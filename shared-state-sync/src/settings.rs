@@ -253,6 +253,8 @@ pub struct Settings {
     pub listen: Listen,
     /// Health/readiness/metrics-only listen address.
     pub admin_listen: Option<Listen>,
+    /// The endpoint picker's gRPC address (`--epp`).
+    pub epp: Option<SocketAddr>,
     /// Dynamo namespace.
     pub namespace: String,
     /// Dynamo component.
@@ -374,6 +376,19 @@ pub fn process_env() -> Vec<(String, String)> {
         .collect()
 }
 
+/// `--epp IP:PORT`; refused when the binary was built without the `epp` feature.
+fn epp_listen(raw: Option<&str>) -> Result<Option<SocketAddr>, SettingsError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    if !cfg!(feature = "epp") {
+        return Err(invalid("--epp", "built without the `epp` feature"));
+    }
+    raw.parse()
+        .map(Some)
+        .map_err(|_| invalid("--epp", format!("`{raw}` is not IP:PORT")))
+}
+
 impl Settings {
     /// Validates `serve` flags against the environment `env`.
     pub fn from_args(
@@ -487,6 +502,7 @@ impl Settings {
                 .as_deref()
                 .map(Listen::parse)
                 .transpose()?,
+            epp: epp_listen(args.epp.as_deref())?,
             namespace: args.namespace.clone(),
             component: args.component.clone(),
             nats: NatsSettings {
