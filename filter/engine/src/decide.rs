@@ -41,6 +41,8 @@ pub struct DecideInput<'a> {
 /// A request made ready for the cost formula by [`Engine::prepare`].
 #[derive(Debug, Clone)]
 pub struct Prepared {
+    /// The base model whose prompt pipeline was used (or wanted).
+    pub model: String,
     /// Workers serving the model.
     pub workers: Vec<kvgate_core::workers::WorkerInfo>,
     /// Tokens per block for the model.
@@ -49,6 +51,8 @@ pub struct Prepared {
     pub tokens: Vec<u32>,
     /// Whether `tokens` is the whole prompt.
     pub complete: bool,
+    /// The whole prompt's length in tokens (estimated when `tokens` is a prefix).
+    pub estimated_tokens: usize,
     /// Whether the prompt came as token ids.
     pub from_ids: bool,
     /// Segment cache hits and misses.
@@ -193,11 +197,13 @@ impl Engine {
 
         // Prompt → tokens, through the model's one prompt pipeline.
         let mut p = Prepared {
+            model: base.clone(),
             session: input.session,
             workers,
             block_size,
             tokens: Vec::new(),
             complete: false,
+            estimated_tokens: 0,
             from_ids: false,
             segments: (0, 0),
             hashes: BlockHashes::default(),
@@ -224,6 +230,7 @@ impl Engine {
                 let out = out.map_err(|e| self.api_error(&e, ForwardReason::UnsupportedPrompt))?;
                 p.segments = (out.segments_hit, out.segments_miss);
                 p.complete = out.complete;
+                p.estimated_tokens = out.estimated_tokens;
                 p.from_ids = out.source == PromptSource::CompletionTokens;
                 p.tokens = out.token_ids;
             }
@@ -276,7 +283,7 @@ impl Engine {
         let isl = if p.complete || p.from_ids {
             p.tokens.len() as u64
         } else {
-            (p.tokens.len() as u64).max(1)
+            (p.estimated_tokens.max(p.tokens.len()) as u64).max(1)
         };
         let rreq = RouteRequest {
             isl_tokens: isl,

@@ -101,4 +101,9 @@ pub trait Host {
     fn log(&self, level: Level, message: &str);
     /// A variable of the VM's environment (Envoy: `vm_config.environment_variables`).
     fn env_var(&self, name: &str) -> Option<String>;
+    /// The size of this VM's own Wasm linear memory in bytes (pages × 64 KiB), where the
+    /// host has one; `None` natively.
+    fn linear_memory_bytes(&self) -> Option<u64> {
+        None
+    }
 }

@@ -1,5 +1,13 @@
 //! The filter's metrics, named in one place: what each counter, histogram and gauge is
 //! called (Envoy shows them as `wasmcustom.kvgate.*`) and what kind of stat it is.
+//!
+//! Gauges are Envoy-wide (every VM moves the same stat), except the per-VM memory gauges:
+//! `kvgate.vm_memory_bytes.<role>.vm_<tag>` is the Wasm linear memory of one VM (pages ×
+//! 64 KiB, `<tag>` its random 16-hex-digit id). `<role>` is `tokenizing` for a VM that has
+//! handled an HTTP stream (it loads and runs the tokenizer; Envoy's worker threads) and
+//! `main_thread` for one that has not (Envoy's main-thread VMs never do; a worker VM reports
+//! here until its first stream, then sets this gauge to 0 and reports as `tokenizing`).
+//! Updated on every tick and after a model load.
 
 use crate::outcome::{Degraded, ForwardReason};
 use kvgate_core::WorkerId;
@@ -42,6 +50,25 @@ pub enum PickStat {
     Worker(WorkerId),
     /// Every later worker.
     Other,
+}
+
+/// What a VM does, for its memory gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VmRole {
+    /// Has handled HTTP streams: loads models and tokenizes.
+    Tokenizing,
+    /// Has not handled a stream (Envoy's main-thread VMs): never loads a model.
+    MainThread,
+}
+
+impl VmRole {
+    /// The role's part of the gauge name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VmRole::Tokenizing => "tokenizing",
+            VmRole::MainThread => "main_thread",
+        }
+    }
 }
 
 /// Every metric of the filter.
@@ -98,6 +125,8 @@ pub enum Metric {
     Error(&'static str),
     /// Time to load one model (tokenizer + template) in a VM, ms.
     ModelLoadMs,
+    /// One VM's Wasm linear memory in bytes (gauge), by role and VM tag.
+    VmMemory(VmRole, u64),
 }
 
 /// What kind of Envoy stat a metric is.
@@ -152,6 +181,9 @@ impl Metric {
             Metric::Picks(PickStat::Other) => "kvgate.picks.other",
             Metric::Error(code) => return format!("kvgate.errors.{code}"),
             Metric::ModelLoadMs => "kvgate.model_load_ms",
+            Metric::VmMemory(role, tag) => {
+                return format!("kvgate.vm_memory_bytes.{}.vm_{tag:016x}", role.as_str())
+            }
         };
         fixed.to_string()
     }
@@ -163,7 +195,7 @@ impl Metric {
             | Metric::MatchedBlocks
             | Metric::PromptTokens
             | Metric::ModelLoadMs => MetricKind::Histogram,
-            Metric::IndexBlocks | Metric::Inflight(_) => MetricKind::Gauge,
+            Metric::IndexBlocks | Metric::Inflight(_) | Metric::VmMemory(..) => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }
     }

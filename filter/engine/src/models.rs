@@ -29,6 +29,13 @@ impl Engine {
                 ..Limits::default()
             },
             max_prompt_tokens: g.max_match_blocks.saturating_mul(block_size as usize),
+            // Without token_data only the matchable prefix is needed: the tokenizer's own
+            // bound (bytes that can hold max_prompt_tokens ids) applies.
+            max_tokenize_bytes: if g.inject_token_data {
+                g.max_tokenize_bytes
+            } else {
+                usize::MAX
+            },
             ..PromptOptions::default()
         };
         o.cache.max_entries = g.segment_cache_entries;
@@ -71,17 +78,39 @@ impl Engine {
 
     /// Loads model files (from the sidecar via shared data, or the VM configuration).
     pub fn load_model(&mut self, digest: &str, files: &ModelFiles) -> Result<(), ModelLoadError> {
-        let opts = self.prompt_options(files.block_size);
-        let prompt = ModelPrompt::new(&files.tokenizer_json, &files.tokenizer_config_json, opts)
-            .map_err(|source| ModelLoadError {
-                model: files.name.clone(),
-                source,
+        self.load_model_parts(
+            digest,
+            &files.name,
+            files.block_size,
+            &files.tokenizer_json,
+            &files.tokenizer_config_json,
+        )
+    }
+
+    /// [`Engine::load_model`] from borrowed parts (read in place from shared data).
+    pub fn load_model_parts(
+        &mut self,
+        digest: &str,
+        name: &str,
+        block_size: u32,
+        tokenizer_json: &[u8],
+        tokenizer_config_json: &[u8],
+    ) -> Result<(), ModelLoadError> {
+        // The old pipeline is dropped first, so the new one can reuse its memory.
+        self.models.remove(name);
+        let opts = self.prompt_options(block_size);
+        let prompt =
+            ModelPrompt::new(tokenizer_json, tokenizer_config_json, opts).map_err(|source| {
+                ModelLoadError {
+                    model: name.to_string(),
+                    source,
+                }
             })?;
         self.models.insert(
-            files.name.clone(),
+            name.to_string(),
             ModelState {
                 digest: digest.to_string(),
-                block_size: files.block_size,
+                block_size,
                 prompt: Some(prompt),
             },
         );

@@ -104,6 +104,7 @@ impl Stream {
         request_headers: &[(String, String)],
         end_of_stream: bool,
     ) -> HeadersStep {
+        vm.stream_seen(host);
         let remove: Vec<String> = request_headers
             .iter()
             .filter(|(n, _)| headers::is_client_routing_header(n))

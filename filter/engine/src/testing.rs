@@ -47,6 +47,7 @@ pub struct FakeHost {
     histograms: RefCell<HashMap<String, Vec<u64>>>,
     logs: RefCell<Vec<(Level, String)>>,
     env: RefCell<HashMap<String, String>>,
+    memory: Cell<Option<u64>>,
 }
 
 impl FakeHost {
@@ -79,6 +80,11 @@ impl FakeHost {
     /// the same Envoy does between this VM's read and its write.
     pub fn before_next_set(&self, key: &str, f: impl FnOnce() + 'static) {
         *self.before_set.borrow_mut() = Some((key.to_string(), Box::new(f)));
+    }
+
+    /// Sets what [`Host::linear_memory_bytes`] answers.
+    pub fn set_linear_memory(&self, bytes: Option<u64>) {
+        self.memory.set(bytes);
     }
 
     /// Sets the clock.
@@ -200,6 +206,10 @@ impl Host for FakeHost {
 
     fn env_var(&self, name: &str) -> Option<String> {
         self.env.borrow().get(name).cloned()
+    }
+
+    fn linear_memory_bytes(&self) -> Option<u64> {
+        self.memory.get()
     }
 
     fn metric(&self, metric: Metric, op: MetricOp) {

@@ -8,6 +8,7 @@ use crate::headers::RoutedPath;
 use crate::held::{Holds, StreamAction};
 use crate::host::{CallId, CallResponse, Host, Level, MetricOp};
 use crate::ledger;
+use crate::metric::VmRole;
 use crate::metrics::{Metric, MetricsState};
 use crate::models::{ModelFiles, ModelLoadError};
 use crate::outcome::Outcome;
@@ -17,7 +18,10 @@ use crate::DecideInput;
 use kvgate_core::config::{Config, ConfigError, Secret};
 use kvgate_core::sync::query_escape;
 use kvgate_core::WorkerKey;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+use std::io::Read;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// Every VM republishes its loads at least this often (a stale record is ignored).
@@ -43,13 +47,58 @@ pub enum StartError {
     Model(#[from] ModelLoadError),
 }
 
-/// The VM configuration: model files for static mode (no sidecar).
+/// The digest under which a model of the VM configuration is known.
+pub const VM_CONFIG_DIGEST: &str = "vm-config";
+
+/// Opens the VM configuration for reading from its start (Envoy keeps it for the VM's
+/// life; the glue reads it in chunks, so a VM never holds all of it at once).
+pub type ConfigOpener = Rc<dyn Fn() -> Box<dyn Read>>;
+
+/// The VM configuration: model files for static mode (no sidecar). Only the model names
+/// and block sizes are kept; a model's files are read again from the configuration when a
+/// VM that tokenizes first needs them, so a VM that never handles a request (Envoy's
+/// main-thread VMs) never holds or loads them.
+#[derive(Default, Clone)]
+pub struct VmConfig {
+    /// The models listed: (name, block size).
+    pub models: Vec<(String, u32)>,
+    open: Option<ConfigOpener>,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The whole VM configuration, read only to load a model.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// Models to load at start.
+struct FullVmConfig {
     #[serde(default)]
-    pub models: Vec<VmModel>,
+    models: Vec<VmModel>,
+}
+
+/// The VM configuration's listing: the file contents are skipped unread.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmConfigListing {
+    #[serde(default)]
+    models: Vec<ListedModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListedModel {
+    name: String,
+    #[serde(default = "sixteen")]
+    block_size: u32,
+    #[allow(dead_code)] // present, skipped unread
+    tokenizer_json: IgnoredAny,
+    #[allow(dead_code)]
+    tokenizer_config_json: IgnoredAny,
 }
 
 /// One model of the VM configuration.
@@ -72,13 +121,71 @@ fn sixteen() -> u32 {
 }
 
 impl VmConfig {
-    /// Parses the VM configuration; empty or blank means none.
+    /// Parses a VM configuration held in memory (tests, `explain`); empty or blank means
+    /// none. The bytes are kept to load the models from when needed.
     pub fn parse(raw: &[u8]) -> Result<Self, StartError> {
-        if raw.iter().all(u8::is_ascii_whitespace) {
+        let raw: Rc<[u8]> = Rc::from(raw);
+        Self::from_reader(Rc::new(move || {
+            Box::new(std::io::Cursor::new(raw.clone())) as Box<dyn Read>
+        }))
+    }
+
+    /// Lists the models of the VM configuration that `open` reads (streamed: the files
+    /// are checked for presence and skipped); empty or blank means none.
+    pub fn from_reader(open: ConfigOpener) -> Result<Self, StartError> {
+        let bad = |e: serde_json::Error| StartError::VmConfig(e.to_string());
+        let mut head = [0u8; 1];
+        let mut reader = open();
+        let blank = loop {
+            match reader.read(&mut head) {
+                Ok(0) => break true,
+                Ok(_) if head[0].is_ascii_whitespace() => continue,
+                Ok(_) => break false,
+                Err(e) => return Err(StartError::VmConfig(e.to_string())),
+            }
+        };
+        if blank {
             return Ok(VmConfig::default());
         }
-        serde_json::from_slice(raw).map_err(|e| StartError::VmConfig(e.to_string()))
+        let listing: VmConfigListing =
+            serde_json::from_reader(std::io::Cursor::new(head).chain(reader)).map_err(bad)?;
+        Ok(VmConfig {
+            models: listing
+                .models
+                .into_iter()
+                .map(|m| (m.name, m.block_size))
+                .collect(),
+            open: Some(open),
+        })
     }
+
+    /// Reads model `name`'s files from the configuration (`None` if it is not listed).
+    pub fn model_files(&self, name: &str) -> Result<Option<ModelFiles>, StartError> {
+        let Some(open) = &self.open else {
+            return Ok(None);
+        };
+        let full: FullVmConfig =
+            serde_json::from_reader(open()).map_err(|e| StartError::VmConfig(e.to_string()))?;
+        Ok(full
+            .models
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| ModelFiles {
+                name: m.name,
+                block_size: m.block_size,
+                tokenizer_json: m.tokenizer_json.into_bytes(),
+                tokenizer_config_json: m.tokenizer_config_json.into_bytes(),
+            }))
+    }
+}
+
+/// Model files as stored in shared data (postcard [`ModelFiles`]), read in place.
+#[derive(Deserialize)]
+struct ModelFilesRef<'a> {
+    name: &'a str,
+    block_size: u32,
+    tokenizer_json: &'a [u8],
+    tokenizer_config_json: &'a [u8],
 }
 
 /// One VM: the engine, its metric state and its calls to the sidecar.
@@ -91,6 +198,12 @@ pub struct Vm {
     last_loads_ms: u64,
     /// Streams held while their body arrives.
     pub(crate) holds: Holds,
+    /// The VM configuration's models (read when first needed).
+    vm_config: VmConfig,
+    /// Whether this VM has handled an HTTP stream (it then tokenizes).
+    serving: bool,
+    /// Models whose files failed to load, by digest (not retried per request).
+    failed_models: Vec<(String, String)>,
 }
 
 impl Vm {
@@ -139,19 +252,124 @@ impl Vm {
             loads_dirty: false,
             last_loads_ms: 0,
             holds: Holds::default(),
+            vm_config: vm_config.clone(),
+            serving: false,
+            failed_models: Vec::new(),
         };
-        for m in &vm_config.models {
-            let files = ModelFiles {
-                name: m.name.clone(),
-                block_size: m.block_size,
-                tokenizer_json: m.tokenizer_json.as_bytes().to_vec(),
-                tokenizer_config_json: m.tokenizer_config_json.as_bytes().to_vec(),
-            };
-            vm.load_model(host, "vm-config", &files)?;
+        for (name, block_size) in &vm_config.models {
+            vm.engine.want_model(name, VM_CONFIG_DIGEST, *block_size);
         }
         shared::register_vm(host, tag);
         ledger::Ledger::init(host);
+        vm.report_memory(host);
         Ok(vm)
+    }
+
+    /// This VM's role for its memory gauge.
+    pub fn role(&self) -> VmRole {
+        if self.serving {
+            VmRole::Tokenizing
+        } else {
+            VmRole::MainThread
+        }
+    }
+
+    /// A stream reached this VM: from now on it tokenizes (and loads models when needed).
+    pub fn stream_seen(&mut self, host: &dyn Host) {
+        if !self.serving {
+            self.serving = true;
+            if host.linear_memory_bytes().is_some() {
+                host.metric(
+                    Metric::VmMemory(VmRole::MainThread, self.engine.vm),
+                    MetricOp::Record(0),
+                );
+            }
+            self.report_memory(host);
+        }
+    }
+
+    /// Sets this VM's memory gauge to its linear-memory size (hosts that have one).
+    pub fn report_memory(&self, host: &dyn Host) {
+        if let Some(bytes) = host.linear_memory_bytes() {
+            host.metric(
+                Metric::VmMemory(self.role(), self.engine.vm),
+                MetricOp::Record(bytes),
+            );
+        }
+    }
+
+    /// Makes sure model `name`'s pipeline is loaded, from the VM configuration or from
+    /// shared data, if this VM wants it and has its files. True when it is loaded.
+    pub fn ensure_model(&mut self, host: &dyn Host, name: &str) -> bool {
+        let Some(state) = self.engine.models.get(name) else {
+            return false;
+        };
+        if state.prompt.is_some() {
+            return true;
+        }
+        let digest = state.digest.clone();
+        if self
+            .failed_models
+            .iter()
+            .any(|(n, d)| n == name && *d == digest)
+        {
+            return false;
+        }
+        let result = if digest == VM_CONFIG_DIGEST {
+            match self.vm_config.model_files(name) {
+                Ok(Some(files)) => self
+                    .load_model(host, &digest, &files)
+                    .map_err(|e| e.to_string()),
+                Ok(None) => Err(format!("model {name} is not in the VM configuration")),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            let Some((bytes, _)) = host.shared_get(&shared::model_key(name, &digest)) else {
+                return false;
+            };
+            self.load_model_bytes(host, &digest, &bytes)
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                host.log(Level::Error, &format!("kvgate: {e}"));
+                self.failed_models.push((name.to_string(), digest));
+                false
+            }
+        }
+    }
+
+    /// Loads a model from its postcard [`ModelFiles`], read in place.
+    fn load_model_bytes(
+        &mut self,
+        host: &dyn Host,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let files: ModelFilesRef<'_> =
+            postcard::from_bytes(bytes).map_err(|e| format!("bad model files: {e}"))?;
+        let start = Instant::now();
+        self.engine
+            .load_model_parts(
+                digest,
+                files.name,
+                files.block_size,
+                files.tokenizer_json,
+                files.tokenizer_config_json,
+            )
+            .map_err(|e| e.to_string())?;
+        self.loaded(host, files.name, start);
+        Ok(())
+    }
+
+    fn loaded(&self, host: &dyn Host, name: &str, start: Instant) {
+        let ms = start.elapsed().as_millis() as u64;
+        host.metric(Metric::ModelLoadMs, MetricOp::Record(ms));
+        host.log(
+            Level::Info,
+            &format!("kvgate: loaded tokenizer of {name} in {ms} ms"),
+        );
+        self.report_memory(host);
     }
 
     /// How often the host should call [`Vm::on_tick`].
@@ -167,12 +385,7 @@ impl Vm {
     ) -> Result<(), ModelLoadError> {
         let start = Instant::now();
         self.engine.load_model(digest, files)?;
-        let ms = start.elapsed().as_millis() as u64;
-        host.metric(Metric::ModelLoadMs, MetricOp::Record(ms));
-        host.log(
-            Level::Info,
-            &format!("kvgate: loaded tokenizer of {} in {ms} ms", files.name),
-        );
+        self.loaded(host, &files.name, start);
         Ok(())
     }
 
@@ -181,6 +394,7 @@ impl Vm {
         let now = host.now_ms();
         let actions = self.watchdog(host, now);
         self.sync_tick(host, now);
+        self.report_memory(host);
         actions
     }
 
@@ -225,7 +439,10 @@ impl Vm {
         if let Some(s) = self.sidecar.as_mut() {
             s.send_bookkeeping(host, outbox);
         }
-        if !self.poll(host) {
+        self.poll(host);
+        // Model files are fetched by the VMs that tokenize (each at most one call per model
+        // in flight), never by a main-thread VM: it would hold the files for nothing.
+        if !self.serving || !self.sidecar.as_ref().is_some_and(|s| s.ready(now)) {
             return;
         }
         for (name, digest) in missing {
@@ -325,24 +542,29 @@ impl Vm {
         true
     }
 
-    /// Loads the models whose files are in shared data; returns those still missing.
+    /// In a VM that tokenizes, loads the wanted models whose files are in shared data (or
+    /// the VM configuration); returns the sidecar's models still missing from shared data.
     fn load_missing_models(&mut self, host: &dyn Host) -> Vec<(String, String)> {
         let mut still_missing = Vec::new();
         for (name, digest) in self.engine.missing_models() {
-            let Some((bytes, _)) = host.shared_get(&shared::model_key(&name, &digest)) else {
-                still_missing.push((name, digest));
-                continue;
-            };
-            match postcard::from_bytes::<ModelFiles>(&bytes) {
-                Ok(files) => {
-                    if let Err(e) = self.load_model(host, &digest, &files) {
-                        host.log(Level::Error, &format!("kvgate: {e}"));
-                    }
+            if digest == VM_CONFIG_DIGEST {
+                if self.serving {
+                    self.ensure_model(host, &name);
                 }
-                Err(e) => host.log(
-                    Level::Error,
-                    &format!("kvgate: bad model files for {name}: {e}"),
-                ),
+                continue;
+            }
+            if self
+                .failed_models
+                .iter()
+                .any(|(n, d)| *n == name && *d == digest)
+            {
+                continue;
+            }
+            if !self.serving {
+                continue;
+            }
+            if !self.ensure_model(host, &name) {
+                still_missing.push((name, digest));
             }
         }
         still_missing
@@ -401,7 +623,17 @@ impl Vm {
             Pending::Book(_) => {}
             Pending::Model { name, digest } => {
                 let _ = host.shared_set(&shared::model_key(&name, &digest), resp.body, None);
-                self.load_missing_models(host);
+                let wanted = self
+                    .engine
+                    .models
+                    .get(&name)
+                    .is_some_and(|m| m.digest == digest && m.prompt.is_none());
+                if wanted {
+                    if let Err(e) = self.load_model_bytes(host, &digest, resp.body) {
+                        host.log(Level::Error, &format!("kvgate: {name}: {e}"));
+                        self.failed_models.push((name, digest));
+                    }
+                }
             }
         }
         self.metrics.export(host, &self.engine.counters);
@@ -450,7 +682,18 @@ impl Vm {
             session,
             now_ms: now,
         };
-        let outcome = match self.engine.prepare(&input) {
+        let mut prepared = self.engine.prepare(&input);
+        // A model this VM has not loaded yet: load it now (the first request of a VM that
+        // tokenizes pays for it) and prepare again.
+        if let Ok(p) = &prepared {
+            if p.degraded == Some(crate::Degraded::NoTokenizer) {
+                let model = p.model.clone();
+                if self.ensure_model(host, &model) {
+                    prepared = self.engine.prepare(&input);
+                }
+            }
+        }
+        let outcome = match prepared {
             Err(early) => early.into(),
             Ok(mut prepared) => {
                 let engine = &mut self.engine;

@@ -38,6 +38,9 @@ pub struct PromptOptions {
     /// KV blocks of a bounded prefix, and tokenizing runs on the Envoy worker thread, so there
     /// is no point encoding further.
     pub max_prompt_tokens: usize,
+    /// Read at most this many bytes of a prompt's text (default unlimited); a longer
+    /// prompt's ids are a certain prefix and incomplete.
+    pub max_tokenize_bytes: usize,
     /// Whose message/tool conversion to reproduce (default vLLM).
     pub compat: Compat,
     /// Template settings (fuel, recursion, content format).
@@ -54,6 +57,7 @@ impl Default for PromptOptions {
         PromptOptions {
             limits: Limits::default(),
             max_prompt_tokens: 32_768,
+            max_tokenize_bytes: usize::MAX,
             compat: Compat::Vllm,
             template: TemplateOptions::default(),
             cache: CacheConfig::default(),
@@ -92,6 +96,9 @@ pub struct PromptOutput {
     pub prompt_bytes: usize,
     /// Prompts in the request (completions batches; the first one is routed on).
     pub batch_size: usize,
+    /// The whole prompt's length in ids: `token_ids.len()` when complete, else estimated
+    /// from the bytes the ids cover (for the cost of a prompt cut by the bounds).
+    pub estimated_tokens: usize,
 }
 
 /// A request's prompt before tokenizing ([`ModelPrompt::text`]).
@@ -279,8 +286,10 @@ impl ModelPrompt {
                 batch_size,
             } => {
                 let complete = ids.len() <= max_tokens;
+                let estimated_tokens = ids.len();
                 ids.truncate(max_tokens);
                 Ok(PromptOutput {
+                    estimated_tokens,
                     token_ids: ids,
                     complete,
                     source: PromptSource::CompletionTokens,
@@ -297,14 +306,16 @@ impl ModelPrompt {
                 batch_size,
                 add_special_tokens,
             } => {
-                let encoded = self.tokenizer.encode(
+                let encoded = self.tokenizer.encode_bounded(
                     &text,
                     EncodeOptions {
                         max_tokens,
                         add_special_tokens,
                     },
+                    self.options.max_tokenize_bytes,
                 )?;
                 Ok(PromptOutput {
+                    estimated_tokens: encoded.estimated_tokens(text.len()),
                     token_ids: encoded.ids,
                     complete: encoded.complete,
                     source,

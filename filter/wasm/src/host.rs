@@ -4,7 +4,7 @@
 use kvgate_engine::host::{CallError, CallId, Cas, Host, HttpCall, Level, MetricOp, SharedError};
 use kvgate_engine::metrics::{Metric, MetricKind};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MetricType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MetricType, Status};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -77,6 +77,10 @@ impl Host for ProxyHost {
         std::env::var(name).ok()
     }
 
+    fn linear_memory_bytes(&self) -> Option<u64> {
+        Some(core::arch::wasm32::memory_size(0) as u64 * 65_536)
+    }
+
     fn metric(&self, metric: Metric, op: MetricOp) {
         let Some(id) = metric_id(metric) else { return };
         let _ = match op {
@@ -110,4 +114,39 @@ pub fn random_u64() -> u64 {
         return ProxyHost.now_ms().rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15;
     }
     u64::from_le_bytes(b)
+}
+
+/// Reads the VM configuration from Envoy in chunks (`proxy_get_buffer_bytes` with an
+/// offset), so a VM never holds the whole configuration — a model's files are only
+/// materialised when a VM that tokenizes loads it.
+pub struct VmConfigReader {
+    offset: usize,
+}
+
+/// Bytes asked for per host call.
+const CHUNK: usize = 64 * 1024;
+
+impl VmConfigReader {
+    /// A reader from the start of the VM configuration.
+    pub fn open() -> Box<dyn std::io::Read> {
+        Box::new(std::io::BufReader::with_capacity(
+            CHUNK,
+            VmConfigReader { offset: 0 },
+        ))
+    }
+}
+
+impl std::io::Read for VmConfigReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(CHUNK);
+        let chunk = hostcalls::get_buffer(BufferType::VmConfiguration, self.offset, want)
+            .map_err(|e| std::io::Error::other(format!("vm configuration: {e:?}")))?
+            .unwrap_or_default();
+        let n = chunk.len().min(want);
+        if let (Some(dst), Some(src)) = (buf.get_mut(..n), chunk.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.offset += n;
+        Ok(n)
+    }
 }

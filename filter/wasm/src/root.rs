@@ -2,7 +2,7 @@
 //! [`Vm`], forwards ticks and answers of sidecar calls to it, and carries out what the
 //! tick's watchdog asks for held streams (resume, or a local reply).
 
-use crate::host::{random_u64, ProxyHost};
+use crate::host::{random_u64, ProxyHost, VmConfigReader};
 use crate::http::Http;
 use kvgate_engine::host::{CallResponse, Host, Level};
 use kvgate_engine::stream::REPLY_HEADERS;
@@ -59,8 +59,8 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _size: usize) -> bool {
-        let raw = self.get_vm_configuration().unwrap_or_default();
-        match VmConfig::parse(&raw) {
+        // Streamed: only model names are kept; files are read when a VM first tokenizes.
+        match VmConfig::from_reader(Rc::new(VmConfigReader::open)) {
             Ok(c) => {
                 self.vm_config = c;
                 true

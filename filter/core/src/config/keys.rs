@@ -75,6 +75,7 @@ pub const KEYS: &[Key] = &[
     key!("pause_watchdog_ms", ["KVGATE_PAUSE_WATCHDOG_MS"], UInt, "500", "A request held at its headers that sees no body callback for this long is resumed unrouted (fail-open, `kvgate.watchdog.resumed`): what happens when Envoy lacks allow_on_headers_stop_iteration."),
     key!("max_match_blocks", ["KVGATE_MAX_MATCH_BLOCKS"], UInt, "8192", "Tokenize and match at most this many KV blocks of a prompt (caps the tokenizer's time per request)."),
     key!("inject_token_data", ["KVGATE_INJECT_TOKEN_DATA"], Bool, "true", "Add the prompt's token ids as nvext.token_data when the whole prompt was tokenized."),
+    key!("max_tokenize_bytes", ["KVGATE_MAX_TOKENIZE_BYTES"], UInt, "1048576", "With inject_token_data: tokenize at most this many bytes of prompt text (1024..=2^30); a longer prompt is routed on the prefix tokenized and its body passes without token_data (no Dynamo equivalent). Without it, tokenizing stops at the bytes that can hold max_match_blocks blocks."),
     key!("vllm_dp_rank_header", ["KVGATE_VLLM_DP_RANK_HEADER"], Bool, "true", "Also send the decode dp rank as `x-data-parallel-rank`, the header a plain vLLM server reads (Dynamo frontends read `x-dp-rank`)."),
     key!("decision_header", ["KVGATE_DECISION_HEADER"], Bool, "false", "Add x-kvgate-decision (the one-line explanation) to responses."),
     key!("unknown_model", ["KVGATE_UNKNOWN_MODEL"], Str, "reject", "`reject`: 404 for a model no worker serves; `passthrough`: forward unrouted to the cluster's load balancer."),

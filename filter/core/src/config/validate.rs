@@ -161,6 +161,9 @@ pub struct GatewayConfig {
     pub max_match_blocks: usize,
     /// Inject `nvext.token_data`.
     pub inject_token_data: bool,
+    /// With `inject_token_data`: most prompt bytes tokenized (beyond, routed on the prefix
+    /// and the body passes unmodified).
+    pub max_tokenize_bytes: usize,
     /// Emit `x-kvgate-decision`.
     pub decision_header: bool,
     /// Emit `x-data-parallel-rank` (plain vLLM's dp rank header).
@@ -520,6 +523,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_match_blocks: ranged("max_match_blocks", raw.max_match_blocks, 8192, 1, 1 << 24)?
             as usize,
         inject_token_data: raw.inject_token_data.unwrap_or(true),
+        max_tokenize_bytes: ranged(
+            "max_tokenize_bytes",
+            raw.max_tokenize_bytes,
+            1 << 20,
+            1024,
+            1 << 30,
+        )? as usize,
         decision_header: raw.decision_header.unwrap_or(false),
         vllm_dp_rank_header: raw.vllm_dp_rank_header.unwrap_or(true),
         session_affinity_header: session_header(raw.session_affinity_header)?,

@@ -12,7 +12,7 @@
 use super::*;
 use crate::testing::FakeHost;
 use crate::tests::{files, long_chat, worker};
-use crate::vm::{VmConfig, VmModel};
+use crate::vm::VmConfig;
 use kvgate_core::workers::WorkerRole;
 
 fn static_vm(host: &FakeHost, extra: &str) -> Vm {
@@ -26,14 +26,16 @@ fn vm_with(host: &FakeHost, workers: &[kvgate_core::workers::WorkerInfo], extra:
         serde_json::to_string(&workers).unwrap()
     );
     let f = files();
-    let vm_cfg = VmConfig {
-        models: vec![VmModel {
-            name: f.name.clone(),
-            block_size: 16,
-            tokenizer_json: String::from_utf8(f.tokenizer_json).unwrap(),
-            tokenizer_config_json: String::from_utf8(f.tokenizer_config_json).unwrap(),
-        }],
-    };
+    let vm_cfg = VmConfig::parse(
+        &serde_json::to_vec(&serde_json::json!({"models": [{
+            "name": f.name,
+            "block_size": 16,
+            "tokenizer_json": String::from_utf8(f.tokenizer_json).unwrap(),
+            "tokenizer_config_json": String::from_utf8(f.tokenizer_config_json).unwrap(),
+        }]}))
+        .unwrap(),
+    )
+    .unwrap();
     Vm::configure(host, 1, 1, cfg.as_bytes(), &vm_cfg).unwrap()
 }
 

@@ -412,6 +412,10 @@ fn model_files_are_fetched_once_shared_and_loaded_by_every_vm() {
     let h2 = h1.sibling();
     let mut a = vm(&h1, 1, SIDECAR);
     let mut b = vm(&h2, 2, SIDECAR);
+    let h3 = h1.sibling();
+    let mut main_thread = vm(&h3, 3, SIDECAR);
+    a.stream_seen(&h1);
+    b.stream_seen(&h2);
     let models = vec![ModelEntry {
         name: "Qwen/Qwen3-0.6B".into(),
         block_size: 16,
@@ -437,6 +441,74 @@ fn model_files_are_fetched_once_shared_and_loaded_by_every_vm() {
     b.on_tick(&h2);
     assert!(b.engine.missing_models().is_empty());
     assert!(h2.take_calls().is_empty());
+    // A VM that never handled a stream (Envoy's main thread) neither fetches nor loads.
+    main_thread.follow_ring(&h3);
+    for _ in 0..3 {
+        main_thread.on_tick(&h3);
+        h3.advance(1_000);
+    }
+    assert_eq!(main_thread.engine.missing_models().len(), 1);
+    assert!(h3
+        .take_calls()
+        .iter()
+        .all(|c| !c.path.starts_with("/v1/models")));
+    assert!(h3.histogram("kvgate.model_load_ms").is_empty());
+}
+
+fn static_vm_config_bytes() -> Vec<u8> {
+    let f = files();
+    serde_json::to_vec(&serde_json::json!({"models": [{
+        "name": f.name,
+        "block_size": 16,
+        "tokenizer_json": String::from_utf8(f.tokenizer_json).unwrap(),
+        "tokenizer_config_json": String::from_utf8(f.tokenizer_config_json).unwrap(),
+    }]}))
+    .unwrap()
+}
+
+#[test]
+fn vm_config_models_load_lazily_in_the_vm_that_tokenizes_and_memory_is_reported() {
+    let h = FakeHost::at(1_000);
+    h.set_linear_memory(Some(3 << 20));
+    let listing = VmConfig::parse(&static_vm_config_bytes()).unwrap();
+    assert_eq!(listing.models, vec![("Qwen/Qwen3-0.6B".to_string(), 16)]);
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "", "workers": workers(2)
+    }))
+    .unwrap();
+    let mut vm = Vm::configure(&h, 0xab, 1, &cfg, &listing).unwrap();
+    let main_gauge = "kvgate.vm_memory_bytes.main_thread.vm_00000000000000ab";
+    let tok_gauge = "kvgate.vm_memory_bytes.tokenizing.vm_00000000000000ab";
+    assert_eq!(h.metric_value(main_gauge), 3 << 20);
+    for _ in 0..3 {
+        vm.on_tick(&h);
+    }
+    assert_eq!(vm.role(), VmRole::MainThread);
+    assert!(
+        h.histogram("kvgate.model_load_ms").is_empty(),
+        "a VM without streams loads nothing"
+    );
+    assert_eq!(vm.engine.missing_models().len(), 1);
+
+    // Its first stream makes it a tokenizing VM; the first decision loads the model.
+    vm.stream_seen(&h);
+    assert_eq!(h.metric_value(main_gauge), 0);
+    h.set_linear_memory(Some(20 << 20));
+    let Outcome::Route(r) = vm.decide(
+        &h,
+        1,
+        crate::headers::RoutedPath::Chat,
+        &long_chat("x"),
+        None,
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.degraded, None);
+    assert!(r.prompt_tokens > 100);
+    assert_eq!(h.histogram("kvgate.model_load_ms").len(), 1);
+    assert_eq!(h.metric_value(tok_gauge), 20 << 20);
+    vm.on_tick(&h);
+    assert_eq!(h.histogram("kvgate.model_load_ms").len(), 1, "loaded once");
 }
 
 #[test]
@@ -514,22 +586,43 @@ fn bad_configurations_stop_the_vm_with_a_message() {
         Err(StartError::VmConfig(_))
     ));
     assert!(VmConfig::parse(b"  \n").unwrap().models.is_empty());
+    // A model without its files is refused at start, without reading them.
+    assert!(matches!(
+        VmConfig::parse(br#"{"models": [{"name": "m", "tokenizer_json": "{}"}]}"#),
+        Err(StartError::VmConfig(_))
+    ));
     let e = Vm::configure(&h, 1, 1, b"{\"block_sise\": 16}", &VmConfig::default())
         .err()
         .unwrap();
     assert!(e.to_string().contains("block_sise"), "{e}");
-    let broken = VmConfig {
-        models: vec![VmModel {
-            name: "m".into(),
-            block_size: 16,
-            tokenizer_json: "{}".into(),
-            tokenizer_config_json: "{}".into(),
-        }],
-    };
-    assert!(matches!(
-        Vm::configure(&h, 1, 1, b"{}", &broken),
-        Err(StartError::Model(_))
-    ));
+}
+
+#[test]
+fn a_broken_vm_config_model_is_logged_once_and_routes_on_load() {
+    let h = FakeHost::at(1_000);
+    let broken = VmConfig::parse(
+        br#"{"models": [{"name": "Qwen/Qwen3-0.6B", "tokenizer_json": "{}", "tokenizer_config_json": "{}"}]}"#,
+    )
+    .unwrap();
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "", "workers": workers(2)
+    }))
+    .unwrap();
+    let mut vm = Vm::configure(&h, 1, 1, &cfg, &broken).unwrap();
+    for ctx in 1..=3 {
+        let Outcome::Route(r) = vm.decide(
+            &h,
+            ctx,
+            crate::headers::RoutedPath::Chat,
+            &long_chat("x"),
+            None,
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.degraded, Some(crate::Degraded::NoTokenizer));
+        vm.request_done(&h, ctx);
+    }
+    assert_eq!(h.logs(Level::Error).len(), 1, "{:?}", h.logs(Level::Error));
 }
 
 #[test]

@@ -128,11 +128,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<Request
             limit: limits.max_body_bytes,
         });
     }
-    if json_depth_exceeds(body, limits.max_json_depth) {
-        return Err(RequestError::TooDeep {
-            limit: limits.max_json_depth,
-        });
-    }
+    prescan(body, limits)?;
     let value: Value = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson {
         reason: e.to_string(),
     })?;
@@ -247,11 +243,20 @@ fn token_ids(items: &[Value], param: &str) -> Result<Vec<u32>, RequestError> {
 
 /// True if `body` nests arrays/objects deeper than `max` (strings are skipped, escapes honoured).
 /// A cheap pre-pass so that a hostile body is refused before any tree is built.
-fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
+/// One linear pass over the raw body before it is parsed, so hostile bodies are refused
+/// before they cost a JSON tree: nesting deeper than `max_json_depth`, and a top-level
+/// `messages` array with more than `max_messages` objects (each would be parsed first).
+fn prescan(body: &[u8], limits: &Limits) -> Result<(), RequestError> {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
-    for &b in body {
+    // Where the last string at depth 1 started (a candidate key) and whether it was
+    // `"messages"`; then whether the array now open at depth 2 is that key's value.
+    let mut string_start = 0usize;
+    let mut key_is_messages = false;
+    let mut in_messages = false;
+    let mut messages = 0usize;
+    for (i, &b) in body.iter().enumerate() {
         if in_string {
             if escaped {
                 escaped = false;
@@ -259,22 +264,49 @@ fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
                 escaped = true;
             } else if b == b'"' {
                 in_string = false;
+                if depth == 1 {
+                    key_is_messages = body.get(string_start..i) == Some(b"messages".as_slice());
+                }
             }
             continue;
         }
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
             b'[' | b'{' => {
                 depth += 1;
-                if depth > max {
-                    return true;
+                if depth > limits.max_json_depth {
+                    return Err(RequestError::TooDeep {
+                        limit: limits.max_json_depth,
+                    });
+                }
+                if depth == 2 && b == b'[' && key_is_messages {
+                    in_messages = true;
+                } else if depth == 3 && in_messages && b == b'{' {
+                    messages += 1;
+                    if messages > limits.max_messages {
+                        return Err(RequestError::TooManyItems {
+                            param: "messages",
+                            count: messages,
+                            limit: limits.max_messages,
+                        });
+                    }
+                }
+                key_is_messages = false;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth < 2 {
+                    in_messages = false;
                 }
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => key_is_messages = false,
             _ => {}
         }
     }
-    false
+    Ok(())
 }
 
 pub(crate) fn missing(param: &str) -> RequestError {

@@ -330,8 +330,12 @@ fn limits_count_tools_and_depth_ignores_strings() {
         ..Limits::default()
     };
     assert!(parse(Endpoint::ChatCompletions, tricky.as_bytes(), &shallow).is_ok());
-    assert!(json_depth_exceeds(b"[[[]]]", 2));
-    assert!(!json_depth_exceeds(b"[[]][[]]", 2));
+    let two = Limits {
+        max_json_depth: 2,
+        ..Limits::default()
+    };
+    assert!(prescan(b"[[[]]]", &two).is_err());
+    assert!(prescan(b"[[]][[]]", &two).is_ok());
 }
 
 fn arb_json() -> impl Strategy<Value = serde_json::Value> {
@@ -392,4 +396,64 @@ proptest! {
         let _ = parse(Endpoint::ChatCompletions, body.as_bytes(), &Limits::default());
         let _ = parse(Endpoint::Completions, body.as_bytes(), &Limits::default());
     }
+}
+
+#[test]
+fn too_many_messages_are_refused_before_the_body_is_parsed() {
+    // 100 000 tiny messages: counted by the raw prescan, stopped at the limit + 1.
+    let mut body = String::from(r#"{"model": "m", "messages": ["#);
+    for i in 0..100_000 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(r#"{"role":"user","content":"x"}"#);
+    }
+    body.push_str("]}");
+    let err = parse(
+        Endpoint::ChatCompletions,
+        body.as_bytes(),
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        RequestError::TooManyItems {
+            param: "messages",
+            count: 10_001,
+            limit: 10_000
+        }
+    );
+    // Objects nested inside a message, a `messages` key deeper down, and a string that
+    // reads "messages" as a value do not count.
+    let limits = Limits {
+        max_messages: 2,
+        ..Limits::default()
+    };
+    let ok = json!({
+        "model": "messages",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}, {"type": "text", "text": "c"}]},
+            {"role": "assistant", "content": "x", "messages": [{}, {}, {}]}
+        ],
+        "nvext": {"messages": [{}, {}, {}]}
+    });
+    assert!(parse(
+        Endpoint::ChatCompletions,
+        ok.to_string().as_bytes(),
+        &limits
+    )
+    .is_ok());
+    let three = json!({"model": "m", "messages": [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}
+    ]});
+    assert_eq!(
+        parse(
+            Endpoint::ChatCompletions,
+            three.to_string().as_bytes(),
+            &limits
+        )
+        .unwrap_err()
+        .code(),
+        "array_above_max_length"
+    );
 }

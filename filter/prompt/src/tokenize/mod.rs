@@ -11,6 +11,13 @@
 //! differ from the full encode; the tokens of the last two pre-tokens are dropped and the
 //! window is doubled until enough stable tokens remain (tested against full encodes).
 //!
+//! Bounded work: a prompt costs at most the bytes that can hold the ids the router uses.
+//! A segment is encoded no further than `need × MAX_BYTES_PER_ID` bytes (plus a margin) and
+//! no further than the caller's byte budget (`max_tokenize_bytes`), and the ids stop before
+//! any pre-token ("word") longer than [`MAX_WORD_BYTES`] — BPE on one huge word costs time
+//! and memory superlinear in its length. A prompt cut this way is marked incomplete and its
+//! whole length in ids is estimated from the bytes covered.
+//!
 //! `tokenizers` 1.0 reads only the canonical (`"version": "2.0"`) `tokenizer.json`; an older
 //! file is converted on load, and [`canonical_json`] does that conversion ahead of time.
 
@@ -55,6 +62,14 @@ impl ApiError for TokenizeError {
     }
 }
 
+/// The longest pre-token ("word") encoded: a prompt's ids stop before a longer one (a
+/// 4 MB run of letters would otherwise be one BPE word taking seconds).
+pub const MAX_WORD_BYTES: usize = 4096;
+
+/// Bytes of text that can hold one id, for the window that covers `need` ids (ids of real
+/// text average 3–5 bytes; a text denser than this is routed on fewer ids).
+pub const MAX_BYTES_PER_ID: usize = 16;
+
 /// How to encode one prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncodeOptions {
@@ -78,6 +93,25 @@ pub struct Encoded {
     pub segments_miss: u32,
     /// Ids that came from the cache.
     pub tokens_from_cache: usize,
+    /// Bytes of the text whose ids are in `ids` (all of it when complete).
+    pub bytes_covered: usize,
+}
+
+impl Encoded {
+    /// The whole prompt's length in ids: exact when complete, else extrapolated from the
+    /// bytes covered (at least the ids produced).
+    pub fn estimated_tokens(&self, text_bytes: usize) -> usize {
+        if self.complete || self.bytes_covered == 0 {
+            return self
+                .ids
+                .len()
+                .max(if self.complete { 0 } else { text_bytes / 4 });
+        }
+        let est = (self.ids.len() as u128 * text_bytes as u128) / self.bytes_covered as u128;
+        usize::try_from(est)
+            .unwrap_or(usize::MAX)
+            .max(self.ids.len())
+    }
 }
 
 /// A loaded tokenizer with its added-token splitter and segment cache (one per Envoy VM).
@@ -173,12 +207,35 @@ impl PromptTokenizer {
 
     /// Encodes `text` through the segment cache, stopping at `opts.max_tokens` ids.
     pub fn encode(&mut self, text: &str, opts: EncodeOptions) -> Result<Encoded, TokenizeError> {
+        self.encode_bounded(text, opts, usize::MAX)
+    }
+
+    /// [`Self::encode`] reading at most `max_bytes` bytes of `text` (the ids then stop at
+    /// the last word boundary that is certain before that point, and are incomplete).
+    pub fn encode_bounded(
+        &mut self,
+        text: &str,
+        opts: EncodeOptions,
+        max_bytes: usize,
+    ) -> Result<Encoded, TokenizeError> {
         let cap = opts.max_tokens;
         let (prefix, suffix) = match (&self.affixes, opts.add_special_tokens) {
             (_, false) => (Vec::new(), Vec::new()),
             (Some((p, s)), true) => (p.clone(), s.clone()),
             (None, true) => {
                 // The post-processor depends on the content: no segmenting, no cache.
+                let window = window_for(cap, max_bytes);
+                if text.len() > window || self.long_word_at(text, window)?.is_some() {
+                    // Too long to encode whole: the ids of a certain prefix, no affixes.
+                    let mut out = Encoded {
+                        segments_miss: 1,
+                        ..Encoded::default()
+                    };
+                    let (ids, covered) = self.prefix_ids(text, cap, window)?;
+                    out.ids = ids;
+                    out.bytes_covered = covered;
+                    return Ok(out);
+                }
                 let mut ids = self.encode_full(text, true)?;
                 let complete = ids.len() <= cap;
                 ids.truncate(cap);
@@ -186,6 +243,7 @@ impl PromptTokenizer {
                     ids,
                     complete,
                     segments_miss: 1,
+                    bytes_covered: if complete { text.len() } else { 0 },
                     ..Encoded::default()
                 });
             }
@@ -200,6 +258,8 @@ impl PromptTokenizer {
             complete: true,
             ..Encoded::default()
         };
+        // Bytes of text read so far (text segments, and the added tokens between them).
+        let mut read = 0usize;
         for segment in segments {
             if out.ids.len() >= cap {
                 out.complete = false;
@@ -212,24 +272,38 @@ impl PromptTokenizer {
                         out.segments_hit += 1;
                         out.tokens_from_cache += ids.len();
                         out.ids.extend_from_slice(ids);
+                        read += s.len();
                         continue;
                     }
                     out.segments_miss += 1;
                     let need = cap - out.ids.len();
-                    if s.len() > need.saturating_mul(8).saturating_add(4096) {
-                        if let Some(ids) = self.encode_prefix(s, need)? {
-                            out.ids.extend(ids);
-                            out.complete = false;
-                            break;
-                        }
+                    let window = window_for(need, max_bytes.saturating_sub(read));
+                    let long_word = if s.len() > MAX_WORD_BYTES {
+                        self.long_word_at(s, window)?
+                    } else {
+                        None
+                    };
+                    if s.len() > window || long_word.is_some() {
+                        let head = long_word.and_then(|at| s.get(..at)).unwrap_or(s);
+                        let (ids, covered) = self.prefix_ids(head, need, window)?;
+                        out.ids.extend(ids);
+                        out.bytes_covered = read + covered;
+                        out.complete = false;
+                        break;
                     }
                     self.buf.clear();
                     encode_into(&self.tokenizer, s, false, &mut self.buf)?;
                     let ids = PipelineToken::cast_slice(&self.buf);
                     self.cache.put(s, ids);
                     out.ids.extend_from_slice(ids);
+                    read += s.len();
                 }
             }
+        }
+        if out.complete {
+            out.bytes_covered = text.len();
+        } else if out.bytes_covered == 0 {
+            out.bytes_covered = read;
         }
         if out.complete {
             out.ids.extend(suffix);
@@ -241,36 +315,89 @@ impl PromptTokenizer {
         Ok(out)
     }
 
-    /// The first `need` ids of `s` from a growing prefix window, or `None` once the window
-    /// would cover all of `s` (the caller then encodes it whole).
-    fn encode_prefix(&self, s: &str, need: usize) -> Result<Option<Vec<u32>>, TokenizeError> {
+    /// Ids of a prefix of `s` certain to equal the full encode's (`s` is a cut of the
+    /// prompt): at most `need`, from prefix windows growing up to `max_window` bytes; the
+    /// ids of each window's last two pre-tokens are left out (they may change with the text
+    /// after the cut). Returns the ids and the bytes they cover (estimated).
+    fn prefix_ids(
+        &self,
+        s: &str,
+        need: usize,
+        max_window: usize,
+    ) -> Result<(Vec<u32>, usize), TokenizeError> {
         if self.normalized_added_tokens {
-            return Ok(None);
+            // Cannot count ids per pre-token: nothing is certain short of the whole text.
+            return Ok((Vec::new(), 0));
         }
-        let mut window = need.saturating_mul(4).saturating_add(256);
+        let mut window = need.saturating_mul(4).saturating_add(256).min(max_window);
         let mut ids = Vec::new();
         loop {
-            if window >= s.len() {
-                return Ok(None);
-            }
             let cut = floor_char_boundary(s, window);
             let Some(head) = s.get(..cut) else {
-                return Ok(None);
+                return Ok((Vec::new(), 0));
             };
             ids.clear();
             encode_into(&self.tokenizer, head, false, &mut ids)?;
             let stable = ids.len().saturating_sub(self.last_pretokens_len(head, 2)?);
-            if stable >= need {
-                return Ok(Some(
-                    PipelineToken::cast_slice(&ids)
-                        .iter()
-                        .take(need)
-                        .copied()
-                        .collect(),
-                ));
+            if stable >= need || window >= max_window || cut >= s.len() {
+                let take = stable.min(need);
+                let covered = if ids.is_empty() {
+                    0
+                } else {
+                    (head.len() as u128 * take as u128 / ids.len() as u128) as usize
+                };
+                let ids = PipelineToken::cast_slice(&ids)
+                    .iter()
+                    .take(take)
+                    .copied()
+                    .collect();
+                return Ok((ids, covered));
             }
-            window = window.saturating_mul(2);
+            window = window.saturating_mul(2).min(max_window);
         }
+    }
+
+    /// Where the first pre-token longer than [`MAX_WORD_BYTES`] starts within the first
+    /// `limit` bytes of `s`, if any. Such a pre-token needs a long run of bytes of one kind
+    /// (whitespace or not), so a cheap scan for one comes first; only then is the text up
+    /// to that run pre-tokenized (unnormalized: the boundary found is only where the ids
+    /// stop, and the ids of the pre-tokens just before it are left out anyway).
+    fn long_word_at(&self, s: &str, limit: usize) -> Result<Option<usize>, TokenizeError> {
+        let end = floor_char_boundary(s, limit.saturating_add(MAX_WORD_BYTES + 1));
+        let mut from = 0usize;
+        let mut spans = Vec::new();
+        while from < end {
+            let bytes = s.as_bytes().get(from..end).unwrap_or_default();
+            let (mut run, mut space) = (0usize, false);
+            let Some(run_end) = bytes.iter().position(|b| {
+                let ws = b.is_ascii_whitespace();
+                run = if ws == space { run + 1 } else { 1 };
+                space = ws;
+                run > MAX_WORD_BYTES / 2
+            }) else {
+                return Ok(None);
+            };
+            // Pre-tokenize from a little before the run to a little after it.
+            let run_end = from + run_end;
+            let start = floor_char_boundary(s, run_end.saturating_sub(MAX_WORD_BYTES + 64));
+            let stop = floor_char_boundary(s, run_end.saturating_add(MAX_WORD_BYTES + 1));
+            let Some(scan) = s.get(start..stop) else {
+                return Ok(None);
+            };
+            spans.clear();
+            self.tokenizer
+                .get_pre_tokenizer()
+                .pre_tokenize(scan, &mut PreTokenizerScratch::default(), &mut spans)
+                .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+            if let Some(sp) = spans
+                .iter()
+                .find(|sp| sp.end.saturating_sub(sp.start) as usize > MAX_WORD_BYTES)
+            {
+                return Ok(Some(start + sp.start as usize));
+            }
+            from = stop.max(from + 1);
+        }
+        Ok(None)
     }
 
     /// How many ids the last `n` pre-tokens ("words") of `text` encode to: normalized,
@@ -332,6 +459,13 @@ fn encode_into(
     tokenizer
         .encode_into(text, &options, out)
         .map_err(|e| TokenizeError::Encode(e.to_string()))
+}
+
+/// The bytes of text read to find `need` ids, within `budget`.
+fn window_for(need: usize, budget: usize) -> usize {
+    need.saturating_mul(MAX_BYTES_PER_ID)
+        .saturating_add(4096)
+        .min(budget)
 }
 
 fn floor_char_boundary(s: &str, mut at: usize) -> usize {
