@@ -109,7 +109,14 @@ impl<H: Host> Processor<H> {
                     ..Mutation::default()
                 };
                 Some(match step.next {
-                    Next::Continue | Next::Pause => proto::answer(Phase::RequestHeaders, strip),
+                    Next::Pause => {
+                        // Envoy buffers the body and sends it whole: it is on its way, so
+                        // the watchdog treats the stream as receiving a body (408 after
+                        // request_timeout_ms), not as stuck at its headers.
+                        let _ = e.stream.request_body(vm, host, 0, false);
+                        proto::answer(Phase::RequestHeaders, strip)
+                    }
+                    Next::Continue => proto::answer(Phase::RequestHeaders, strip),
                     Next::Reply(r) => {
                         e.decided = true;
                         proto::immediate(&r)

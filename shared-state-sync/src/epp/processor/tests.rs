@@ -321,28 +321,29 @@ fn with_subset(mut req: ProcessingRequest, allowed: &[&str]) -> ProcessingReques
 #[test]
 fn the_subset_hint_narrows_the_destination_list() {
     let mut p = processor(json!({"max_fallbacks": 1}));
-    // Learn which worker this state picks first.
+    // Stream 10 stays in flight on its worker: the next pick is the other, less loaded one.
     let dest = route(&mut p, 10);
-    p.end(10);
-    let primary = dest.split(',').next().unwrap().to_string();
-    let other = if primary == W1 { W2 } else { W1 };
+    let busy = dest.split(',').next().unwrap().to_string();
+    let idle = if busy == W1 { W2 } else { W1 };
 
-    // Only the picked worker allowed: the list is cut to it, header and metadata alike.
-    p.handle(11, with_subset(chat_headers(), &[&primary]));
+    // Only the idle worker allowed: the list (idle, then busy as fallback) is cut to it,
+    // header and metadata alike.
+    p.handle(11, with_subset(chat_headers(), &[idle]));
     let r = p.handle(11, body(&chat(), true)).unwrap();
     let set = set_headers(&common(&r).unwrap());
-    assert_eq!(get(&set, DESTINATION_ENDPOINT), Some(primary.as_str()));
-    assert_eq!(metadata_destination(&r), Some(primary.clone()));
+    assert_eq!(get(&set, DESTINATION_ENDPOINT), Some(idle));
+    assert_eq!(metadata_destination(&r).as_deref(), Some(idle));
     p.end(11);
 
-    // The picked worker outside the subset: 503, and nothing stays booked after the end.
-    p.handle(12, with_subset(chat_headers(), &[other]));
+    // The pick (the idle worker) outside the subset: 503, and nothing stays booked.
+    p.handle(12, with_subset(chat_headers(), &[&busy]));
     let r = p.handle(12, body(&chat(), true)).unwrap();
     let Some(Response::ImmediateResponse(i)) = r.response else {
         panic!("{r:?}");
     };
     assert_eq!(i.status.unwrap().code, 503);
     p.end(12);
+    p.end(10);
     assert_eq!(p.vm.engine.in_flight(), 0);
 }
 
@@ -374,4 +375,27 @@ fn the_picker_follows_the_sidecar_and_is_ready_after_its_first_frame() {
     // The sidecar's workers are the picker's candidates.
     let dest = route(&mut p, 1);
     assert!(dest.starts_with(W1) || dest.starts_with(W2), "{dest}");
+}
+
+#[test]
+fn a_body_envoy_is_still_buffering_is_not_resumed_unrouted_by_the_watchdog() {
+    let mut p = processor(json!({"pause_watchdog_ms": 100, "request_timeout_ms": 5000}));
+    p.handle(20, chat_headers());
+    p.host.advance(1_000);
+    assert!(p.tick().is_empty());
+    assert_eq!(p.host.metric_value("kvgate.watchdog.resumed"), 0);
+    // The body arrives late but whole: still routed.
+    let r = p.handle(20, body(&chat(), true)).unwrap();
+    assert!(get(&set_headers(&common(&r).unwrap()), DESTINATION_ENDPOINT).is_some());
+    // One that never completes gets the filter's 408 past request_timeout_ms.
+    p.handle(21, chat_headers());
+    p.host.advance(6_000);
+    let owed = p.tick();
+    assert_eq!(owed.len(), 1, "{owed:?}");
+    let (ctx, r) = &owed[0];
+    assert_eq!(*ctx, 21);
+    let Some(Response::ImmediateResponse(i)) = &r.response else {
+        panic!("{r:?}");
+    };
+    assert_eq!(i.status.as_ref().unwrap().code, 408);
 }
