@@ -49,6 +49,13 @@ pub struct EnvoyOptions {
     /// File stem of the rendered config and the log (None: `envoy`, or `envoy-baseline`
     /// for the baseline), so several gateways can share a directory.
     pub name: Option<String>,
+    /// The listener's `connection_balance_config: exact_balance` (the overhead bench: each
+    /// new connection goes to the worker thread with the fewest, not wherever the kernel
+    /// woke a thread), in either template.
+    pub exact_balance: bool,
+    /// Bootstrap `stats_flush_interval` in milliseconds (None: Envoy's 5 s). Histogram
+    /// quantiles in `/stats` are computed at each flush; the bench reads them sooner.
+    pub stats_flush_ms: Option<u64>,
 }
 
 impl Default for EnvoyOptions {
@@ -67,6 +74,8 @@ impl Default for EnvoyOptions {
             allow_on_headers_stop_iteration: true,
             sidecar_token: None,
             name: None,
+            exact_balance: false,
+            stats_flush_ms: None,
         }
     }
 }
@@ -123,7 +132,40 @@ pub fn render(
             "allow_on_headers_stop_iteration: false",
         );
     }
+    if opts.exact_balance {
+        t = insert_after_line(
+            &t,
+            "per_connection_buffer_limit_bytes:",
+            "    connection_balance_config: {exact_balance: {}}",
+        )?;
+    }
+    if let Some(ms) = opts.stats_flush_ms {
+        t = format!("stats_flush_interval: {}s\n{t}", ms.max(1) as f64 / 1000.0);
+    }
     Ok(t)
+}
+
+/// `t` with `line` inserted after the one line containing `anchor`.
+fn insert_after_line(t: &str, anchor: &str, line: &str) -> Result<String, StackError> {
+    let mut out = String::with_capacity(t.len() + line.len() + 1);
+    let mut found = 0;
+    for l in t.lines() {
+        out.push_str(l);
+        out.push('\n');
+        if l.contains(anchor) {
+            out.push_str(line);
+            out.push('\n');
+            found += 1;
+        }
+    }
+    if found == 1 {
+        Ok(out)
+    } else {
+        Err(StackError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the Envoy template has {found} lines with `{anchor}`, not one"),
+        )))
+    }
 }
 
 impl Envoy {
@@ -207,5 +249,61 @@ impl Envoy {
         ))
         .map(|r| r.text())
         .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn bench_listener_options_render_into_both_templates() {
+        let tools = Tools {
+            repo: crate::tools::repo_root(),
+            envoy: Vec::new(),
+            nats_server: Default::default(),
+            wasm: Default::default(),
+            sidecar: Default::default(),
+            mock_worker: Default::default(),
+            model_dir: Default::default(),
+        };
+        for kind in [EnvoyKind::Kvgate, EnvoyKind::Baseline] {
+            let plain = render(
+                &tools,
+                &EnvoyOptions {
+                    kind,
+                    ..Default::default()
+                },
+                1,
+                2,
+            )
+            .unwrap();
+            assert!(!plain.contains("connection_balance_config"));
+            assert!(!plain.contains("stats_flush_interval"));
+            let opts = EnvoyOptions {
+                kind,
+                exact_balance: true,
+                stats_flush_ms: Some(1000),
+                ..Default::default()
+            };
+            let t = render(&tools, &opts, 1, 2).unwrap();
+            assert!(t.starts_with("stats_flush_interval: 1s\n"), "{kind:?}");
+            let lines: Vec<&str> = t.lines().collect();
+            let i = lines
+                .iter()
+                .position(|l| l.contains("connection_balance_config"))
+                .unwrap();
+            // Inside the listener, at the indentation of its other fields.
+            assert!(lines[i - 1].contains("per_connection_buffer_limit_bytes"));
+            assert_eq!(
+                lines[i],
+                "    connection_balance_config: {exact_balance: {}}"
+            );
+            assert!(lines[..i]
+                .iter()
+                .any(|l| l.trim_start().starts_with("- name: inference")));
+        }
     }
 }
