@@ -15,6 +15,7 @@ mod aborts;
 mod common;
 mod envoy_sidecar;
 mod envoy_static;
+mod epp;
 mod faults;
 mod fleet;
 mod held;

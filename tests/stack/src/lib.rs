@@ -5,12 +5,14 @@
 //! by `make`, else the clone's `target/`); nothing here links wasmtime or the mock engine.
 
 mod envoy;
+mod epp;
 mod nats;
 mod proc;
 mod tools;
 mod workers;
 
 pub use envoy::{render as render_envoy, Envoy, EnvoyKind, EnvoyOptions};
+pub use epp::{render_epp, start_epp_envoy, EppEnvoyOptions};
 pub use nats::Nats;
 pub use proc::{free_port, free_ports, wait_for, Proc, StackError};
 pub use tools::{nats_server_path, repo_root, require, wasm_path, Tools};

@@ -1,0 +1,115 @@
+//! Envoy as a Gateway API Inference Extension gateway (`envoy-config/envoy-epp.yaml`): no
+//! Wasm filter, the ext_proc filter calling kvgate-sync's endpoint picker (`serve --epp`),
+//! override_host on the worker cluster. The template has its own placeholders (the picker's
+//! port, the failure mode), so it has its own small renderer beside [`crate::Envoy`]'s.
+
+use super::envoy::Envoy;
+use super::proc::{free_port, wait_for, Proc, StackError};
+use super::tools::Tools;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// What to render into `envoy-epp.yaml`.
+#[derive(Debug, Clone)]
+pub struct EppEnvoyOptions {
+    /// Worker endpoints (`ip:port`).
+    pub workers: Vec<String>,
+    /// The picker's gRPC port.
+    pub epp_port: u16,
+    /// GAIE `FailOpen` (true) or `FailClose` (false): ext_proc's `failure_mode_allow`.
+    pub fail_open: bool,
+    /// Envoy worker threads.
+    pub concurrency: u32,
+    /// Per-connection buffer limit.
+    pub buffer_limit: usize,
+    /// File stem of the rendered config and the log.
+    pub name: String,
+}
+
+impl Default for EppEnvoyOptions {
+    fn default() -> Self {
+        EppEnvoyOptions {
+            workers: Vec::new(),
+            epp_port: 1,
+            fail_open: false,
+            concurrency: 2,
+            buffer_limit: 9 << 20,
+            name: "envoy-epp".into(),
+        }
+    }
+}
+
+/// Renders `envoy-config/envoy-epp.yaml` for `opts` on the given ports.
+pub fn render_epp(
+    tools: &Tools,
+    opts: &EppEnvoyOptions,
+    port: u16,
+    admin: u16,
+) -> Result<String, StackError> {
+    let mut t = std::fs::read_to_string(tools.repo.join("envoy-config/envoy-epp.yaml"))?;
+    let endpoints: String = opts
+        .workers
+        .iter()
+        .filter_map(|e| e.rsplit_once(':'))
+        .map(|(ip, p)| format!("        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {p}}}}}}}\n"))
+        .collect();
+    let subs = [
+        ("ADMIN_PORT", admin.to_string()),
+        ("LISTEN_PORT", port.to_string()),
+        ("WORKER_ENDPOINTS", endpoints.trim_end().to_string()),
+        ("EPP_PORT", opts.epp_port.to_string()),
+        ("FAILURE_MODE_ALLOW", opts.fail_open.to_string()),
+        ("BUFFER_LIMIT", opts.buffer_limit.to_string()),
+    ];
+    for (k, v) in subs {
+        t = t.replace(&format!("{{{{{k}}}}}"), &v);
+    }
+    Ok(t)
+}
+
+/// Starts the EPP gateway with its files in `dir` and waits up to two minutes for LIVE.
+pub fn start_epp_envoy(
+    tools: &Tools,
+    opts: &EppEnvoyOptions,
+    dir: &Path,
+) -> Result<Envoy, StackError> {
+    let port = free_port();
+    let admin_port = free_port();
+    let cfg_path = dir.join(format!("{}.yaml", opts.name));
+    std::fs::write(&cfg_path, render_epp(tools, opts, port, admin_port)?)?;
+    let envoy = tools.envoy_cmd()?;
+    let (bin, pre) = envoy.split_first().ok_or(StackError::Missing {
+        what: "Envoy",
+        path: String::new(),
+        env: "KVGATE_ENVOY",
+    })?;
+    let mut cmd = Command::new(bin);
+    cmd.args(pre)
+        .arg("-c")
+        .arg(&cfg_path)
+        .args([
+            "--concurrency",
+            &opts.concurrency.to_string(),
+            "--disable-hot-restart",
+            "-l",
+            "warn",
+        ])
+        .env("ENVOY_VERSION", "1.40.0");
+    let mut proc = Proc::spawn(&opts.name, cmd, &dir.join(format!("{}.log", opts.name)))?;
+    let ready = wait_for(Duration::from_secs(120), || {
+        if !proc.alive() {
+            return Some(false);
+        }
+        let r = kvgate_http::get(&format!("http://127.0.0.1:{admin_port}/ready")).ok()?;
+        (r.text().trim() == "LIVE").then_some(true)
+    });
+    if ready != Some(true) {
+        return Err(proc.error("did not become LIVE"));
+    }
+    Ok(Envoy {
+        proc,
+        port,
+        admin_port,
+    })
+}
