@@ -42,6 +42,7 @@ pub mod sys;
 pub mod trace;
 
 use kvgate_stack::{Envoy, EnvoyKind, EnvoyOptions, Nats, Sidecar, StackError, Tools, Worker};
+pub mod sweep;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,6 +156,10 @@ pub struct BenchConfig {
     pub run_quality: bool,
     /// Run the overhead phase.
     pub run_overhead: bool,
+    /// The virtual-time sweep.
+    pub sweep: sweep::SweepConfig,
+    /// Run the virtual-time sweep.
+    pub run_sweep: bool,
     /// Run the sidecar phase.
     pub run_sidecar: bool,
     /// Show progress bars.
@@ -176,10 +181,10 @@ impl BenchConfig {
             trace_seconds: 300.0,
             max_requests: None,
             max_output_tokens: 32,
-            num_gpu_blocks: 65_536,
+            num_gpu_blocks: 16_384,
             chat_rate: 2.0,
             think_ms: 2000.0,
-            policies: policy::PolicyKind::ALL.to_vec(),
+            policies: policy::PolicyKind::LIVE.to_vec(),
             seed: 7,
             envoy_concurrency: 2,
             overhead: overhead::OverheadConfig::default(),
@@ -188,6 +193,8 @@ impl BenchConfig {
             run_overhead: true,
             run_sidecar: true,
             progress: true,
+            sweep: sweep::SweepConfig::default(),
+            run_sweep: true,
             command: String::new(),
         }
     }
@@ -209,6 +216,8 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts NATS, `cfg.workers` engines and the sidecar.
+    /// The engines' shared request log (engine-side TTFT per request).
+    pub request_log: PathBuf,
     pub fn start(cfg: &BenchConfig, tools: &Tools) -> Result<Fleet> {
         std::fs::create_dir_all(&cfg.work_dir)?;
         let nats = Nats::start(tools, &cfg.work_dir)?;
@@ -216,7 +225,10 @@ impl Fleet {
             "--nats-url".into(),
             nats.url(),
             "--speedup".into(),
+        let request_log = cfg.work_dir.join("engine-requests.jsonl");
             cfg.speedup.to_string(),
+            "--request-log".into(),
+            request_log.display().to_string(),
             "--num-gpu-blocks".into(),
             cfg.num_gpu_blocks.to_string(),
             "--default-max-tokens".into(),
@@ -246,6 +258,7 @@ impl Fleet {
     }
 
     /// The engines' endpoints.
+            request_log,
     pub fn endpoints(&self) -> Vec<String> {
         self.workers.iter().map(|w| w.endpoint.clone()).collect()
     }
@@ -340,20 +353,75 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
         );
         phase = std::time::Instant::now();
     };
-    let fleet = Fleet::start(cfg, &tools)?;
-    lap("start", &mut report);
-    if cfg.run_quality {
-        report.quality = Some(quality::run(cfg, &fleet, &trace, &rt, cancel)?);
+    let files = if cfg.run_sweep {
+        Some(sweep::model_files(&tools.model_dir)?)
+    } else {
+        None
+    };
+    let mut swept = None;
+    if let Some(files) = &files {
+        let mut opts = cfg.trace_options();
+        opts.max_seconds = Some(cfg.sweep.trace_seconds).filter(|s| *s > 0.0);
+        opts.max_requests = None;
+        let slice = trace::load(&cfg.trace, &opts)?;
+        eprintln!(
+            "kvgate-bench: virtual-time sweep: {} requests ({:.0} trace-s), loads {:?}, {:?} engines, {} seeds, {} threads ...",
+            slice.requests(),
+            cfg.sweep.trace_seconds,
+            cfg.sweep.loads,
+            cfg.sweep.workers,
+            cfg.sweep.seeds,
+            cfg.sweep.threads
+        );
+        swept = Some(sweep::run(&cfg.sweep, &slice, files, cancel)?);
+        cancel.check()?;
+        lap("sweep", &mut report);
+    }
+    let fleet = if cfg.run_quality || cfg.run_sidecar {
+        let f = Fleet::start(cfg, &tools)?;
+        lap("start", &mut report);
+        Some(f)
+    } else {
+        None
+    };
+    if let (true, Some(fleet)) = (cfg.run_quality, &fleet) {
+        let mut q = quality::run(cfg, fleet, &trace, &rt, cancel)?;
         cancel.check()?;
         lap("quality", &mut report);
     }
     if cfg.run_overhead {
         report.overhead = Some(overhead::run(cfg, &tools, &rt, cancel)?);
         cancel.check()?;
+        if let Some(files) = &files {
+            q.agreement = sweep::agreement(
+                &cfg.sweep,
+                &trace,
+                &q.policies,
+                cfg.workers,
+                cfg.load,
+                cfg.num_gpu_blocks,
+                cfg.seed,
+                files,
+                cancel,
+            )?;
+            lap("agreement", &mut report);
+        }
+        report.quality = Some(q);
+    }
+    if let Some(s) = swept {
+        let q = report
+            .quality
+            .get_or_insert_with(quality::QualityReport::default);
+        q.sweep = s.points;
+        q.capacity = s.capacity;
+        q.targets = s.targets;
+        q.sweep_setup = Some(s.setup);
         lap("overhead", &mut report);
     }
     if cfg.run_sidecar {
-        report.sidecar = Some(sidecar::run(cfg, &fleet, &rt, cancel)?);
+        if let Some(fleet) = &fleet {
+            report.sidecar = Some(sidecar::run(cfg, fleet, &rt, cancel)?);
+        }
         cancel.check()?;
         lap("sidecar", &mut report);
     }

@@ -8,7 +8,7 @@
 //! | `char_prefix` | driver | GAIE-style prefix-cache scorer without a tokenizer (below) |
 //! | `kvgate_approx` | filter | kvgate, `use_kv_events: false`: caches predicted from its own decisions |
 //! | `kvgate_events` | filter | kvgate with the engines' KV events via NATS and kvgate-sync |
-//! | `oracle` | driver | kvgate's cost formula fed with the engines' exact caches and exact load |
+//! | `oracle` | driver | virtual-time sweep: the lookahead oracle ([`crate::sweep::oracle`]); real stack (only when asked for): kvgate's cost formula fed with the engines' exact caches and load |
 //!
 //! Driver-side picks travel as `x-gateway-destination-endpoint` through a plain Envoy.
 //!
@@ -20,7 +20,7 @@
 //! prefix and queue scorers. For token-id prompts the "characters" are the JSON text of
 //! the token array, a prefix-preserving stand-in.
 //!
-//! The `oracle` sees each engine's cache exactly (its KV events, [`super::model`]) and the
+//! In the real-stack phase, `oracle` (not run by default: it is not an upper bound) sees each engine's cache exactly (its KV events, [`super::model`]) and the
 //! exact load (the driver sees every request start, produce its first token and end), and
 //! picks with kvgate's own cost formula (`kvgate_core::score`, Dynamo's defaults): the
 //! best kvgate could do with perfect information. A pure "longest hit" oracle would send
@@ -63,6 +63,17 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    /// The policies the real-stack phase runs by default (the lookahead `oracle` exists
+    /// only in virtual time, see [`crate::sweep::oracle`]).
+    pub const LIVE: [PolicyKind; 6] = [
+        PolicyKind::RoundRobin,
+        PolicyKind::Random,
+        PolicyKind::LeastLoad,
+        PolicyKind::CharPrefix,
+        PolicyKind::KvgateApprox,
+        PolicyKind::KvgateEvents,
+    ];
+
     /// Every policy, in report order.
     pub const ALL: [PolicyKind; 7] = [
         PolicyKind::RoundRobin,

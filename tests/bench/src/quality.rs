@@ -10,8 +10,12 @@
 //! 4. wait until idle, read the counters again: the deltas give the prefix-cache hit ratio
 //!    (`cached_hit_tokens / prompt_tokens`, as the engines counted them at admission).
 //!
-//! Client times are wall times; the report also gives them × `speedup`, i.e. in the
-//! trace's (the simulated engines') time scale.
+//! TTFT is **engine-side**: each mock engine's request log (`--request-log`) gives, per
+//! request, the simulated time from its entry into the admission queue to its first token
+//! (queue wait + prefill, in trace milliseconds, from the engine's time model) — never
+//! client wall time multiplied by the time scale. The client's wall times are reported
+//! raw, next to it. Arrivals sharing a trace timestamp are spread as in the virtual-time
+//! sweep ([`crate::sweep::spread_arrivals`], seed `--seed`), so both replay the same traffic.
 
 use super::client::{self, Outcome};
 use super::model::LiveModel;
@@ -50,21 +54,23 @@ pub struct PolicyResult {
     pub computed_prefill_tokens: u64,
     /// Preemptions (KV pool full while decoding).
     pub preemptions: u64,
-    /// Time to first token, median, trace milliseconds (client wall time × speedup).
+    /// Engine-side time to first token (admission queue + prefill), median, trace ms.
     pub ttft_p50_ms: f64,
-    /// TTFT 90th percentile, trace ms.
+    /// Engine-side TTFT 90th percentile, trace ms.
     pub ttft_p90_ms: f64,
-    /// TTFT 99th percentile, trace ms.
+    /// Engine-side TTFT 99th percentile, trace ms.
     pub ttft_p99_ms: f64,
-    /// TTFT mean, trace ms.
+    /// Engine-side TTFT mean, trace ms.
     pub ttft_mean_ms: f64,
-    /// End-to-end latency median, trace ms.
+    /// Requests with an engine-side TTFT in the engines' logs.
+    pub engine_samples: usize,
+    /// Client end-to-end latency median, wall ms (as measured).
     pub e2e_p50_ms: f64,
-    /// End-to-end latency 99th percentile, trace ms.
+    /// Client end-to-end latency 99th percentile, wall ms.
     pub e2e_p99_ms: f64,
-    /// TTFT median as measured, wall ms.
+    /// Client TTFT median, wall ms (as measured; includes HTTP and gateway time).
     pub ttft_wall_p50_ms: f64,
-    /// TTFT 99th percentile as measured, wall ms.
+    /// Client TTFT 99th percentile, wall ms.
     pub ttft_wall_p99_ms: f64,
     /// Completed requests per trace second (wall rate / speedup).
     pub throughput_rps: f64,
@@ -99,6 +105,51 @@ pub struct QualityReport {
     pub max_output_tokens: u32,
     /// One entry per policy, in run order.
     pub policies: Vec<PolicyResult>,
+    /// The virtual-time load sweep (`make bench`'s main figures): one point per
+    /// (workers, load); see [`crate::sweep`].
+    pub sweep: Vec<crate::sweep::SweepPoint>,
+    /// How the sweep was run.
+    pub sweep_setup: Option<crate::sweep::SweepSetup>,
+    /// Hit ratio against KV capacity (virtual time).
+    pub capacity: Vec<crate::sweep::CapacityPoint>,
+    /// Issue 13's done-when targets checked on the sweep.
+    pub targets: Vec<crate::sweep::TargetCheck>,
+    /// The real-stack replay next to the virtual-time replay of the same traffic.
+    pub agreement: Vec<Agreement>,
+}
+
+/// One policy of the real-stack replay next to virtual-time replays of the same trace
+/// slice, load, engines and pool (seeds `seed`, `seed + 1`, …; the first has the real
+/// run's arrivals). `agree` when the real figure lies inside the virtual runs' 95 %
+/// interval (mean ± half-width) for both TTFT p50 and hit ratio.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Agreement {
+    /// Policy.
+    pub policy: String,
+    /// Engines.
+    pub workers: usize,
+    /// Load.
+    pub load: f64,
+    /// Real stack: engine-side TTFT p50, trace ms.
+    pub real_ttft_p50_ms: f64,
+    /// Virtual time: mean TTFT p50 over seeds.
+    pub virtual_ttft_p50_ms: f64,
+    /// Its 95 % half-width.
+    pub virtual_ttft_p50_ci95_ms: f64,
+    /// Real stack: hit ratio.
+    pub real_hit_ratio: f64,
+    /// Virtual time: mean hit ratio.
+    pub virtual_hit_ratio: f64,
+    /// Its 95 % half-width.
+    pub virtual_hit_ratio_ci95: f64,
+    /// Seeds of the virtual runs.
+    pub seeds: u64,
+    /// TTFT p50 inside the interval.
+    pub agree_ttft: bool,
+    /// Hit ratio inside the interval.
+    pub agree_hit: bool,
+    /// Both.
+    pub agree: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -372,6 +423,7 @@ fn result(
     before: &[Counters],
     after: &[Counters],
     speedup: f64,
+    engine_ttft: &[f64],
 ) -> PolicyResult {
     let ok: Vec<&Record> = records.iter().filter(|r| r.out.ok()).collect();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -440,12 +492,13 @@ fn result(
         cached_hit_tokens: hit,
         computed_prefill_tokens: delta.iter().map(|d| d.computed_prefill_tokens).sum(),
         preemptions: delta.iter().map(|d| d.preemptions).sum(),
-        ttft_p50_ms: round(percentile(&ttft, 50.0) * speedup, 1),
-        ttft_p90_ms: round(percentile(&ttft, 90.0) * speedup, 1),
-        ttft_p99_ms: round(percentile(&ttft, 99.0) * speedup, 1),
-        ttft_mean_ms: round(super::stats::mean(&ttft) * speedup, 1),
-        e2e_p50_ms: round(percentile(&e2e, 50.0) * speedup, 1),
-        e2e_p99_ms: round(percentile(&e2e, 99.0) * speedup, 1),
+        ttft_p50_ms: round(percentile(engine_ttft, 50.0), 1),
+        ttft_p90_ms: round(percentile(engine_ttft, 90.0), 1),
+        ttft_p99_ms: round(percentile(engine_ttft, 99.0), 1),
+        ttft_mean_ms: round(super::stats::mean(engine_ttft), 1),
+        engine_samples: engine_ttft.len(),
+        e2e_p50_ms: round(percentile(&e2e, 50.0), 2),
+        e2e_p99_ms: round(percentile(&e2e, 99.0), 2),
         ttft_wall_p50_ms: round(percentile(&ttft, 50.0), 2),
         ttft_wall_p99_ms: round(percentile(&ttft, 99.0), 2),
         throughput_rps: round(
@@ -471,6 +524,24 @@ fn result(
         load_spread_cv: round(coefficient_of_variation(&counts), 3),
         error_samples: samples,
     }
+}
+
+/// Engine-side TTFTs (simulated queue + prefill until the first token, trace ms) of the
+/// requests the engines logged after byte `from` of their shared request log.
+fn engine_ttfts(log: &std::path::Path, from: u64) -> Result<Vec<f64>> {
+    use std::io::{Read as _, Seek as _};
+    let mut f = match std::fs::File::open(log) {
+        Ok(f) => f,
+        Err(_) => return Ok(Vec::new()),
+    };
+    f.seek(std::io::SeekFrom::Start(from))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["sim_ttft_ms"].as_f64())
+        .collect())
 }
 
 /// Runs the quality phase.
@@ -507,7 +578,16 @@ pub fn run(
         num_gpu_blocks: cfg.num_gpu_blocks,
         max_output_tokens: cfg.max_output_tokens,
         policies: Vec::new(),
+        ..QualityReport::default()
     };
+    // The same arrivals as the virtual-time replay with seed `cfg.seed`.
+    let mut trace = trace.clone();
+    let starts: Vec<f64> = trace.sessions.iter().map(|s| s.start_ms).collect();
+    let (spread, _) = crate::sweep::spread_arrivals(&starts, cfg.seed);
+    for (s, t) in trace.sessions.iter_mut().zip(spread) {
+        s.start_ms = t;
+    }
+    let trace = &trace;
     let mut baseline: Option<Envoy> = None;
     let total = trace.requests() as u64;
     for (i, &kind) in cfg.policies.iter().enumerate() {
@@ -547,6 +627,7 @@ pub fn run(
         };
         rt.block_on(reset(&http, fleet, model.as_ref()))?;
         let before = rt.block_on(all_counters(&http, fleet))?;
+        let log_from = std::fs::metadata(&fleet.request_log).map_or(0, |m| m.len());
         let pb = bar(
             cfg,
             total,
@@ -589,7 +670,8 @@ pub fn run(
             &cfg.work_dir.join(format!("requests-{}.jsonl", kind.name())),
             &records,
         )?;
-        let r = result(kind, &records, &before, &after, cfg.speedup);
+        let engine_ttft = engine_ttfts(&fleet.request_log, log_from)?;
+        let r = result(kind, &records, &before, &after, cfg.speedup, &engine_ttft);
         pb.finish_with_message(format!(
             "hit {:.1}%  TTFT p50 {:.0} ms p99 {:.0} ms  errors {}",
             r.hit_ratio * 100.0,

@@ -125,7 +125,7 @@ impl Report {
             let t = &self.trace;
             let _ = writeln!(
                 s,
-                "**Routing quality** — {} `{}`: {} requests over {:.0} trace-seconds (mean prompt {:.0} tokens, infinite-cache hit ceiling {:.1}%), {} mock engines × {} KV blocks, time scale ×{} (load ×{}), output ≤ {} tokens. Times in trace milliseconds.\n",
+                "**Routing quality** — {} `{}`: {} requests over {:.0} trace-seconds (mean prompt {:.0} tokens, infinite-cache hit ceiling {:.1}%), {} mock engines × {} KV blocks, time scale ×{} (load ×{}), output ≤ {} tokens. TTFT is engine-side (admission queue + prefill, from the engines' request logs) in trace ms; e2e is the client's wall ms.\n",
                 t.format,
                 Path::new(&t.path).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
                 t.requests,
@@ -138,7 +138,7 @@ impl Report {
                 q.load,
                 q.max_output_tokens,
             );
-            s.push_str("| policy | hit ratio | TTFT p50 | TTFT p99 | e2e p50 | e2e p99 | req/s | load max/min | errors |\n");
+            s.push_str("| policy | hit ratio | TTFT p50 | TTFT p99 | e2e p50 (wall) | e2e p99 (wall) | req/s | load max/min | errors |\n");
             s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for p in &q.policies {
                 let _ = writeln!(
@@ -159,6 +159,7 @@ impl Report {
         }
         if let Some(o) = &self.overhead {
             let _ = writeln!(
+            crate::sweep::tables::markdown(&mut s, q);
                 s,
                 "**Gateway overhead** — Envoy + kvgate vs plain Envoy, same upstream, closed loop with {} in flight, {} s measured after {} s warm-up, {} Envoy worker threads ({} Wasm VMs). Every request's messages are new (no segment-cache hit).\n",
                 o.concurrency, o.seconds, o.warmup_s, o.envoy_concurrency, o.vms

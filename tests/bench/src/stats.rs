@@ -34,6 +34,31 @@ pub fn coefficient_of_variation(values: &[f64]) -> f64 {
     var.sqrt() / m
 }
 
+/// Two-sided 95 % quantile of Student's t with `df` degrees of freedom (0 for df = 0).
+pub fn t95(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => 0.0,
+        d => TABLE.get(d - 1).copied().unwrap_or(1.96),
+    }
+}
+
+/// Half-width of the 95 % confidence interval of the mean of `values` (Student t,
+/// sample standard deviation); 0 with fewer than two values.
+pub fn t95_half_width(values: &[f64]) -> f64 {
+    let n = values.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let m = mean(values);
+    let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1) as f64;
+    t95(n - 1) * var.sqrt() / (n as f64).sqrt()
+}
+
 /// p50, p90, p99 and mean of a sample.
 #[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
 pub struct Summary {
@@ -91,5 +116,9 @@ mod tests {
         assert!((coefficient_of_variation(&[1.0, 3.0]) - 0.5).abs() < 1e-12);
         assert_eq!(Summary::of(&v).n, 100);
         assert_eq!(round(1.23456, 2), 1.23);
+        assert_eq!(t95(2), 4.303);
+        assert_eq!(t95_half_width(&[5.0]), 0.0);
+        // mean 2, s = 1, n = 3: 4.303 · 1 / √3
+        assert!((t95_half_width(&[1.0, 2.0, 3.0]) - 4.303 / 3f64.sqrt()).abs() < 1e-9);
     }
 }

@@ -333,6 +333,90 @@ pub fn load(path: &Path, opts: &TraceOptions) -> Result<Trace> {
 }
 
 /// The user turns of every chat in `text`.
+/// Converts a ShareGPT conversation file into a Mooncake-format trace (JSONL lines), so
+/// the virtual-time sweep can replay it: conversation `c` starts at a Poisson arrival of
+/// `rate` conversations per second (seeded); its user turn `k` arrives `think_ms` after
+/// turn `k − 1` and sends the whole history so far (every earlier user message and the
+/// recorded assistant answer, through the model's chat template and tokenizer); the
+/// prompt's tokens are cut into 512-token blocks and each block gets the id of its
+/// (previous block's id, block tokens) pair — so equal prefixes share ids, as in
+/// Mooncake's traces; `output_length` is the recorded answer's token count. Returns the
+/// lines, sorted by timestamp.
+pub fn chat_to_mooncake(
+    text: &str,
+    tokenizer: &dyn kvgate_mock::tokenize::Tokenize,
+    model: &str,
+    rate: f64,
+    think_ms: f64,
+    seed: u64,
+) -> std::result::Result<Vec<String>, String> {
+    let entries: Vec<ShareGptEntry> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(text).map_err(|e| e.to_string())?
+    } else {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    let mut ids: std::collections::HashMap<(u64, Vec<u32>), u64> = Default::default();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut start = 0.0f64;
+    let mut lines: Vec<(u64, String)> = Vec::new();
+    for e in entries {
+        let mut history: Vec<serde_json::Value> = Vec::new();
+        let mut at = start;
+        let mut turns = e.conversations.into_iter().peekable();
+        let mut any = false;
+        while let Some(t) = turns.next() {
+            if !matches!(t.from.as_str(), "human" | "user") || t.value.trim().is_empty() {
+                continue;
+            }
+            history.push(serde_json::json!({"role": "user", "content": t.value}));
+            let answer = match turns.peek() {
+                Some(n) if matches!(n.from.as_str(), "gpt" | "assistant" | "chatgpt") => {
+                    turns.next().map(|n| n.value).unwrap_or_default()
+                }
+                _ => String::new(),
+            };
+            let body = serde_json::json!({"model": model, "messages": history});
+            let tokens = tokenizer.chat(&body).map_err(|e| e.to_string())?;
+            let output = tokenizer.text(&answer).map_or(1, |t| t.len().max(1));
+            let mut parent = u64::MAX;
+            let hash_ids: Vec<u64> = tokens
+                .chunks(MOONCAKE_BLOCK)
+                .map(|block| {
+                    let next = ids.len() as u64;
+                    let id = *ids.entry((parent, block.to_vec())).or_insert(next);
+                    parent = id;
+                    id
+                })
+                .collect();
+            if !hash_ids.is_empty() {
+                let ts = at.round() as u64;
+                lines.push((
+                    ts,
+                    serde_json::json!({
+                        "timestamp": ts,
+                        "input_length": tokens.len(),
+                        "output_length": output,
+                        "hash_ids": hash_ids,
+                    })
+                    .to_string(),
+                ));
+                any = true;
+            }
+            history.push(serde_json::json!({"role": "assistant", "content": answer}));
+            at += think_ms.max(0.0);
+        }
+        if any {
+            start += -(1.0 - rng.f64()).ln() / rate.max(1e-9) * 1000.0;
+        }
+    }
+    lines.sort_by_key(|(t, _)| *t);
+    Ok(lines.into_iter().map(|(_, l)| l).collect())
+}
+
 fn chat_turns(format: TraceFormat, text: &str) -> std::result::Result<Vec<Vec<String>>, String> {
     let user = |c: Vec<ShareGptTurn>| -> Vec<String> {
         c.into_iter()

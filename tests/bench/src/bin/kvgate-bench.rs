@@ -43,9 +43,33 @@ struct Args {
     /// Cap on output tokens per request.
     #[arg(long, default_value_t = 32)]
     max_output_tokens: u32,
-    /// KV pool per engine, in 16-token blocks.
-    #[arg(long, default_value_t = 65_536)]
+    /// KV pool per engine, in 16-token blocks (real stack and load sweep).
+    #[arg(long, default_value_t = 16_384)]
     num_gpu_blocks: usize,
+    /// Virtual-time sweep: trace seconds replayed per run (0 = the whole trace).
+    #[arg(long, default_value_t = 300.0)]
+    sweep_trace_seconds: f64,
+    /// Virtual-time sweep: loads (arrival-rate multipliers), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0f64, 2.0, 3.0, 4.0, 5.0])]
+    sweep_loads: Vec<f64>,
+    /// Virtual-time sweep: engine counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [4usize, 8])]
+    sweep_workers: Vec<usize>,
+    /// Virtual-time sweep: seeds per point.
+    #[arg(long, default_value_t = 3)]
+    sweep_seeds: u64,
+    /// Virtual-time sweep: runs in parallel (default: the cores).
+    #[arg(long)]
+    sweep_threads: Option<usize>,
+    /// Virtual-time sweep: KV pool sizes of the capacity sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [4096usize, 8192, 16384])]
+    capacity_blocks: Vec<usize>,
+    /// Virtual-time sweep: load of the capacity sweep.
+    #[arg(long, default_value_t = 2.0)]
+    capacity_load: f64,
+    /// Virtual-time sweep: KV event → decision delay (NATS, sidecar, poll), trace ms.
+    #[arg(long, default_value_t = 50.0)]
+    event_delay_ms: f64,
     /// Chat traces: sessions per trace second (Poisson arrivals).
     #[arg(long, default_value_t = 2.0)]
     chat_rate: f64,
@@ -82,12 +106,16 @@ struct Args {
     /// Sidecar: visibility-lag samples.
     #[arg(long, default_value_t = 100)]
     lag_samples: usize,
-    /// Phases to skip, comma-separated (quality, overhead, sidecar).
+    /// Phases to skip, comma-separated (sweep, quality, overhead, sidecar).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// The tiny run of `make bench-smoke`: a few requests, short loads; checks the report.
     #[arg(long)]
     smoke: bool,
+    /// Convert `--trace` (ShareGPT) into a Mooncake-format trace at this path and exit
+    /// (see `kvgate_bench::trace::chat_to_mooncake`; uses --chat-rate, --think-ms, --seed).
+    #[arg(long)]
+    convert_to_mooncake: Option<PathBuf>,
     /// No progress bars (one line per policy instead).
     #[arg(long)]
     no_progress: bool,
@@ -110,6 +138,29 @@ fn main() -> anyhow::Result<()> {
     } else {
         repo.join(&args.out)
     })?;
+    if let Some(dest) = &args.convert_to_mooncake {
+        let tools = kvgate_stack::Tools::from_env()?;
+        let tok = kvgate_mock::hf::HfTokenizer::load(&tools.model_dir, kvgate_stack::MODEL)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let src = resolve(&args.trace);
+        let text = std::fs::read_to_string(&src)?;
+        let lines = bench::trace::chat_to_mooncake(
+            &text,
+            &tok,
+            kvgate_stack::MODEL,
+            args.chat_rate,
+            args.think_ms,
+            args.seed,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))?;
+        std::fs::write(dest, lines.join("\n") + "\n")?;
+        println!(
+            "kvgate-bench: wrote {} requests to {}",
+            lines.len(),
+            dest.display()
+        );
+        return Ok(());
+    }
     let mut cfg = BenchConfig::new(&resolve(&args.trace), &out);
     cfg.command = std::env::args().collect::<Vec<_>>().join(" ");
     cfg.workers = args.workers.max(1);
@@ -131,6 +182,21 @@ fn main() -> anyhow::Result<()> {
     cfg.sidecar.events = args.events.max(1);
     cfg.sidecar.lag_samples = args.lag_samples.max(1);
     cfg.progress = !args.no_progress;
+    cfg.sweep.trace_seconds = args.sweep_trace_seconds;
+    cfg.sweep.loads = args.sweep_loads.clone();
+    cfg.sweep.workers = args.sweep_workers.clone();
+    cfg.sweep.seeds = args.sweep_seeds.max(1);
+    cfg.sweep.seed = args.seed;
+    if let Some(t) = args.sweep_threads {
+        cfg.sweep.threads = t.max(1);
+    }
+    cfg.sweep.num_gpu_blocks = args.num_gpu_blocks;
+    cfg.sweep.capacity_blocks = args.capacity_blocks.clone();
+    cfg.sweep.capacity_load = args.capacity_load;
+    cfg.sweep.max_output_tokens = cfg.max_output_tokens;
+    cfg.sweep.vms = cfg.envoy_concurrency as usize;
+    cfg.sweep.event_delay_ms = args.event_delay_ms;
+    cfg.sweep.progress = cfg.progress;
     if !args.policies.is_empty() {
         cfg.policies = args
             .policies
@@ -140,10 +206,11 @@ fn main() -> anyhow::Result<()> {
     }
     for s in &args.skip {
         match s.trim() {
+            "sweep" => cfg.run_sweep = false,
             "quality" => cfg.run_quality = false,
             "overhead" => cfg.run_overhead = false,
             "sidecar" => cfg.run_sidecar = false,
-            other => bail!("unknown phase `{other}` (quality, overhead, sidecar)"),
+            other => bail!("unknown phase `{other}` (sweep, quality, overhead, sidecar)"),
         }
     }
     if args.smoke {
@@ -161,6 +228,15 @@ fn main() -> anyhow::Result<()> {
         cfg.overhead.body_tokens = vec![2048];
         cfg.sidecar.events = 2_000;
         cfg.sidecar.lag_samples = 10;
+        // A tiny sweep: every policy, two loads, two seeds, two pool sizes.
+        cfg.sweep.trace_seconds = 20.0;
+        cfg.sweep.loads = vec![1.0, 3.0];
+        cfg.sweep.workers = vec![2];
+        cfg.sweep.seeds = 2;
+        cfg.sweep.num_gpu_blocks = 4_096;
+        cfg.sweep.capacity_blocks = vec![2_048, 4_096];
+        cfg.sweep.capacity_workers = 2;
+        cfg.sweep.max_output_tokens = cfg.max_output_tokens;
     }
     let cancel = Cancel::default();
     let report = bench::run(&cfg, &cancel)?;
@@ -177,7 +253,11 @@ fn main() -> anyhow::Result<()> {
         } else {
             Vec::new()
         };
-        let problems = bench::report::validate(&v, &names);
+        let mut problems = bench::report::validate(&v, &names);
+        if cfg.run_sweep {
+            let sweep: Vec<&str> = cfg.sweep.policies.iter().map(|p| p.name()).collect();
+            problems.extend(bench::sweep::tables::validate(&v, &sweep));
+        }
         if !problems.is_empty() {
             bail!(
                 "the smoke report is incomplete:\n  {}",
