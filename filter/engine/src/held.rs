@@ -15,6 +15,9 @@ pub enum StreamAction {
     Resume(u32),
     /// Answer the stream locally.
     Reply(u32, Reply),
+    /// Decide the stream now: it waited for its model (loaded, failed, or out of time;
+    /// see `model_wait`). The glue calls `Stream::decide` with the body it kept.
+    Decide(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +101,7 @@ impl Holds {
         }
         for a in &out {
             let ctx = match a {
-                StreamAction::Resume(c) | StreamAction::Reply(c, _) => *c,
+                StreamAction::Resume(c) | StreamAction::Reply(c, _) | StreamAction::Decide(c) => *c,
             };
             self.held.remove(&ctx);
             self.closed.insert(ctx);

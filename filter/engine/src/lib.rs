@@ -27,6 +27,7 @@ pub mod ledger;
 mod lifecycle;
 pub mod metric;
 pub mod metrics;
+pub mod model_wait;
 mod models;
 pub mod outcome;
 pub mod predict;

@@ -127,6 +127,10 @@ pub enum Metric {
     ModelLoadMs,
     /// One VM's Wasm linear memory in bytes (gauge), by role and VM tag.
     VmMemory(VmRole, u64),
+    /// Requests held until their VM loaded the model's tokenizer (sidecar mode).
+    ModelWaitParked,
+    /// Requests whose wait for the tokenizer reached `model_wait_ms`: decided without it.
+    ModelWaitTimedOut,
 }
 
 /// What kind of Envoy stat a metric is.
@@ -181,6 +185,8 @@ impl Metric {
             Metric::Picks(PickStat::Other) => "kvgate.picks.other",
             Metric::Error(code) => return format!("kvgate.errors.{code}"),
             Metric::ModelLoadMs => "kvgate.model_load_ms",
+            Metric::ModelWaitParked => "kvgate.model_wait.parked",
+            Metric::ModelWaitTimedOut => "kvgate.model_wait.timed_out",
             Metric::VmMemory(role, tag) => {
                 return format!("kvgate.vm_memory_bytes.{}.vm_{tag:016x}", role.as_str())
             }

@@ -184,16 +184,46 @@ impl Stream {
 
     /// Decides on the whole request `body` and says how to apply the decision.
     pub fn decide(&mut self, vm: &mut Vm, host: &dyn Host, body: &[u8]) -> Verdict {
-        vm.holds.release(self.id);
-        let Some(path) = self.path else {
-            return Verdict::Continue {
+        match self.decide_step(vm, host, body, false) {
+            Some(v) => v,
+            // Unreachable (a stream parks only with may_wait): forward it untouched.
+            None => Verdict::Continue {
                 headers: Vec::new(),
                 body: None,
                 clear_route_cache: false,
-            };
+            },
+        }
+    }
+
+    /// [`Stream::decide`], or `None` when the request waits for its VM to load the model
+    /// (sidecar mode, the VM's first requests): the glue keeps it paused with its body and
+    /// calls [`Stream::decide`] when the VM lists it (`StreamAction::Decide`).
+    pub fn decide_or_wait(&mut self, vm: &mut Vm, host: &dyn Host, body: &[u8]) -> Option<Verdict> {
+        self.decide_step(vm, host, body, true)
+    }
+
+    fn decide_step(
+        &mut self,
+        vm: &mut Vm,
+        host: &dyn Host,
+        body: &[u8],
+        may_wait: bool,
+    ) -> Option<Verdict> {
+        vm.holds.release(self.id);
+        let Some(path) = self.path else {
+            return Some(Verdict::Continue {
+                headers: Vec::new(),
+                body: None,
+                clear_route_cache: false,
+            });
         };
         let tenant = self.tenant.as_deref();
-        match vm.decide_in_session(host, self.id, path, body, tenant, self.session_in) {
+        let outcome = if may_wait {
+            vm.decide_or_wait(host, self.id, path, body, tenant, self.session_in)?
+        } else {
+            vm.decide_in_session(host, self.id, path, body, tenant, self.session_in)
+        };
+        Some(match outcome {
             Outcome::Route(route) => {
                 self.routed = true;
                 if vm.engine.cfg.gateway.session_affinity_header.is_some() {
@@ -215,7 +245,7 @@ impl Stream {
                 body: body::strip_routing_keys(body),
                 clear_route_cache: false,
             },
-        }
+        })
     }
 
     /// Response headers to add: the decision explanation and the session-affinity token,
@@ -276,6 +306,7 @@ impl Stream {
     /// The stream ended (completed, aborted or reset): free its booking.
     pub fn done(&mut self, vm: &mut Vm, host: &dyn Host) {
         vm.holds.end(self.id);
+        vm.model_waits.end(self.id);
         vm.request_done(host, self.id);
     }
 }

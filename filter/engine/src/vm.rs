@@ -10,11 +10,12 @@ use crate::host::{CallId, CallResponse, Host, Level, MetricOp};
 use crate::ledger;
 use crate::metric::VmRole;
 use crate::metrics::{Metric, MetricsState};
+use crate::model_wait::ModelWaits;
 use crate::models::{ModelFiles, ModelLoadError};
 use crate::outcome::Outcome;
 use crate::shared::{self, Ring};
 use crate::sidecar::{Pending, Sidecar, MODEL_TIMEOUT_MS};
-use crate::DecideInput;
+use crate::{DecideInput, Prepared};
 use kvgate_core::config::{Config, ConfigError, Secret};
 use kvgate_core::sync::query_escape;
 use kvgate_core::WorkerKey;
@@ -204,6 +205,8 @@ pub struct Vm {
     serving: bool,
     /// Models whose files failed to load, by digest (not retried per request).
     failed_models: Vec<(String, String)>,
+    /// Streams parked until this VM has their model's tokenizer.
+    pub(crate) model_waits: ModelWaits,
 }
 
 impl Vm {
@@ -255,6 +258,7 @@ impl Vm {
             vm_config: vm_config.clone(),
             serving: false,
             failed_models: Vec::new(),
+            model_waits: ModelWaits::default(),
         };
         for (name, block_size) in &vm_config.models {
             vm.engine.want_model(name, VM_CONFIG_DIGEST, *block_size);
@@ -329,6 +333,7 @@ impl Vm {
             };
             self.load_model_bytes(host, &digest, &bytes)
         };
+        self.model_waits.model_done(name);
         match result {
             Ok(()) => true,
             Err(e) => {
@@ -392,8 +397,10 @@ impl Vm {
     /// The periodic work of a VM. Returns what to do to streams held too long.
     pub fn on_tick(&mut self, host: &dyn Host) -> Vec<StreamAction> {
         let now = host.now_ms();
-        let actions = self.watchdog(host, now);
+        let mut actions = self.watchdog(host, now);
         self.sync_tick(host, now);
+        self.expire_model_waits(host, now);
+        actions.extend(self.take_decidable().into_iter().map(StreamAction::Decide));
         self.report_memory(host);
         actions
     }
@@ -415,9 +422,48 @@ impl Vm {
                     );
                 }
                 StreamAction::Reply(_, r) => self.metrics.error(host, r.code),
+                StreamAction::Decide(_) => {}
             }
         }
         actions
+    }
+
+    /// Parked streams whose model is now loaded (or gone), or whose wait reached
+    /// `model_wait_ms`, become ready to decide (the timed-out ones are counted).
+    fn expire_model_waits(&mut self, host: &dyn Host, now: u64) {
+        if self.model_waits.is_empty() {
+            return;
+        }
+        for model in self.model_waits.models() {
+            let waiting = self.engine.models.get(&model).is_some_and(|m| {
+                m.prompt.is_none()
+                    && !self
+                        .failed_models
+                        .iter()
+                        .any(|(n, d)| *n == model && *d == m.digest)
+            });
+            if !waiting {
+                self.model_waits.model_done(&model);
+            }
+        }
+        let limit = self.engine.cfg.gateway.model_wait_ms;
+        let timed_out = self.model_waits.expire(now, limit);
+        if timed_out > 0 {
+            host.metric(Metric::ModelWaitTimedOut, MetricOp::Count(timed_out as u64));
+            host.log(
+                Level::Warn,
+                &format!(
+                    "kvgate: {timed_out} request(s) waited {limit} ms for the tokenizer: \
+                     decided without it (model_wait_ms)"
+                ),
+            );
+        }
+    }
+
+    /// Streams to decide now (their wait for the model is over); the glue calls
+    /// `Stream::decide` for each. Also part of [`Vm::on_tick`]'s actions.
+    pub fn take_decidable(&mut self) -> Vec<u32> {
+        self.model_waits.take_ready()
     }
 
     fn sync_tick(&mut self, host: &dyn Host, now: u64) {
@@ -446,20 +492,25 @@ impl Vm {
             return;
         }
         for (name, digest) in missing {
-            let Some(s) = self.sidecar.as_mut() else {
-                return;
-            };
-            if s.model_in_flight(&name) {
-                continue;
-            }
-            let path = format!(
-                "/v1/models/files?name={}&digest={}",
-                query_escape(&name),
-                query_escape(&digest)
-            );
-            let pending = Pending::Model { name, digest };
-            let _ = s.send(host, "GET", &path, None, pending, MODEL_TIMEOUT_MS);
+            self.fetch_model(host, name, digest);
         }
+    }
+
+    /// Asks the sidecar for a model's files, unless a call for them is in flight.
+    fn fetch_model(&mut self, host: &dyn Host, name: String, digest: String) {
+        let Some(s) = self.sidecar.as_mut() else {
+            return;
+        };
+        if s.model_in_flight(&name) || !s.ready(host.now_ms()) {
+            return;
+        }
+        let path = format!(
+            "/v1/models/files?name={}&digest={}",
+            query_escape(&name),
+            query_escape(&digest)
+        );
+        let pending = Pending::Model { name, digest };
+        let _ = s.send(host, "GET", &path, None, pending, MODEL_TIMEOUT_MS);
     }
 
     /// Writes this VM's bookings into the ledger (other VMs read it per decision) and
@@ -584,8 +635,11 @@ impl Vm {
                 Level::Warn,
                 &format!("kvgate: sidecar answered {:?}", resp.status),
             );
-            if let Pending::Book(events) = pending {
-                s.requeue(events);
+            match pending {
+                Pending::Book(events) => s.requeue(events),
+                // Requests waiting for these files are decided now, without them.
+                Pending::Model { name, .. } => self.model_waits.model_done(&name),
+                Pending::Sync => {}
             }
             s.failed(host);
             return;
@@ -631,9 +685,10 @@ impl Vm {
                 if wanted {
                     if let Err(e) = self.load_model_bytes(host, &digest, resp.body) {
                         host.log(Level::Error, &format!("kvgate: {name}: {e}"));
-                        self.failed_models.push((name, digest));
+                        self.failed_models.push((name.clone(), digest));
                     }
                 }
+                self.model_waits.model_done(&name);
             }
         }
         self.metrics.export(host, &self.engine.counters);
@@ -669,30 +724,117 @@ impl Vm {
         tenant: Option<&str>,
         session: Option<WorkerKey>,
     ) -> Outcome {
-        let now = host.now_ms();
+        let input = self.decide_input(host, ctx, path, body, tenant, session);
+        let prepared = match self.prepare_loading(host, &input, false) {
+            Some(p) => p,
+            None => self.engine.prepare(&input),
+        };
+        self.finish_decision(host, &input, prepared)
+    }
+
+    /// [`Vm::decide_in_session`], except that a request whose model's files this VM is
+    /// still fetching from the sidecar is parked (`None`): the VM then lists it in
+    /// [`Vm::take_decidable`] / the tick's [`StreamAction::Decide`] once the model is
+    /// loaded or `model_wait_ms` has passed, and the glue calls this again for it (a
+    /// stream waits once).
+    pub fn decide_or_wait(
+        &mut self,
+        host: &dyn Host,
+        ctx: u32,
+        path: RoutedPath,
+        body: &[u8],
+        tenant: Option<&str>,
+        session: Option<WorkerKey>,
+    ) -> Option<Outcome> {
+        let input = self.decide_input(host, ctx, path, body, tenant, session);
+        let prepared = self.prepare_loading(host, &input, true)?;
+        Some(self.finish_decision(host, &input, prepared))
+    }
+
+    fn decide_input<'a>(
+        &mut self,
+        host: &dyn Host,
+        ctx: u32,
+        path: RoutedPath,
+        body: &'a [u8],
+        tenant: Option<&'a str>,
+        session: Option<WorkerKey>,
+    ) -> DecideInput<'a> {
         if self.sidecar.is_some() {
             self.follow_ring(host);
         }
         self.engine.follow_predictions(host);
-        let input = DecideInput {
+        DecideInput {
             ctx,
             path,
             body,
             tenant,
             session,
-            now_ms: now,
-        };
-        let mut prepared = self.engine.prepare(&input);
-        // A model this VM has not loaded yet: load it now (the first request of a VM that
-        // tokenizes pays for it) and prepare again.
-        if let Ok(p) = &prepared {
-            if p.degraded == Some(crate::Degraded::NoTokenizer) {
-                let model = p.model.clone();
-                if self.ensure_model(host, &model) {
-                    prepared = self.engine.prepare(&input);
-                }
-            }
+            now_ms: host.now_ms(),
         }
+    }
+
+    /// Prepares the prompt; a model this VM has not loaded yet is loaded now when its
+    /// files are at hand (the VM configuration, or shared data), and the prompt prepared
+    /// again. Otherwise, with `may_wait`, the request is parked (`None`) while the files
+    /// are fetched from the sidecar.
+    fn prepare_loading(
+        &mut self,
+        host: &dyn Host,
+        input: &DecideInput<'_>,
+        may_wait: bool,
+    ) -> Option<Result<Prepared, crate::Early>> {
+        let prepared = self.engine.prepare(input);
+        let Ok(p) = &prepared else {
+            return Some(prepared);
+        };
+        if p.degraded != Some(crate::Degraded::NoTokenizer) {
+            return Some(prepared);
+        }
+        let model = p.model.clone();
+        if self.ensure_model(host, &model) {
+            return Some(self.engine.prepare(input));
+        }
+        if may_wait && self.park_for_model(host, input.ctx, &model) {
+            return None;
+        }
+        Some(prepared)
+    }
+
+    /// Parks stream `ctx` until model `name`'s files (from the sidecar) are loaded, and
+    /// asks for them now; false when it may not wait (waiting off, it waited once, no
+    /// sidecar, the files are not the sidecar's or failed to load).
+    fn park_for_model(&mut self, host: &dyn Host, ctx: u32, name: &str) -> bool {
+        if self.engine.cfg.gateway.model_wait_ms == 0
+            || self.sidecar.is_none()
+            || !self.model_waits.may_wait(ctx)
+        {
+            return false;
+        }
+        let Some(digest) = self.engine.models.get(name).map(|m| m.digest.clone()) else {
+            return false;
+        };
+        let failed = self
+            .failed_models
+            .iter()
+            .any(|(n, d)| n == name && *d == digest);
+        if digest == VM_CONFIG_DIGEST || failed {
+            return false;
+        }
+        self.fetch_model(host, name.to_string(), digest);
+        self.model_waits.park(ctx, name, host.now_ms());
+        host.metric(Metric::ModelWaitParked, MetricOp::Count(1));
+        true
+    }
+
+    fn finish_decision(
+        &mut self,
+        host: &dyn Host,
+        input: &DecideInput<'_>,
+        prepared: Result<Prepared, crate::Early>,
+    ) -> Outcome {
+        let now = input.now_ms;
+        let ctx = input.ctx;
         let outcome = match prepared {
             Err(early) => early.into(),
             Ok(mut prepared) => {
@@ -712,7 +854,7 @@ impl Vm {
                     host.metric(Metric::LedgerContended, MetricOp::Count(1));
                 }
                 match chosen {
-                    Ok(d) => self.engine.commit(&input, prepared, d),
+                    Ok(d) => self.engine.commit(input, prepared, d),
                     Err(e) => self.engine.route_failed(e),
                 }
             }

@@ -3,13 +3,13 @@
 //! tick's watchdog asks for held streams (resume, or a local reply).
 
 use crate::host::{random_u64, ProxyHost, VmConfigReader};
-use crate::http::Http;
+use crate::http::{apply, Http, Parked};
 use kvgate_engine::host::{CallResponse, Host, Level};
 use kvgate_engine::stream::REPLY_HEADERS;
 use kvgate_engine::{StreamAction, Vm, VmConfig};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,6 +20,8 @@ pub struct Root {
     tag: u64,
     vm_config: VmConfig,
     vm: Option<Rc<RefCell<Vm>>>,
+    /// Streams waiting for their model (shared with the HTTP contexts).
+    parked: Parked,
 }
 
 impl Root {
@@ -30,7 +32,27 @@ impl Root {
             tag: random_u64(),
             vm_config: VmConfig::default(),
             vm: None,
+            parked: Parked::default(),
         }
+    }
+
+    /// Decides the parked streams `ctxs` and applies each verdict in the stream's context.
+    fn decide_parked(&self, ctxs: Vec<u32>) {
+        let Some(vm) = &self.vm else { return };
+        for ctx in ctxs {
+            let Some((stream, body)) = self.parked.borrow_mut().remove(&ctx) else {
+                continue;
+            };
+            let verdict = stream
+                .borrow_mut()
+                .decide(&mut vm.borrow_mut(), &ProxyHost, &body);
+            if hostcalls::set_effective_context(ctx).is_ok()
+                && matches!(apply(&verdict, body.len()), Action::Continue)
+            {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.id);
     }
 }
 
@@ -53,7 +75,14 @@ impl Context for Root {
             status,
             body: &body,
         };
-        vm.borrow_mut().on_response(&ProxyHost, token, resp);
+        let ready = {
+            let mut vm = vm.borrow_mut();
+            vm.on_response(&ProxyHost, token, resp);
+            vm.take_decidable()
+        };
+        if !ready.is_empty() {
+            self.decide_parked(ready);
+        }
     }
 }
 
@@ -93,8 +122,13 @@ impl RootContext for Root {
         if actions.is_empty() {
             return;
         }
+        let mut decide = Vec::new();
         for action in actions {
             let _ = match action {
+                StreamAction::Decide(ctx) => {
+                    decide.push(ctx);
+                    Ok(())
+                }
                 StreamAction::Resume(ctx) => hostcalls::set_effective_context(ctx)
                     .and_then(|()| hostcalls::resume_http_request()),
                 StreamAction::Reply(ctx, r) => {
@@ -109,11 +143,12 @@ impl RootContext for Root {
             };
         }
         let _ = hostcalls::set_effective_context(self.id);
+        self.decide_parked(decide);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let vm = self.vm.clone()?;
-        Some(Box::new(Http::new(context_id, vm)))
+        Some(Box::new(Http::new(context_id, vm, self.parked.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

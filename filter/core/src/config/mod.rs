@@ -94,6 +94,7 @@ pub struct RawConfig {
     pub max_match_blocks: Option<u64>,
     pub inject_token_data: Option<bool>,
     pub max_tokenize_bytes: Option<u64>,
+    pub model_wait_ms: Option<u64>,
     pub decision_header: Option<bool>,
     pub vllm_dp_rank_header: Option<bool>,
     pub unknown_model: Option<String>,

@@ -164,6 +164,8 @@ pub struct GatewayConfig {
     /// With `inject_token_data`: most prompt bytes tokenized (beyond, routed on the prefix
     /// and the body passes unmodified).
     pub max_tokenize_bytes: usize,
+    /// Sidecar mode: how long a request waits for its VM to load the model (0: never).
+    pub model_wait_ms: u64,
     /// Emit `x-kvgate-decision`.
     pub decision_header: bool,
     /// Emit `x-data-parallel-rank` (plain vLLM's dp rank header).
@@ -530,6 +532,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             1024,
             1 << 30,
         )? as usize,
+        model_wait_ms: ranged("model_wait_ms", raw.model_wait_ms, 5_000, 0, 60_000)?,
         decision_header: raw.decision_header.unwrap_or(false),
         vllm_dp_rank_header: raw.vllm_dp_rank_header.unwrap_or(true),
         session_affinity_header: session_header(raw.session_affinity_header)?,

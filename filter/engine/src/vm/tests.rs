@@ -455,6 +455,142 @@ fn model_files_are_fetched_once_shared_and_loaded_by_every_vm() {
     assert!(h3.histogram("kvgate.model_load_ms").is_empty());
 }
 
+/// A serving VM in sidecar mode that knows the fleet and the model but has no tokenizer
+/// yet; `cfg` is its plugin configuration.
+fn vm_without_tokenizer(h: &FakeHost, cfg: &[u8]) -> Vm {
+    let mut v = vm(h, 1, cfg);
+    v.stream_seen(h);
+    let models = vec![ModelEntry {
+        name: "Qwen/Qwen3-0.6B".into(),
+        block_size: 16,
+        files_digest: "d1".into(),
+    }];
+    v.on_tick(h);
+    let call = one_call(h);
+    v.on_response(h, call.id, ok(&snapshot(1, 1, models)));
+    let _repoll = one_call(h);
+    assert_eq!(v.engine.missing_models().len(), 1);
+    v
+}
+
+fn chat_stream(v: &mut Vm, h: &FakeHost, ctx: u32) -> crate::Stream {
+    let mut s = crate::Stream::new(ctx);
+    let headers = vec![
+        (":method".to_string(), "POST".to_string()),
+        (":path".to_string(), "/v1/chat/completions".to_string()),
+    ];
+    assert_eq!(
+        s.request_headers(v, h, &headers, false).next,
+        crate::Next::Pause
+    );
+    assert_eq!(
+        s.request_body(v, h, long_chat("hi").len(), true),
+        crate::Next::Decide
+    );
+    s
+}
+
+fn routed_tokens(v: &crate::Verdict) -> Option<String> {
+    let crate::Verdict::Continue { headers, .. } = v else {
+        return None;
+    };
+    headers
+        .iter()
+        .find(|(n, _)| *n == crate::headers::DESTINATION_ENDPOINT)
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn a_first_request_waits_for_the_sidecar_model_and_is_routed_with_the_tokenizer() {
+    let h = FakeHost::at(1_000);
+    let mut v = vm_without_tokenizer(&h, SIDECAR);
+    let body = long_chat("hi");
+    let mut s = chat_stream(&mut v, &h, 7);
+    // No tokenizer yet: the request is parked and the files are asked for at once.
+    assert_eq!(s.decide_or_wait(&mut v, &h, &body), None);
+    assert_eq!(h.metric_value("kvgate.model_wait.parked"), 1);
+    let fetch = one_call(&h);
+    assert_eq!(
+        fetch.path,
+        "/v1/models/files?name=Qwen%2FQwen3-0.6B&digest=d1"
+    );
+    // Ticks before the answer neither release it nor fetch again.
+    h.advance(100);
+    assert!(v.on_tick(&h).is_empty());
+    assert!(h
+        .take_calls()
+        .iter()
+        .all(|c| !c.path.starts_with("/v1/models")));
+    let bytes = postcard::to_allocvec(&files()).unwrap();
+    v.on_response(&h, fetch.id, ok(&bytes));
+    assert_eq!(v.take_decidable(), vec![7]);
+    let verdict = s.decide(&mut v, &h, &body);
+    assert!(routed_tokens(&verdict).is_some(), "{verdict:?}");
+    assert_eq!(h.metric_value("kvgate.degraded.no_tokenizer"), 0);
+    assert_eq!(h.metric_value("kvgate.model_wait.timed_out"), 0);
+    assert_eq!(h.histogram("kvgate.prompt_tokens").len(), 1);
+    // The next request of this VM does not wait.
+    let mut s2 = chat_stream(&mut v, &h, 8);
+    assert!(s2.decide_or_wait(&mut v, &h, &body).is_some());
+    assert_eq!(h.metric_value("kvgate.model_wait.parked"), 1);
+}
+
+#[test]
+fn a_request_waiting_past_model_wait_ms_is_decided_without_the_tokenizer_and_counted() {
+    let h = FakeHost::at(1_000);
+    let cfg =
+        br#"{"sidecar_cluster": "kvgate_sidecar", "stale_after_ms": 60000, "model_wait_ms": 300}"#;
+    let mut v = vm_without_tokenizer(&h, cfg);
+    let body = long_chat("hi");
+    let mut s = chat_stream(&mut v, &h, 3);
+    assert_eq!(s.decide_or_wait(&mut v, &h, &body), None);
+    let fetch = h
+        .take_calls()
+        .into_iter()
+        .find(|c| c.path.starts_with("/v1/models"))
+        .unwrap();
+    h.advance(299);
+    assert!(v.on_tick(&h).is_empty());
+    h.advance(1);
+    assert_eq!(v.on_tick(&h), vec![StreamAction::Decide(3)]);
+    assert_eq!(h.metric_value("kvgate.model_wait.timed_out"), 1);
+    let verdict = s.decide(&mut v, &h, &body);
+    assert!(
+        routed_tokens(&verdict).is_some(),
+        "routed on load: {verdict:?}"
+    );
+    assert_eq!(h.metric_value("kvgate.degraded.no_tokenizer"), 1);
+    // A stream waits once: asked again it is decided at once.
+    assert!(s.decide_or_wait(&mut v, &h, &body).is_some());
+    // A failed fetch releases the waiting requests at once.
+    let mut s4 = chat_stream(&mut v, &h, 4);
+    assert_eq!(s4.decide_or_wait(&mut v, &h, &body), None);
+    assert_eq!(h.metric_value("kvgate.model_wait.parked"), 2);
+    v.on_response(
+        &h,
+        fetch.id,
+        CallResponse {
+            status: Some(503),
+            body: b"",
+        },
+    );
+    assert_eq!(v.take_decidable(), vec![4]);
+    assert_eq!(h.metric_value("kvgate.model_wait.timed_out"), 1);
+}
+
+#[test]
+fn with_model_wait_ms_zero_or_a_static_model_nothing_waits() {
+    let h = FakeHost::at(1_000);
+    let cfg =
+        br#"{"sidecar_cluster": "kvgate_sidecar", "stale_after_ms": 60000, "model_wait_ms": 0}"#;
+    let mut v = vm_without_tokenizer(&h, cfg);
+    let body = long_chat("hi");
+    let mut s = chat_stream(&mut v, &h, 1);
+    assert!(s.decide_or_wait(&mut v, &h, &body).is_some());
+    assert_eq!(h.metric_value("kvgate.degraded.no_tokenizer"), 1);
+    assert_eq!(h.metric_value("kvgate.model_wait.parked"), 0);
+}
+
 fn static_vm_config_bytes() -> Vec<u8> {
     let f = files();
     serde_json::to_vec(&serde_json::json!({"models": [{
