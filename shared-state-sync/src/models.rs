@@ -70,9 +70,20 @@ pub fn read_model(name: &str, dir: &Path, block_size: u32) -> Result<ModelFiles,
     Ok(ModelFiles {
         name: name.to_string(),
         block_size,
-        tokenizer_json: read_json(name, &dir.join("tokenizer.json"))?,
+        tokenizer_json: canonical(read_json(name, &dir.join("tokenizer.json"))?),
         tokenizer_config_json: read_json(name, &dir.join("tokenizer_config.json"))?,
     })
+}
+
+/// The canonical form of a `tokenizer.json` (what `tokenizers` 1.0 reads without first
+/// converting it through a JSON tree, in every VM that loads it); as read when it cannot be
+/// converted (the filter converts it on load then) or without the tokenizer built in.
+fn canonical(tokenizer_json: Vec<u8>) -> Vec<u8> {
+    #[cfg(feature = "explain")]
+    if let Ok(c) = kvgate_prompt::canonical_json(&tokenizer_json) {
+        return c.into_bytes();
+    }
+    tokenizer_json
 }
 
 /// The models the sidecar serves, by name.
@@ -127,6 +138,35 @@ mod tests {
         assert_ne!(a, files_digest(b"{}", b"{\"x\":2}"));
         assert_ne!(files_digest(b"ab", b"c"), files_digest(b"a", b"bc"));
         assert_eq!(a.len(), 32);
+    }
+
+    #[cfg(feature = "explain")]
+    #[test]
+    fn the_tokenizer_is_served_canonical_and_loads_to_the_same_ids() {
+        let dir = std::env::var_os("KVGATE_MODEL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models/Qwen3-0.6B")
+            });
+        let original = std::fs::read(dir.join("tokenizer.json")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&original[..64]).contains("\"2.0\""),
+            "the fixture is the non-canonical file"
+        );
+        let files = read_model("m", &dir, 16).unwrap();
+        assert_eq!(
+            files.tokenizer_json,
+            kvgate_prompt::canonical_json(&original)
+                .unwrap()
+                .into_bytes()
+        );
+        let load = |json: &[u8]| {
+            kvgate_prompt::PromptTokenizer::from_bytes(json, kvgate_prompt::CacheConfig::default())
+                .unwrap()
+                .encode_full("Hello, wörld! 123 你好", false)
+                .unwrap()
+        };
+        assert_eq!(load(&files.tokenizer_json), load(&original));
     }
 
     #[test]
