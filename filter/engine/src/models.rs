@@ -116,4 +116,17 @@ impl Engine {
         );
         Ok(())
     }
+
+    /// Moves this VM's models out, to hand them to another VM with [`Engine::adopt_models`]
+    /// (the virtual-time bench starts hundreds of VMs on the same tokenizer files, and
+    /// loading one takes seconds).
+    pub fn take_models(&mut self) -> Vec<(String, ModelState)> {
+        self.models.drain().collect()
+    }
+
+    /// Installs models another VM loaded ([`Engine::take_models`]), replacing any of the
+    /// same name.
+    pub fn adopt_models(&mut self, models: Vec<(String, ModelState)>) {
+        self.models.extend(models);
+    }
 }

@@ -46,8 +46,9 @@ struct Args {
     /// KV pool per engine, in 16-token blocks (real stack and load sweep).
     #[arg(long, default_value_t = 16_384)]
     num_gpu_blocks: usize,
-    /// Virtual-time sweep: trace seconds replayed per run (0 = the whole trace).
-    #[arg(long, default_value_t = 300.0)]
+    /// Virtual-time sweep: trace seconds replayed per run (0 = the whole trace; 150 keeps
+    /// the default sweep near 10 minutes on 2 cores).
+    #[arg(long, default_value_t = 150.0)]
     sweep_trace_seconds: f64,
     /// Virtual-time sweep: loads (arrival-rate multipliers), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1.0f64, 2.0, 3.0, 4.0, 5.0])]

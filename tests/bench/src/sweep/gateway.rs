@@ -19,7 +19,7 @@ use kvgate_core::workers::{WorkerInfo, WorkerRole};
 use kvgate_core::WorkerKey;
 use kvgate_engine::headers::RoutedPath;
 use kvgate_engine::testing::FakeHost;
-use kvgate_engine::{ModelFiles, Outcome, Vm, VmConfig};
+use kvgate_engine::{ModelFiles, ModelState, Outcome, Vm, VmConfig};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -31,6 +31,11 @@ const DIGEST: &str = "sweep";
 
 /// A keep-alive frame at least this often (the sidecar long poll's wait).
 const KEEPALIVE_MS: u64 = 500;
+
+/// Loaded models kept between runs of one thread (one entry per VM): loading the
+/// tokenizer takes seconds, and token-id prompts never use it, so VMs of later runs adopt
+/// the models of earlier ones instead of loading them again.
+pub type ModelPool = Vec<Vec<(String, ModelState)>>;
 
 /// How the simulated gateway is set up.
 #[derive(Debug, Clone)]
@@ -117,6 +122,7 @@ impl Gateway {
         cfg: &GatewayConfig,
         workers: &[WorkerInfo],
         files: &Arc<ModelFiles>,
+        pool: &mut ModelPool,
         seed: u64,
         now_ms: u64,
     ) -> Result<Gateway, GatewayError> {
@@ -160,7 +166,10 @@ impl Gateway {
                 };
                 vm.engine.apply_frame(&snap, now_ms)?;
             }
-            vm.engine.load_model(DIGEST, files)?;
+            match pool.pop() {
+                Some(models) if !models.is_empty() => vm.engine.adopt_models(models),
+                _ => vm.engine.load_model(DIGEST, files)?,
+            }
             hosts.push(host);
             vms.push(vm);
         }
@@ -288,6 +297,13 @@ impl Gateway {
                 vm.request_done(host, ctx);
                 None
             }
+        }
+    }
+
+    /// Ends the gateway, returning its VMs' models to `pool`.
+    pub fn release(mut self, pool: &mut ModelPool) {
+        for vm in &mut self.vms {
+            pool.push(vm.engine.take_models());
         }
     }
 

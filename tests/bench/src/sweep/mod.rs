@@ -95,7 +95,7 @@ impl Default for SweepConfig {
             workers: vec![4, 8],
             seeds: 3,
             seed: 7,
-            trace_seconds: 300.0,
+            trace_seconds: 150.0,
             num_gpu_blocks: 16_384,
             capacity_blocks: vec![4_096, 8_192, 16_384],
             capacity_load: 2.0,
@@ -135,6 +135,8 @@ pub struct PolicyPoint {
     pub requests: usize,
     /// Requests not routed or refused, summed over seeds (0 expected).
     pub failed: u64,
+    /// Mean wall seconds of one run.
+    pub run_wall_s: f64,
 }
 
 /// One (workers, load) point of the load sweep.
@@ -353,33 +355,37 @@ fn run_jobs(
     let failure: Mutex<Option<String>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
-            s.spawn(|| loop {
-                if cancel.is_cancelled() {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(job) = jobs.get(i) else {
-                    return;
-                };
-                let Some(reqs) = inputs.get(&(job.key.3, load_key(job.load))) else {
-                    return;
-                };
-                match sim::run(&job.spec, reqs, files) {
-                    Ok(result) => done
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(Done {
-                            key: job.key,
-                            policy: job.spec.policy,
-                            result,
-                        }),
-                    Err(e) => {
-                        *failure.lock().unwrap_or_else(PoisonError::into_inner) =
-                            Some(format!("{} run: {e}", job.spec.policy.name()));
-                        cancel.cancel();
+            s.spawn(|| {
+                let mut pool = gateway::ModelPool::new();
+                loop {
+                    if cancel.is_cancelled() {
+                        return;
                     }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(job) = jobs.get(i) else {
+                        return;
+                    };
+                    let Some(reqs) = inputs.get(&(job.key.3, load_key(job.load))) else {
+                        return;
+                    };
+                    match sim::run(&job.spec, reqs, files, &mut pool) {
+                        Ok(result) => {
+                            done.lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(Done {
+                                    key: job.key,
+                                    policy: job.spec.policy,
+                                    result,
+                                })
+                        }
+                        Err(e) => {
+                            *failure.lock().unwrap_or_else(PoisonError::into_inner) =
+                                Some(format!("{} run: {e}", job.spec.policy.name()));
+                            cancel.cancel();
+                        }
+                    }
+                    bar.inc(1);
                 }
-                bar.inc(1);
             });
         }
     });
@@ -407,6 +413,7 @@ pub fn summarize(name: &str, runs: &[&sim::RunResult]) -> PolicyPoint {
         utilization: round(mean(&util), 3),
         requests: runs.first().map_or(0, |r| r.ttft_ms.len()),
         failed: runs.iter().map(|r| r.unrouted + r.refused).sum(),
+        run_wall_s: round(mean(&runs.iter().map(|r| r.wall_s).collect::<Vec<_>>()), 2),
     }
 }
 

@@ -20,12 +20,30 @@ pub fn lookahead_ttft(
     req: &NewRequest,
     now_ms: f64,
 ) -> f64 {
+    lookahead_within(sched, busy_until, req, now_ms, f64::INFINITY)
+}
+
+/// [`lookahead_ttft`], given up (infinite) as soon as the simulated time passes `bound`
+/// (a candidate already known to be worse than the best one so far).
+pub fn lookahead_within(
+    sched: &Scheduler,
+    busy_until: Option<f64>,
+    req: &NewRequest,
+    now_ms: f64,
+    bound: f64,
+) -> f64 {
+    let mut t = busy_until.unwrap_or(now_ms).max(now_ms);
+    if t - now_ms >= bound {
+        return f64::INFINITY;
+    }
     let mut s = sched.clone();
     if s.submit(req.clone()).is_err() {
         return f64::INFINITY;
     }
-    let mut t = busy_until.unwrap_or(now_ms).max(now_ms);
     for _ in 0..MAX_PASSES {
+        if t - now_ms >= bound {
+            return f64::INFINITY;
+        }
         let r = s.step(t);
         if let Some(o) = r.outputs.iter().find(|o| o.id == req.id && o.index == 0) {
             return o.first.map_or(r.end_ms - now_ms, |f| f.sim_ttft_ms);
@@ -38,16 +56,33 @@ pub fn lookahead_ttft(
     f64::INFINITY
 }
 
-/// The engine (index) with the least simulated TTFT for `req`; ties go to the first.
+/// The engine (index) with the least simulated TTFT for `req`; ties go to the engine
+/// with the least queued prefill, then the first. Engines are simulated least-queued
+/// first, each only until it is no better than the best so far (which changes nothing
+/// in the result, only the time it takes).
 pub fn pick(engines: &[(&Scheduler, Option<f64>)], req: &NewRequest, now_ms: f64) -> usize {
-    let mut best = (0usize, f64::INFINITY);
-    for (i, (s, busy)) in engines.iter().enumerate() {
-        let t = lookahead_ttft(s, *busy, req, now_ms);
+    let mut order: Vec<(u64, usize)> = engines
+        .iter()
+        .enumerate()
+        .map(|(i, (s, _))| (s.load().active_prefill_tokens, i))
+        .collect();
+    order.sort_unstable();
+    let mut best = (usize::MAX, f64::INFINITY);
+    for (_, i) in order {
+        let Some((s, busy)) = engines.get(i) else {
+            continue;
+        };
+        // `bound` is exclusive: an engine tying with the best is not preferred.
+        let t = lookahead_within(s, *busy, req, now_ms, best.1);
         if t < best.1 {
             best = (i, t);
         }
     }
-    best.0
+    if best.0 == usize::MAX {
+        0
+    } else {
+        best.0
+    }
 }
 
 #[cfg(test)]

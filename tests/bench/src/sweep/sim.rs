@@ -7,7 +7,7 @@
 //! from arrival to the end of the pass that produced the first token (queue wait +
 //! prefill), in trace milliseconds; the hit ratio is the engines' own count at admission.
 
-use super::gateway::{Gateway, GatewayConfig, GatewayError, SIM_MODEL};
+use super::gateway::{Gateway, GatewayConfig, GatewayError, ModelPool, SIM_MODEL};
 use super::oracle;
 use crate::policy::{PolicyKind, RequestInfo, Router, Ticket};
 use kvgate_engine::ModelFiles;
@@ -61,6 +61,8 @@ pub struct RunResult {
     pub refused: u64,
     /// Preemptions.
     pub preemptions: u64,
+    /// Wall seconds the run took.
+    pub wall_s: f64,
 }
 
 impl RunResult {
@@ -123,7 +125,9 @@ pub fn run(
     spec: &RunSpec,
     requests: &[SimRequest],
     files: &Arc<ModelFiles>,
+    pool: &mut ModelPool,
 ) -> Result<RunResult, GatewayError> {
+    let started = std::time::Instant::now();
     let n = spec.workers.max(1);
     let cfg = scheduler_config(spec.num_gpu_blocks);
     let filler = Arc::new(Filler::new(Vec::new()));
@@ -146,7 +150,7 @@ pub fn run(
                 cfg.max_num_batched_tokens,
             );
             Policy::Kvgate(Box::new(Gateway::start(
-                &g, &table, files, spec.seed, t0 as u64,
+                &g, &table, files, pool, spec.seed, t0 as u64,
             )?))
         }
         PolicyKind::Oracle => Policy::Oracle,
@@ -262,9 +266,11 @@ pub fn run(
     let span = (last_end - t0).max(1.0);
     out.utilization = busy / (n as f64 * span);
     out.preemptions = engines.iter().map(|e| e.sched.stats().preemptions).sum();
-    if let Policy::Kvgate(g) = &policy {
+    if let Policy::Kvgate(g) = policy {
         out.unrouted += g.unrouted;
+        g.release(pool);
     }
+    out.wall_s = started.elapsed().as_secs_f64();
     Ok(out)
 }
 
@@ -370,9 +376,10 @@ mod tests {
     fn every_policy_serves_every_request_and_kv_awareness_finds_the_prefixes() {
         let reqs = conversations();
         let files = files();
+        let mut pool = Vec::new();
         let mut hit = HashMap::new();
         for p in crate::sweep::SWEEP_POLICIES {
-            let r = run(&spec(p), &reqs, &files).unwrap();
+            let r = run(&spec(p), &reqs, &files, &mut pool).unwrap();
             assert_eq!(r.ttft_ms.len(), reqs.len(), "{}", p.name());
             assert_eq!((r.unrouted, r.refused), (0, 0), "{}", p.name());
             assert!(r.ttft_ms.iter().all(|t| *t > 0.0));
@@ -396,8 +403,10 @@ mod tests {
     fn a_run_is_reproducible_for_a_seed() {
         let reqs = conversations();
         let files = files();
-        let a = run(&spec(PolicyKind::KvgateEvents), &reqs, &files).unwrap();
-        let b = run(&spec(PolicyKind::KvgateEvents), &reqs, &files).unwrap();
+        let mut pool = Vec::new();
+        let a = run(&spec(PolicyKind::KvgateEvents), &reqs, &files, &mut pool).unwrap();
+        assert_eq!(pool.len(), 2, "both VMs' models kept");
+        let b = run(&spec(PolicyKind::KvgateEvents), &reqs, &files, &mut pool).unwrap();
         assert_eq!(a.ttft_ms, b.ttft_ms);
         assert_eq!(a.per_worker, b.per_worker);
     }
