@@ -222,10 +222,13 @@ BENCH_ARGS ?=
 BENCH_OUT  := $(ROOT)/target/bench
 
 .PHONY: bench-smoke
+# The bench runs release builds: the sidecar, and the driver with its load generator and
+# upstream (kvgate-loadgen, kvgate-echo: own processes, pinned away from Envoy); bench-smoke
+# runs the debug builds of the same binaries that `make native` makes.
 bench: setup wasm native ## Benchmarks, side by side in one run (~7 min): routing quality of 7 policies on a real trace, overhead vs plain Envoy, sidecar; target/bench/report.{json,md,svg}
-	+cargo build --release -p kvgate-sync
+	+cargo build --release -p kvgate-sync -p kvgate-bench --bins
 	KVGATE_SIDECAR=$(CARGO_TARGET_DIR)/release/kvgate-sync \
-	  $(CARGO_TARGET_DIR)/debug/kvgate-bench --trace $(abspath $(TRACE)) --out $(BENCH_OUT) $(BENCH_ARGS)
+	  $(CARGO_TARGET_DIR)/release/kvgate-bench --trace $(abspath $(TRACE)) --out $(BENCH_OUT) $(BENCH_ARGS)
 
 bench-smoke: setup wasm native ## A tiny bench run (every phase, a few requests) that checks the bench works and its report is complete
 	$(CARGO_TARGET_DIR)/debug/kvgate-bench --smoke --no-progress --trace $(abspath $(TRACE)) --out $(ROOT)/target/bench-smoke

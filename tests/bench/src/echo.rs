@@ -1,7 +1,9 @@
 //! A trivial upstream for the overhead and sidecar phases: it reads the whole request
 //! body and answers a fixed, small chat completion at once, so what is measured is the
 //! gateway, not an engine. It runs on its own thread and runtime (stopped on drop) and
-//! listens on several loopback ports, one per pretend worker.
+//! listens on several loopback ports, one per pretend worker. The overhead phase runs it
+//! in a process of its own (`kvgate-echo`, release-built by `make bench`); the sidecar
+//! phase and the tests start it in-process.
 
 use axum::body::Bytes;
 use axum::response::IntoResponse;
@@ -28,9 +30,15 @@ pub struct Echo {
 impl Echo {
     /// Starts `listeners` listeners on free loopback ports.
     pub fn start(listeners: usize) -> std::io::Result<Echo> {
+        let any = vec!["127.0.0.1:0".to_string(); listeners.max(1)];
+        Echo::start_on(&any)
+    }
+
+    /// Starts one listener on each of `addrs` (`ip:port`, port 0 = any free one).
+    pub fn start_on(addrs: &[String]) -> std::io::Result<Echo> {
         let mut std_listeners = Vec::new();
-        for _ in 0..listeners.max(1) {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        for a in addrs {
+            let l = std::net::TcpListener::bind(a.as_str())?;
             l.set_nonblocking(true)?;
             std_listeners.push(l);
         }

@@ -15,9 +15,12 @@
 //!    themselves and send the pick through a plain Envoy (`override_host` honours
 //!    `x-gateway-destination-endpoint`); `kvgate_approx` and `kvgate_events` go through
 //!    Envoy with the filter.
-//! 2. **Overhead** ([`overhead`]): plain Envoy vs Envoy + kvgate in front of the same
-//!    trivial upstream ([`echo`]), closed-loop load with 2k- and 16k-token chat bodies;
-//!    the filter's own stage histograms give the in-VM breakdown.
+//! 2. **Overhead** ([`overhead`]): plain Envoy vs Envoy + kvgate (listeners with
+//!    `exact_balance`) in front of the same trivial upstream (`kvgate-echo`, [`echo`]),
+//!    driven by a load generator in its own process (`kvgate-loadgen`, [`loadgen`]), both
+//!    pinned away from Envoy: closed-loop capacity and open-loop latency at fixed rates,
+//!    Envoy CPU per request, for first-seen 2k/16k chats, multi-turn and agentic bodies;
+//!    the filter's own histograms give the in-VM breakdown and its gauges each VM's memory.
 //! 3. **Sidecar** ([`sidecar`]): KV events ingested per second per core, and the
 //!    event → decision visibility lag through NATS, the sidecar and the filter.
 //!
@@ -30,6 +33,7 @@
 
 pub mod client;
 pub mod echo;
+pub mod loadgen;
 pub mod model;
 pub mod overhead;
 pub mod plot;

@@ -1,41 +1,59 @@
 //! Gateway overhead: plain Envoy (`envoy-config/envoy-baseline.yaml`) against Envoy +
 //! kvgate (`envoy.yaml`, static mode: the same upstreams listed in the filter's
-//! configuration), both in front of the same trivial upstream ([`super::echo`]), driven
-//! by the same closed-loop load generator on loopback.
+//! configuration), both in front of the same trivial upstream, measured side by side.
 //!
-//! For each body size (2k and 16k prompt tokens by default) and each Envoy: a fresh
-//! Envoy, `warmup_s` seconds of load (not measured), then `seconds` seconds measured with
-//! `concurrency` requests in flight: requests/s, latency percentiles, Envoy's CPU time
-//! per request (`/proc/<pid>/stat` utime + stime over the measured window) and its
-//! resident memory afterwards. The kvgate Envoy's stage histograms
-//! (`kvgate.parse_us` … `score_us`, Envoy's cumulative quantiles, read after the 5 s stats
-//! flush) give the in-VM breakdown.
+//! The load generator (`kvgate-loadgen`, [`super::loadgen`]) and the upstream
+//! (`kvgate-echo`, [`super::echo`]) are processes of their own, release-built by
+//! `make bench`, pinned with `taskset` to the CPUs Envoy is not pinned to when the
+//! machine has at least two (first half of the allowed CPUs: Envoy; the rest: load
+//! generator and upstream). Both Envoys listen with `connection_balance_config:
+//! exact_balance`, so the load generator's connections are spread evenly over Envoy's
+//! worker threads.
 //!
-//! Bodies are real text (ShareGPT prompts, `tests/fixtures/traces/sharegpt`) packed
-//! into chat messages of about 2k tokens each. Every request makes each message unique
-//! (a leading request/message number), so the filter templates and tokenizes the whole
-//! prompt every time: the per-VM segment cache never hits. That is the filter's worst
-//! case. A third run per size ("warm") keeps the packed history fixed and adds a short new
-//! user message per request, as a multi-turn chat does: the segment cache then holds the
-//! history and only the new message is tokenized.
+//! For each body kind, both Envoys run at the same time (one idles while the other is
+//! measured), are primed until no request waits for a VM's model load, and for each:
+//! 1. closed loop, `concurrency` connections back to back: capacity (requests/s);
+//! 2. open loop at 25 %, 50 % and 75 % (`loads`) of **plain** Envoy's capacity on that
+//!    body: latency (exact µs quantiles, timed from when each request was due);
+//!
+//! and over every window Envoy's CPU time per request (`/proc/<pid>/stat`). Added
+//! latency and CPU are kvgate − plain at the same rate. Afterwards the kvgate Envoy's own
+//! histograms (`kvgate.parse_us` … `decision_us`) give the in-VM breakdown and its
+//! `kvgate.vm_memory_bytes.<role>.vm_<id>` gauges each VM's linear memory.
+//!
+//! Bodies (real text, Qwen3 chat template):
+//! - **first-seen** 2k and 16k tokens: ShareGPT prompts packed into ~2k-token messages,
+//!   every message prefixed by the request number, so nothing was seen before;
+//! - **multi-turn**: a shared ~1k-token system prompt and sessions whose history grows
+//!   one user + assistant exchange per turn (ShareGPT texts), each request one new turn;
+//! - **agentic**: the τ-bench airline trajectories of the Qwen3 golden fixture (system
+//!   prompt, 14 tools, tool calls and results), each request the trajectory up to its
+//!   next assistant turn, so the history grows by tool results and user messages.
+//!
+//! Sessions are made new on each pass through the list (their messages carry the pass
+//! number), so a pass never hits what an earlier pass cached.
 
-use super::client;
-use super::echo::Echo;
-use super::stats::{percentile, round};
+use super::loadgen::{LoadResult, LoadSpec, PlanFile, CYCLE, SEQ};
+use super::stats::round;
 use super::sys;
 use super::{BenchConfig, BenchError, Cancel, Result};
-use kvgate_http::Client;
 use kvgate_mock::tokenize::Tokenize;
-use kvgate_stack::{static_vm_config, Envoy, EnvoyKind, EnvoyOptions, Tools, MODEL};
+use kvgate_stack::{
+    free_port, static_vm_config, wait_for, Envoy, EnvoyKind, EnvoyOptions, Proc, Tools, MODEL,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-/// Tokens per packed chat message.
+/// Tokens per packed chat message of the first-seen bodies.
 pub const MESSAGE_TOKENS: usize = 2048;
 /// The filter's histogram of model loads (tokenizer + chat template) per VM, ms.
 pub const MODEL_LOAD: &str = "model_load_ms";
+/// The per-VM linear-memory gauges (`<prefix>.<role>.vm_<id>`).
+pub const VM_MEMORY: &str = "kvgate.vm_memory_bytes";
 
 /// The stage histograms of the filter, in pipeline order.
 pub const STAGES: [&str; 6] = [
@@ -47,6 +65,17 @@ pub const STAGES: [&str; 6] = [
     "decision_us",
 ];
 
+/// A priming run whose slowest request took less than this (µs) had no request wait for a
+/// VM to load its model.
+const PRIMED_MAX_US: f64 = 250_000.0;
+
+/// Sessions interleaved in the multi-turn and agentic bodies.
+const SESSIONS: usize = 4;
+/// Turns per multi-turn session.
+const TURNS: usize = 8;
+/// Tokens of the multi-turn bodies' shared system prompt.
+const SYSTEM_TOKENS: usize = 1024;
+
 /// Parameters of the overhead phase.
 #[derive(Debug, Clone)]
 pub struct OverheadConfig {
@@ -54,52 +83,36 @@ pub struct OverheadConfig {
     pub seconds: f64,
     /// Unmeasured warm-up seconds per run.
     pub warmup_s: f64,
-    /// Requests in flight (closed loop).
+    /// Load-generator connections (closed loop: requests in flight).
     pub concurrency: usize,
-    /// Prompt sizes in tokens.
+    /// First-seen chat sizes in prompt tokens.
     pub body_tokens: Vec<usize>,
     /// Pretend workers (echo listeners) behind Envoy.
     pub upstreams: usize,
-    /// Also measure kvgate on multi-turn bodies whose history repeats (segment cache warm).
-    pub warm: bool,
+    /// Also the multi-turn body.
+    pub multi_turn: bool,
+    /// Also the agentic body.
+    pub agentic: bool,
+    /// Open-loop rates as fractions of plain Envoy's closed-loop capacity.
+    pub loads: Vec<f64>,
+    /// Pin Envoy and the load generator + upstream to disjoint CPUs.
+    pub pin: bool,
 }
 
 impl Default for OverheadConfig {
     fn default() -> Self {
         OverheadConfig {
-            seconds: 8.0,
-            warmup_s: 2.0,
+            seconds: 4.0,
+            warmup_s: 1.0,
             concurrency: 4,
             body_tokens: vec![2048, 16384],
             upstreams: 4,
-            warm: true,
+            multi_turn: true,
+            agentic: true,
+            loads: vec![0.25, 0.5, 0.75],
+            pin: true,
         }
     }
-}
-
-/// One Envoy under one load.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RunResult {
-    /// Measured requests completed.
-    pub requests: u64,
-    /// Of which failed.
-    pub errors: u64,
-    /// Requests per second.
-    pub rps: f64,
-    /// Latency median, µs.
-    pub latency_p50_us: f64,
-    /// Latency 90th percentile, µs.
-    pub latency_p90_us: f64,
-    /// Latency 99th percentile, µs.
-    pub latency_p99_us: f64,
-    /// Envoy CPU time per request, µs.
-    pub cpu_us_per_request: f64,
-    /// Envoy's average CPU use, cores.
-    pub cpu_cores: f64,
-    /// Envoy resident memory after the run, MiB.
-    pub rss_mib: f64,
-    /// Envoy peak resident memory, MiB.
-    pub rss_peak_mib: f64,
 }
 
 /// p50 and p99 of one stage histogram.
@@ -111,53 +124,98 @@ pub struct Quantiles {
     pub p99: f64,
 }
 
-/// One body size.
+/// Both Envoys at one open-loop rate.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Level {
+    /// `25%`, `50%`, … of plain Envoy's capacity.
+    pub load: String,
+    /// Target requests/s.
+    pub rate_rps: f64,
+    /// Plain Envoy.
+    pub plain: LoadResult,
+    /// Envoy + kvgate.
+    pub kvgate: LoadResult,
+    /// kvgate p50 − plain p50, µs.
+    pub added_p50_us: f64,
+    /// kvgate p99 − plain p99, µs.
+    pub added_p99_us: f64,
+    /// kvgate − plain Envoy CPU per request, µs.
+    pub added_cpu_us_per_req: Option<f64>,
+}
+
+/// One body kind.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct BodyResult {
-    /// `2k`, `16k`, ….
+    /// `2k`, `16k`, `multi-turn`, `agentic`.
     pub label: String,
-    /// Prompt tokens of a body (Qwen3 template + tokenizer).
+    /// What the bodies are.
+    pub description: String,
+    /// Prompt tokens of the largest body (Qwen3 template + tokenizer).
     pub body_tokens: usize,
-    /// Body bytes.
+    /// Prompt tokens of the smallest body.
+    pub body_tokens_min: usize,
+    /// Mean body bytes.
     pub body_bytes: usize,
-    /// Chat messages.
+    /// Most messages in a body.
     pub messages: usize,
-    /// Plain Envoy.
-    pub baseline: RunResult,
-    /// Envoy + kvgate.
-    pub kvgate: RunResult,
-    /// kvgate rps / plain Envoy rps.
-    pub rps_ratio: f64,
-    /// kvgate p50 − plain p50, µs.
-    pub added_latency_p50_us: f64,
-    /// kvgate p99 − plain p99, µs.
-    pub added_latency_p99_us: f64,
-    /// kvgate − plain Envoy CPU per request, µs.
-    pub added_cpu_us_per_request: f64,
-    /// kvgate − plain Envoy resident memory, MiB.
-    pub rss_diff_mib: f64,
-    /// `rss_diff_mib` / Wasm VMs.
-    pub memory_per_vm_mib: f64,
-    /// The filter's stage times (µs, Envoy's histogram quantiles over every request of
-    /// the kvgate run, warm-up included).
-    pub breakdown: std::collections::BTreeMap<String, Quantiles>,
-    /// Envoy + kvgate on the same history with only a short new last user message per
-    /// request (a multi-turn chat: the per-VM segment cache holds the history).
-    pub kvgate_warm: Option<RunResult>,
-    /// kvgate (warm) rps / plain Envoy rps.
-    pub rps_ratio_warm: Option<f64>,
-    /// kvgate (warm) p50 − plain p50, µs.
-    pub added_latency_p50_us_warm: Option<f64>,
-    /// kvgate (warm) p99 − plain p99, µs.
-    pub added_latency_p99_us_warm: Option<f64>,
-    /// The filter's stage times in the warm run.
-    pub breakdown_warm: std::collections::BTreeMap<String, Quantiles>,
+    /// Distinct bodies before the list repeats (with new session tags).
+    pub templates: usize,
+    /// Closed-loop capacity of plain Envoy.
+    pub capacity_plain: LoadResult,
+    /// Closed-loop capacity of Envoy + kvgate.
+    pub capacity_kvgate: LoadResult,
+    /// kvgate capacity / plain capacity.
+    pub capacity_ratio: f64,
+    /// Open-loop runs, one per load level.
+    pub levels: Vec<Level>,
+    /// Added p50 latency per load level (`25%` → µs).
+    pub added_p50_us: BTreeMap<String, f64>,
+    /// Added p99 latency per load level.
+    pub added_p99_us: BTreeMap<String, f64>,
+    /// Added Envoy CPU per request, µs: the median over every paired window (capacity and
+    /// each load level).
+    pub added_cpu_us_per_req: Option<f64>,
+    /// Smallest and largest of those paired differences.
+    pub added_cpu_us_per_req_range: Option<[f64; 2]>,
+    /// Plain Envoy CPU per request (median over its windows), µs.
+    pub plain_cpu_us_per_req: Option<f64>,
+    /// kvgate Envoy CPU per request (median over its windows), µs.
+    pub kvgate_cpu_us_per_req: Option<f64>,
+    /// The filter's stage times (µs, Envoy's histogram quantiles over every request the
+    /// kvgate Envoy handled for this body, warm-up included).
+    pub breakdown: BTreeMap<String, Quantiles>,
+    /// Linear memory of the largest tokenizing VM (the filter's own gauges), MiB; None
+    /// when the filter does not report it.
+    pub vm_linear_memory_mib: Option<f64>,
+    /// Linear memory of the largest main-thread VM, MiB.
+    pub main_vm_linear_memory_mib: Option<f64>,
+    /// Every VM's linear memory, MiB (`tokenizing.vm_…`, `main_thread.vm_…`).
+    pub vm_memory_mib: BTreeMap<String, f64>,
+    /// Resident memory of plain Envoy afterwards, MiB.
+    pub plain_rss_mib: f64,
+    /// Resident memory of the kvgate Envoy afterwards, MiB.
+    pub kvgate_rss_mib: f64,
+}
+
+/// Where each process ran.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Pinning {
+    /// Whether the processes were pinned.
+    pub applied: bool,
+    /// CPUs the bench could use.
+    pub allowed_cpus: String,
+    /// CPUs of both Envoys.
+    pub envoy_cpus: String,
+    /// CPUs of the load generator and the upstream.
+    pub load_cpus: String,
+    /// What that means for the figures.
+    pub note: String,
 }
 
 /// The overhead phase's figures.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct OverheadReport {
-    /// Requests in flight.
+    /// Load-generator connections.
     pub concurrency: usize,
     /// Measured seconds per run.
     pub seconds: f64,
@@ -165,203 +223,363 @@ pub struct OverheadReport {
     pub warmup_s: f64,
     /// Envoy worker threads.
     pub envoy_concurrency: u32,
-    /// Wasm VMs in the kvgate Envoy (one per worker thread plus the main thread's).
+    /// Wasm VMs in the kvgate Envoy (one per worker thread plus two on the main thread).
     pub vms: u32,
-    /// One entry per body size.
+    /// Open-loop levels (fractions of plain capacity).
+    pub loads: Vec<f64>,
+    /// Whether the load generator and upstream were debug builds.
+    pub debug_build: bool,
+    /// Where each process ran.
+    pub pinning: Pinning,
+    /// One entry per body kind.
     pub bodies: Vec<BodyResult>,
 }
 
-/// A chat body generator: fixed message texts, made unique per request — every message
-/// (cold) or only a short new last user message (warm).
-pub struct Bodies {
-    texts: Vec<(String, String)>,
-    counter: AtomicU64,
-    warm: bool,
+/// A body kind ready to send.
+pub struct BodySet {
+    /// Short name.
+    pub label: String,
+    /// What the bodies are.
+    pub description: String,
+    /// Bodies with [`SEQ`] / [`CYCLE`] markers.
+    pub templates: Vec<Value>,
 }
 
-impl Bodies {
-    /// Packs ShareGPT prompts into messages of about [`MESSAGE_TOKENS`] tokens until the
-    /// chat has about `tokens` tokens.
-    pub fn build(tools: &Tools, tok: &dyn Tokenize, tokens: usize) -> Result<Bodies> {
-        let path = tools
-            .repo
-            .join("tests/fixtures/traces/sharegpt/ShareGPT_V3_filtered_500.json");
-        let corpus: Value = serde_json::from_str(
-            &std::fs::read_to_string(&path)
-                .map_err(|e| BenchError::Failed(format!("{}: {e}", path.display())))?,
-        )?;
-        let mut prompts = corpus
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.pointer("/conversations/0/value")?.as_str())
-            .map(str::to_string)
-            .cycle()
-            .take(100_000);
-        let count = |t: &str| tok.text(t).map(|v| v.len()).unwrap_or(t.len() / 4);
-        let n_messages = tokens.div_ceil(MESSAGE_TOKENS).max(1);
-        let per = tokens / n_messages;
-        let mut texts = Vec::new();
-        for i in 0..n_messages {
-            let role = if i % 2 == 0 { "user" } else { "assistant" };
-            let mut text = String::new();
-            let mut n = 0;
-            while n < per {
-                let Some(p) = prompts.next() else { break };
-                text.push_str(&p);
-                text.push_str("\n\n");
-                n = count(&text);
-            }
-            texts.push((role.to_string(), text));
-        }
-        if texts.last().is_some_and(|(r, _)| r == "assistant") {
-            if let Some(last) = texts.last_mut() {
-                last.0 = "user".into();
-            }
-        }
-        Ok(Bodies {
-            texts,
-            counter: AtomicU64::new(0),
-            warm: false,
-        })
-    }
-
-    /// The same texts, made unique only by a new last user message.
-    pub fn warm(&self) -> Bodies {
-        Bodies {
-            texts: self.texts.clone(),
-            counter: AtomicU64::new(0),
-            warm: true,
-        }
-    }
-
-    /// The next body.
-    pub fn next(&self) -> Vec<u8> {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut messages: Vec<Value> = self
-            .texts
-            .iter()
-            .enumerate()
-            .map(|(j, (role, text))| {
-                let content = if self.warm {
-                    text.clone()
-                } else {
-                    format!("[{n}.{j}] {text}")
-                };
-                json!({"role": role, "content": content})
-            })
-            .collect();
-        if self.warm {
-            if let Some(last) = messages.last_mut() {
-                last["role"] = json!("assistant");
-            }
-            messages.push(json!({"role": "user", "content": format!("Question {n}: summarise the above in one sentence.")}));
-        }
-        serde_json::to_vec(&json!({"model": MODEL, "messages": messages, "max_tokens": 1}))
-            .unwrap_or_default()
-    }
-
-    /// Messages per body.
-    pub fn messages(&self) -> usize {
-        self.texts.len()
-    }
+/// The body with its markers filled in (request 0 of pass 0).
+fn filled(t: &Value) -> Result<Value> {
+    let text = t.to_string().replace(SEQ, "0").replace(CYCLE, "0");
+    Ok(serde_json::from_str(&text)?)
 }
 
-struct Sample {
-    latency_us: f64,
-    ok: bool,
+fn chat(messages: Vec<Value>, tools: Option<&Value>) -> Value {
+    let mut body = json!({"model": MODEL, "messages": messages, "max_tokens": 1});
+    if let Some(t) = tools {
+        body["tools"] = t.clone();
+    }
+    body
 }
 
-async fn closed_loop(
-    http: &Client,
-    url: &str,
-    bodies: &Bodies,
-    concurrency: usize,
-    seconds: f64,
-) -> Vec<Sample> {
-    let end = Instant::now() + Duration::from_secs_f64(seconds);
-    let tasks = (0..concurrency.max(1)).map(|_| {
-        let http = http.clone();
-        async move {
-            let mut out = Vec::new();
-            while Instant::now() < end {
-                let body = bodies.next();
-                let o = client::post(&http, url, &[], body, false, || {}).await;
-                out.push(Sample {
-                    latency_us: o.latency.as_secs_f64() * 1e6,
-                    ok: o.ok(),
-                });
-            }
-            out
-        }
-    });
-    futures::future::join_all(tasks)
-        .await
+/// Texts of the ShareGPT fixture, in order.
+fn sharegpt(tools: &Tools) -> Result<Vec<String>> {
+    let path = tools
+        .repo
+        .join("tests/fixtures/traces/sharegpt/ShareGPT_V3_filtered_500.json");
+    let corpus: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .map_err(|e| BenchError::Failed(format!("{}: {e}", path.display())))?,
+    )?;
+    let texts: Vec<String> = corpus
+        .as_array()
         .into_iter()
         .flatten()
-        .collect()
+        .filter_map(|e| e.pointer("/conversations/0/value")?.as_str())
+        .filter(|t| !t.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if texts.is_empty() {
+        return Err(BenchError::Failed(format!("{}: no texts", path.display())));
+    }
+    Ok(texts)
 }
 
-fn measure(
-    envoy: &Envoy,
-    bodies: &Bodies,
-    oc: &OverheadConfig,
-    rt: &tokio::runtime::Runtime,
-    ticks: f64,
-) -> Result<RunResult> {
-    let url = envoy.url("/v1/chat/completions");
-    let pid = envoy
+/// Texts from `texts` (cycling, from `*next`) joined until about `tokens` tokens.
+fn pack(
+    texts: &[String],
+    next: &mut usize,
+    tokens: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> String {
+    let mut out = String::new();
+    while count(&out) < tokens {
+        let Some(t) = texts.get(*next % texts.len().max(1)) else {
+            break;
+        };
+        *next += 1;
+        out.push_str(t);
+        out.push_str("\n\n");
+    }
+    out
+}
+
+/// First-seen chats of about `tokens` tokens: ~2k-token messages, each prefixed by the
+/// request number.
+pub fn first_seen(tools: &Tools, tok: &dyn Tokenize, tokens: usize) -> Result<BodySet> {
+    let texts = sharegpt(tools)?;
+    let count = |t: &str| tok.text(t).map(|v| v.len()).unwrap_or(t.len() / 4);
+    let n = tokens.div_ceil(MESSAGE_TOKENS).max(1);
+    let mut next = 0;
+    let messages: Vec<Value> = (0..n)
+        .map(|j| {
+            // Alternating roles, ending with the user's.
+            let role = if (n - 1 - j) % 2 == 0 {
+                "user"
+            } else {
+                "assistant"
+            };
+            let text = pack(&texts, &mut next, tokens / n, &count);
+            json!({"role": role, "content": format!("[{SEQ}.{j}] {text}")})
+        })
+        .collect();
+    let label = if tokens >= 1024 {
+        format!("{}k", tokens / 1024)
+    } else {
+        tokens.to_string()
+    };
+    Ok(BodySet {
+        description: format!(
+            "first-seen chat, {n} message(s) of ShareGPT text, each new (request number first)"
+        ),
+        label,
+        templates: vec![chat(messages, None)],
+    })
+}
+
+/// Multi-turn sessions: one shared system prompt, a history growing by one exchange per
+/// request.
+pub fn multi_turn(tools: &Tools, tok: &dyn Tokenize) -> Result<BodySet> {
+    let texts = sharegpt(tools)?;
+    let count = |t: &str| tok.text(t).map(|v| v.len()).unwrap_or(t.len() / 4);
+    let mut next = 0;
+    let system = format!(
+        "You are a helpful assistant. Use the reference notes below when they help.\n\n{}",
+        pack(&texts, &mut next, SYSTEM_TOKENS, &count)
+    );
+    let mut templates = Vec::new();
+    for turn in 0..TURNS {
+        for s in 0..SESSIONS {
+            let text = |t: usize, k: usize| {
+                let i = next + (s * TURNS + t) * 2 + k;
+                texts.get(i % texts.len()).cloned().unwrap_or_default()
+            };
+            let mut messages = vec![json!({"role": "system", "content": system})];
+            for t in 0..=turn {
+                messages.push(
+                    json!({"role": "user", "content": format!("[{CYCLE}.{s}] {}", text(t, 0))}),
+                );
+                if t < turn {
+                    messages.push(json!({"role": "assistant", "content": format!("[{CYCLE}.{s}] {}", text(t, 1))}));
+                }
+            }
+            templates.push(chat(messages, None));
+        }
+    }
+    Ok(BodySet {
+        label: "multi-turn".into(),
+        description: format!(
+            "{SESSIONS} interleaved sessions × {TURNS} turns: a shared ~{SYSTEM_TOKENS}-token system prompt and a history growing by one ShareGPT exchange per request"
+        ),
+        templates,
+    })
+}
+
+/// Agent sessions from the τ-bench trajectories of the Qwen3 golden fixture: system prompt,
+/// tools, and the trajectory up to each assistant turn.
+pub fn agentic(tools: &Tools) -> Result<BodySet> {
+    let path = tools
+        .repo
+        .join("tests/fixtures/qwen3/qwen3_chat_template_golden.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| BenchError::Failed(format!("{}: {e}", path.display())))?;
+    // The longest request of each trajectory (`…:upto<N>` ids).
+    let mut longest: BTreeMap<String, Value> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(id) = v["id"].as_str() else { continue };
+        let req = &v["request"];
+        if req["tools"].as_array().is_none_or(|t| t.len() < 10) {
+            continue;
+        }
+        let trajectory = id.rsplit_once(":upto").map_or(id, |(t, _)| t).to_string();
+        let len = |r: &Value| r["messages"].as_array().map_or(0, Vec::len);
+        if longest.get(&trajectory).is_none_or(|r| len(r) < len(req)) {
+            longest.insert(trajectory, req.clone());
+        }
+    }
+    let trajectories: Vec<&Value> = longest.values().collect();
+    if trajectories.is_empty() {
+        return Err(BenchError::Failed(format!(
+            "{}: no request with ≥ 10 tools",
+            path.display()
+        )));
+    }
+    // Per session: its requests, each the trajectory up to a message an assistant answers.
+    let sessions: Vec<Vec<Value>> = (0..SESSIONS)
+        .map(|s| {
+            let req = trajectories[s % trajectories.len()];
+            let msgs = req["messages"].as_array().cloned().unwrap_or_default();
+            let tagged: Vec<Value> = msgs
+                .iter()
+                .map(|m| {
+                    let mut m = m.clone();
+                    if m["role"] == "user" || m["role"] == "tool" {
+                        let c = m["content"].as_str().unwrap_or("").to_string();
+                        m["content"] = json!(format!("[{CYCLE}.{s}] {c}"));
+                    }
+                    m
+                })
+                .collect();
+            (0..tagged.len())
+                .filter(|&i| {
+                    let role = tagged[i]["role"].as_str().unwrap_or("");
+                    (role == "user" || role == "tool")
+                        && tagged
+                            .get(i + 1)
+                            .is_none_or(|n| n["role"].as_str() == Some("assistant"))
+                })
+                .map(|i| chat(tagged[..=i].to_vec(), Some(&req["tools"])))
+                .collect()
+        })
+        .collect();
+    let turns = sessions.iter().map(Vec::len).max().unwrap_or(0);
+    let mut templates = Vec::new();
+    for t in 0..turns {
+        for s in &sessions {
+            if let Some(b) = s.get(t) {
+                templates.push(b.clone());
+            }
+        }
+    }
+    let tools_n = trajectories[0]["tools"].as_array().map_or(0, Vec::len);
+    Ok(BodySet {
+        label: "agentic".into(),
+        description: format!(
+            "{SESSIONS} interleaved τ-bench airline agent sessions ({} trajectories of the Qwen3 golden fixture): system prompt, {tools_n} tools, tool calls and results, the history growing to each next assistant turn",
+            trajectories.len()
+        ),
+        templates,
+    })
+}
+
+/// `name`'s path: `$KVGATE_<VAR>`, else next to this executable (`target/<profile>`).
+pub fn sibling_bin(name: &str, var: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(BenchError::Failed(format!(
+            "{} not found: build it (`cargo build -p kvgate-bench --bins`, `make bench` builds it in release) or set {var}",
+            p.display()
+        )))
+    }
+}
+
+/// The upstream process: listeners on free loopback ports.
+struct EchoProc {
+    proc: Proc,
+    endpoints: Vec<String>,
+}
+
+fn start_echo(bin: &Path, n: usize, dir: &Path) -> Result<EchoProc> {
+    let endpoints: Vec<String> = (0..n.max(1))
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut cmd = Command::new(bin);
+    cmd.arg("--listen").arg(endpoints.join(","));
+    let mut proc = Proc::spawn("kvgate-echo", cmd, &dir.join("kvgate-echo.log"))?;
+    let up = wait_for(Duration::from_secs(30), || {
+        if !proc.alive() {
+            return Some(false);
+        }
+        endpoints
+            .iter()
+            .all(|e| std::net::TcpStream::connect(e).is_ok())
+            .then_some(true)
+    });
+    if up != Some(true) {
+        return Err(proc.error("did not listen").into());
+    }
+    Ok(EchoProc { proc, endpoints })
+}
+
+fn start_envoy(
+    tools: &Tools,
+    kind: EnvoyKind,
+    endpoints: &[String],
+    cfg: &BenchConfig,
+    vm_config: &str,
+    dir: &Path,
+) -> Result<Envoy> {
+    let workers: Vec<Value> = endpoints
+        .iter()
+        .enumerate()
+        .map(
+            |(i, e)| json!({"instance_id": i + 1, "endpoint": e, "model": MODEL, "block_size": 16}),
+        )
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    let opts = EnvoyOptions {
+        kind,
+        plugin_config: json!({"sidecar_cluster": "", "workers": workers}),
+        vm_config: vm_config.to_string(),
+        workers: endpoints.to_vec(),
+        concurrency: cfg.envoy_concurrency,
+        exact_balance: true,
+        stats_flush_ms: Some(1000),
+        ..EnvoyOptions::default()
+    };
+    Ok(Envoy::start(tools, &opts, dir)?)
+}
+
+/// The Envoy process under launcher `envoy` (itself, or under a `func-e` wrapper).
+fn envoy_pid(envoy: &Envoy) -> u32 {
+    envoy
         .proc
         .pid()
         .map(|p| sys::find_process(p, "envoy"))
-        .unwrap_or(0);
-    // A fresh client for each run, as before: no connection outlives the warm-up.
-    let warm = client::client(true)?;
-    rt.block_on(closed_loop(
-        &warm,
-        &url,
-        bodies,
-        oc.concurrency,
-        oc.warmup_s,
-    ));
-    let cpu0 = sys::cpu_seconds(pid, ticks).unwrap_or(0.0);
-    let t0 = Instant::now();
-    let http = client::client(true)?;
-    let samples = rt.block_on(closed_loop(&http, &url, bodies, oc.concurrency, oc.seconds));
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = sys::cpu_seconds(pid, ticks).unwrap_or(0.0) - cpu0;
-    let lat: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.ok)
-        .map(|s| s.latency_us)
-        .collect();
-    let n = samples.len() as u64;
-    let (rss, hwm) = sys::rss_kib(pid).unwrap_or((0, 0));
-    Ok(RunResult {
-        requests: n,
-        errors: samples.iter().filter(|s| !s.ok).count() as u64,
-        rps: round(
-            if wall > 0.0 {
-                lat.len() as f64 / wall
-            } else {
-                0.0
-            },
-            1,
-        ),
-        latency_p50_us: round(percentile(&lat, 50.0), 0),
-        latency_p90_us: round(percentile(&lat, 90.0), 0),
-        latency_p99_us: round(percentile(&lat, 99.0), 0),
-        cpu_us_per_request: round(if n > 0 { cpu * 1e6 / n as f64 } else { 0.0 }, 0),
-        cpu_cores: round(if wall > 0.0 { cpu / wall } else { 0.0 }, 2),
-        rss_mib: round(rss as f64 / 1024.0, 1),
-        rss_peak_mib: round(hwm as f64 / 1024.0, 1),
-    })
+        .unwrap_or(0)
+}
+
+/// Runs the load generator once against `envoy`.
+fn load(
+    bin: &Path,
+    taskset: Option<&str>,
+    plan: &Path,
+    envoy: &Envoy,
+    spec: LoadSpec,
+) -> Result<LoadResult> {
+    let spec = LoadSpec {
+        addr: format!("127.0.0.1:{}", envoy.port),
+        path: "/v1/chat/completions".into(),
+        cpu_pid: Some(envoy_pid(envoy)),
+        ..spec
+    };
+    let mut cmd = match taskset {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let out = cmd
+        .arg("--plan")
+        .arg(plan)
+        .arg("--spec")
+        .arg(serde_json::to_string(&spec)?)
+        .output()?;
+    if !out.status.success() {
+        return Err(BenchError::Failed(format!(
+            "kvgate-loadgen: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// The cumulative p50 and p99 of every `*kvgate.<stage>` histogram in Envoy's
 /// `/stats?format=json`.
-pub fn stage_quantiles(stats: &Value) -> std::collections::BTreeMap<String, Quantiles> {
-    let mut out = std::collections::BTreeMap::new();
+pub fn stage_quantiles(stats: &Value) -> BTreeMap<String, Quantiles> {
+    let mut out = BTreeMap::new();
     let Some(groups) = stats["stats"].as_array() else {
         return out;
     };
@@ -407,57 +625,130 @@ pub fn stage_quantiles(stats: &Value) -> std::collections::BTreeMap<String, Quan
     out
 }
 
-fn start_envoy(
-    tools: &Tools,
-    kind: EnvoyKind,
-    echo: &Echo,
-    cfg: &BenchConfig,
-    vm_config: &str,
-    name: &str,
-) -> Result<Envoy> {
-    let workers: Vec<Value> = echo
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(
-            |(i, e)| json!({"instance_id": i + 1, "endpoint": e, "model": MODEL, "block_size": 16}),
-        )
-        .collect();
-    let dir = cfg.work_dir.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let opts = EnvoyOptions {
-        kind,
-        plugin_config: json!({"sidecar_cluster": "", "workers": workers}),
-        vm_config: vm_config.to_string(),
-        workers: echo.endpoints.clone(),
-        concurrency: cfg.envoy_concurrency,
-        ..EnvoyOptions::default()
+/// Every VM's linear memory (MiB) from the `…kvgate.vm_memory_bytes.<role>.vm_<id>` gauges
+/// of Envoy's `/stats` text, keyed `<role>.vm_<id>`; zero gauges (a VM's other role) left
+/// out.
+pub fn vm_memory(stats_text: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{VM_MEMORY}.");
+    stats_text
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter_map(|(name, v)| {
+            let key = &name[name.find(&prefix)? + prefix.len()..];
+            let bytes: f64 = v.trim().parse().ok()?;
+            (bytes > 0.0).then(|| (key.to_string(), round(bytes / f64::from(1 << 20), 2)))
+        })
+        .collect()
+}
+
+/// The largest value among `mem`'s keys starting with `role`.
+fn largest(mem: &BTreeMap<String, f64>, role: &str) -> Option<f64> {
+    mem.iter()
+        .filter(|(k, _)| k.starts_with(role))
+        .map(|(_, v)| *v)
+        .reduce(f64::max)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => v.get(n / 2).copied(),
+        _ => Some((v.get(n / 2 - 1)? + v.get(n / 2)?) / 2.0),
+    }
+}
+
+fn load_label(l: f64) -> String {
+    format!("{:.0}%", l * 100.0)
+}
+
+/// Where the processes go: Envoy on the first half of the allowed CPUs, the load
+/// generator and upstream on the rest.
+fn pinning(pin: bool) -> (Pinning, Vec<u32>, Vec<u32>) {
+    let cpus = sys::allowed_cpus();
+    let mut p = Pinning {
+        allowed_cpus: sys::cpu_list(&cpus),
+        ..Pinning::default()
     };
-    Ok(Envoy::start(tools, &opts, &dir)?)
+    let taskset = Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pin || cpus.len() < 2 || !taskset {
+        p.note = if !pin {
+            "not pinned (--no-pin)".into()
+        } else if !taskset {
+            "not pinned: taskset not found".into()
+        } else {
+            "not pinned: one CPU, Envoy, load generator and upstream share it".into()
+        };
+        return (p, Vec::new(), Vec::new());
+    }
+    let half = cpus.len().div_ceil(2).min(cpus.len() - 1);
+    let (envoy, rest) = cpus.split_at(half);
+    p.envoy_cpus = sys::cpu_list(envoy);
+    p.load_cpus = sys::cpu_list(rest);
+    p.note = format!(
+        "both Envoys (every thread) on CPU {}, load generator and upstream on CPU {}; isolation is partial: the bench driver, the kernel and anything else on the machine share them{}",
+        p.envoy_cpus,
+        p.load_cpus,
+        if cpus.len() <= 2 {
+            ", and with 2 CPUs Envoy's worker threads share one core (its capacity is one core's)"
+        } else {
+            ""
+        }
+    );
+    (p, envoy.to_vec(), rest.to_vec())
 }
 
 /// Runs the overhead phase.
 pub fn run(
     cfg: &BenchConfig,
     tools: &Tools,
-    rt: &tokio::runtime::Runtime,
+    _rt: &tokio::runtime::Runtime,
     cancel: &Cancel,
 ) -> Result<OverheadReport> {
     let oc = &cfg.overhead;
-    let echo = Echo::start(oc.upstreams)?;
+    let loadgen = sibling_bin("kvgate-loadgen", "KVGATE_LOADGEN")?;
+    let echo_bin = sibling_bin("kvgate-echo", "KVGATE_ECHO")?;
+    let dir = cfg.work_dir.join("overhead");
+    std::fs::create_dir_all(&dir)?;
+    let (mut pins, envoy_cpus, load_cpus) = pinning(oc.pin);
+    let echo = start_echo(&echo_bin, oc.upstreams, &dir)?;
+    if !load_cpus.is_empty() {
+        let ok = echo
+            .proc
+            .pid()
+            .is_some_and(|p| sys::pin(sys::find_process(p, "kvgate-echo"), &load_cpus));
+        pins.applied = ok;
+    }
+    let taskset = (!load_cpus.is_empty()).then(|| sys::cpu_list(&load_cpus));
     let tok = kvgate_mock::hf::HfTokenizer::load(&tools.model_dir, MODEL)
         .map_err(|e| BenchError::Failed(format!("tokenizer: {e}")))?;
     let vm_config = static_vm_config(tools)?;
-    let ticks = sys::clock_ticks();
+    let mut sets = Vec::new();
+    for &t in &oc.body_tokens {
+        sets.push(first_seen(tools, &tok, t)?);
+    }
+    if oc.multi_turn {
+        sets.push(multi_turn(tools, &tok)?);
+    }
+    if oc.agentic {
+        sets.push(agentic(tools)?);
+    }
     let mut report = OverheadReport {
         concurrency: oc.concurrency,
         seconds: oc.seconds,
         warmup_s: oc.warmup_s,
         envoy_concurrency: cfg.envoy_concurrency,
-        vms: cfg.envoy_concurrency + 1,
+        vms: cfg.envoy_concurrency + 2,
+        loads: oc.loads.clone(),
+        debug_build: false,
+        pinning: pins,
         bodies: Vec::new(),
     };
-    let runs = (oc.body_tokens.len() * if oc.warm { 3 } else { 2 }) as u64;
+    let runs = (sets.len() * 2 * (1 + oc.loads.len())) as u64;
     let pb = if cfg.progress {
         let b = indicatif::ProgressBar::new(runs);
         if let Ok(s) = indicatif::ProgressStyle::with_template(
@@ -470,99 +761,203 @@ pub fn run(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    for &tokens in &oc.body_tokens {
+    for set in sets {
         cancel.check()?;
-        let bodies = Bodies::build(tools, &tok, tokens)?;
-        let sample = bodies.next();
-        let sample_json: Value = serde_json::from_slice(&sample)?;
-        let body_tokens = tok.chat(&sample_json).map(|t| t.len()).unwrap_or(0);
-        let label = if tokens >= 1024 {
-            format!("{}k", tokens / 1024)
-        } else {
-            tokens.to_string()
+        let label = set.label.clone();
+        let bdir = dir.join(&label);
+        std::fs::create_dir_all(&bdir)?;
+        let plan_path = bdir.join("plan.json");
+        let plan = PlanFile {
+            templates: set.templates.iter().map(Value::to_string).collect(),
         };
-        let warm = oc.warm.then(|| bodies.warm());
-        let mut runs: Vec<(EnvoyKind, &str, &Bodies)> = vec![
-            (EnvoyKind::Baseline, "baseline", &bodies),
-            (EnvoyKind::Kvgate, "kvgate", &bodies),
-        ];
-        if let Some(w) = &warm {
-            runs.push((EnvoyKind::Kvgate, "kvgate-warm", w));
+        std::fs::write(&plan_path, serde_json::to_vec(&plan)?)?;
+        // Sizes: bytes of every body, tokens of the smallest and the largest.
+        let filled_all: Vec<Value> = set.templates.iter().map(filled).collect::<Result<_>>()?;
+        let bytes: Vec<usize> = filled_all.iter().map(|b| b.to_string().len()).collect();
+        let tokens = |b: &Value| tok.chat(b).map(|t| t.len()).unwrap_or(0);
+        let by_len = |b: &&Value| b.to_string().len();
+        let body_tokens = filled_all.iter().max_by_key(by_len).map_or(0, tokens);
+        let body_tokens_min = filled_all.iter().min_by_key(by_len).map_or(0, tokens);
+        let messages = filled_all
+            .iter()
+            .map(|b| b["messages"].as_array().map_or(0, Vec::len))
+            .max()
+            .unwrap_or(0);
+
+        let plain = start_envoy(
+            tools,
+            EnvoyKind::Baseline,
+            &echo.endpoints,
+            cfg,
+            &vm_config,
+            &bdir.join("plain"),
+        )?;
+        let kv = start_envoy(
+            tools,
+            EnvoyKind::Kvgate,
+            &echo.endpoints,
+            cfg,
+            &vm_config,
+            &bdir.join("kvgate"),
+        )?;
+        if !envoy_cpus.is_empty() {
+            let a = sys::pin(envoy_pid(&plain), &envoy_cpus);
+            let b = sys::pin(envoy_pid(&kv), &envoy_cpus);
+            report.pinning.applied &= a && b;
         }
-        let mut results = Vec::new();
-        for (kind, name, b) in runs {
+        let mut seq = [0u64; 2];
+        // Each VM loads the model on its first request: prime both Envoys until no
+        // request waits for that, so the warm-up of a run is only a warm-up.
+        for (which, envoy) in [&plain, &kv].into_iter().enumerate() {
+            pb.set_message(format!("{label} priming"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                cancel.check()?;
+                let r = load(
+                    &loadgen,
+                    taskset.as_deref(),
+                    &plan_path,
+                    envoy,
+                    LoadSpec {
+                        addr: String::new(),
+                        path: String::new(),
+                        connections: oc.concurrency.max(1),
+                        rate_rps: None,
+                        warmup_s: 0.0,
+                        seconds: 0.5,
+                        cpu_pid: None,
+                        first_seq: seq[which],
+                    },
+                )?;
+                seq[which] = r.next_seq;
+                let primed = r.requests >= oc.concurrency.max(1) as u64
+                    && r.errors == 0
+                    && r.latency_us.max < PRIMED_MAX_US;
+                if primed || std::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        let mut measure = |which: usize, rate: Option<f64>, name: &str| -> Result<LoadResult> {
             cancel.check()?;
             pb.set_message(format!("{label} {name}"));
-            let envoy = start_envoy(
-                tools,
-                kind,
-                &echo,
-                cfg,
-                &vm_config,
-                &format!("overhead-{label}-{name}"),
+            let envoy = if which == 0 { &plain } else { &kv };
+            let r = load(
+                &loadgen,
+                taskset.as_deref(),
+                &plan_path,
+                envoy,
+                LoadSpec {
+                    addr: String::new(),
+                    path: String::new(),
+                    connections: oc.concurrency.max(1),
+                    rate_rps: rate,
+                    warmup_s: oc.warmup_s,
+                    seconds: oc.seconds,
+                    cpu_pid: None,
+                    first_seq: seq[which],
+                },
             )?;
-            let r = measure(&envoy, b, oc, rt, ticks)?;
-            let stages = if kind == EnvoyKind::Kvgate {
-                // Envoy computes histogram quantiles at its stats flush (every 5 s).
-                std::thread::sleep(Duration::from_millis(5500));
-                let stats = kvgate_http::get(&format!(
-                    "http://127.0.0.1:{}/stats?format=json",
-                    envoy.admin_port
-                ))
-                .ok()
-                .and_then(|r| serde_json::from_slice::<Value>(&r.body).ok())
-                .unwrap_or(Value::Null);
-                stage_quantiles(&stats)
-            } else {
-                Default::default()
-            };
-            results.push((r, stages));
+            seq[which] = r.next_seq;
             pb.inc(1);
-            drop(envoy);
-        }
-        let mut it = results.into_iter();
-        let (Some((base, _)), Some((kv, stages))) = (it.next(), it.next()) else {
-            continue;
+            Ok(r)
         };
-        let warm_run = it.next();
-        let rss_diff = kv.rss_mib - base.rss_mib;
-        let ratio = |r: &RunResult| {
-            round(
-                if base.rps > 0.0 {
-                    r.rps / base.rps
+        let cap_plain = measure(0, None, "plain capacity")?;
+        let cap_kv = measure(1, None, "kvgate capacity")?;
+        let mut levels = Vec::new();
+        for &l in &oc.loads {
+            let rate = (l * cap_plain.rps).max(1.0);
+            let name = load_label(l);
+            let p = measure(0, Some(rate), &format!("plain {name}"))?;
+            let k = measure(1, Some(rate), &format!("kvgate {name}"))?;
+            levels.push(Level {
+                load: name,
+                rate_rps: round(rate, 1),
+                added_p50_us: round(k.latency_us.p50 - p.latency_us.p50, 1),
+                added_p99_us: round(k.latency_us.p99 - p.latency_us.p99, 1),
+                added_cpu_us_per_req: k
+                    .cpu_us_per_request
+                    .zip(p.cpu_us_per_request)
+                    .map(|(a, b)| round(a - b, 1)),
+                plain: p,
+                kvgate: k,
+            });
+        }
+        // Envoy computes histogram quantiles at its stats flush (every second here).
+        std::thread::sleep(Duration::from_millis(1500));
+        let admin = |path: &str| {
+            kvgate_http::get(&format!("http://127.0.0.1:{}{path}", kv.admin_port))
+                .map(|r| r.body.to_vec())
+                .unwrap_or_default()
+        };
+        let stats: Value = serde_json::from_slice(&admin("/stats?format=json")).unwrap_or_default();
+        let breakdown = stage_quantiles(&stats);
+        let mem = vm_memory(&String::from_utf8_lossy(&admin(
+            "/stats?filter=vm_memory_bytes",
+        )));
+        let rss = |e: &Envoy| {
+            sys::rss_kib(envoy_pid(e)).map_or(0.0, |(r, _)| round(r as f64 / 1024.0, 1))
+        };
+        let pairs: Vec<(&LoadResult, &LoadResult)> = std::iter::once((&cap_plain, &cap_kv))
+            .chain(levels.iter().map(|l| (&l.plain, &l.kvgate)))
+            .collect();
+        let added: Vec<f64> = pairs
+            .iter()
+            .filter_map(|(p, k)| Some(k.cpu_us_per_request? - p.cpu_us_per_request?))
+            .collect();
+        let med = |v: Vec<f64>| median(v).map(|m| round(m, 1));
+        report.debug_build |= cap_plain.debug_build;
+        report.bodies.push(BodyResult {
+            description: set.description,
+            body_tokens,
+            body_tokens_min,
+            body_bytes: bytes.iter().sum::<usize>() / bytes.len().max(1),
+            messages,
+            templates: set.templates.len(),
+            capacity_ratio: round(
+                if cap_plain.rps > 0.0 {
+                    cap_kv.rps / cap_plain.rps
                 } else {
                     0.0
                 },
                 3,
-            )
-        };
-        report.bodies.push(BodyResult {
+            ),
+            added_p50_us: levels
+                .iter()
+                .map(|l| (l.load.clone(), l.added_p50_us))
+                .collect(),
+            added_p99_us: levels
+                .iter()
+                .map(|l| (l.load.clone(), l.added_p99_us))
+                .collect(),
+            added_cpu_us_per_req_range: added
+                .iter()
+                .copied()
+                .reduce(f64::min)
+                .zip(added.iter().copied().reduce(f64::max))
+                .map(|(a, b)| [round(a, 1), round(b, 1)]),
+            added_cpu_us_per_req: med(added),
+            plain_cpu_us_per_req: med(pairs
+                .iter()
+                .filter_map(|(p, _)| p.cpu_us_per_request)
+                .collect()),
+            kvgate_cpu_us_per_req: med(pairs
+                .iter()
+                .filter_map(|(_, k)| k.cpu_us_per_request)
+                .collect()),
+            breakdown,
+            vm_linear_memory_mib: largest(&mem, "tokenizing"),
+            main_vm_linear_memory_mib: largest(&mem, "main_thread"),
+            vm_memory_mib: mem,
+            plain_rss_mib: rss(&plain),
+            kvgate_rss_mib: rss(&kv),
             label,
-            body_tokens,
-            body_bytes: sample.len(),
-            messages: bodies.messages(),
-            rps_ratio: ratio(&kv),
-            added_latency_p50_us: round(kv.latency_p50_us - base.latency_p50_us, 0),
-            added_latency_p99_us: round(kv.latency_p99_us - base.latency_p99_us, 0),
-            added_cpu_us_per_request: round(kv.cpu_us_per_request - base.cpu_us_per_request, 0),
-            rss_diff_mib: round(rss_diff, 1),
-            memory_per_vm_mib: round(rss_diff / f64::from(report.vms.max(1)), 1),
-            breakdown: stages,
-            rps_ratio_warm: warm_run.as_ref().map(|(w, _)| ratio(w)),
-            added_latency_p50_us_warm: warm_run
-                .as_ref()
-                .map(|(w, _)| round(w.latency_p50_us - base.latency_p50_us, 0)),
-            added_latency_p99_us_warm: warm_run
-                .as_ref()
-                .map(|(w, _)| round(w.latency_p99_us - base.latency_p99_us, 0)),
-            breakdown_warm: warm_run
-                .as_ref()
-                .map(|(_, s)| s.clone())
-                .unwrap_or_default(),
-            kvgate_warm: warm_run.map(|(w, _)| w),
-            baseline: base,
-            kvgate: kv,
+            capacity_plain: cap_plain,
+            capacity_kvgate: cap_kv,
+            levels,
         });
+        drop(kv);
+        drop(plain);
     }
     pb.finish_with_message("done");
     drop(echo);
@@ -592,5 +987,80 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert_eq!(q["parse_us"].p50, 27.5);
         assert_eq!(q["parse_us"].p99, 90.3);
+    }
+
+    #[test]
+    fn reads_vm_memory_gauges() {
+        let text = "wasmcustom.kvgate.vm_memory_bytes.tokenizing.vm_00000000000000ab: 20971520\n\
+                    wasmcustom.kvgate.vm_memory_bytes.main_thread.vm_00000000000000ab: 0\n\
+                    wasmcustom.kvgate.vm_memory_bytes.main_thread.vm_00000000000000cd: 3145728\n\
+                    wasmcustom.kvgate.vm_memory_bytes.tokenizing.vm_00000000000000ef: 31457280\n\
+                    wasmcustom.kvgate.requests: 5\n";
+        let m = vm_memory(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(largest(&m, "tokenizing"), Some(30.0));
+        assert_eq!(largest(&m, "main_thread"), Some(3.0));
+        assert_eq!(largest(&vm_memory(""), "tokenizing"), None);
+    }
+
+    #[test]
+    fn medians_and_labels() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+        assert_eq!(load_label(0.25), "25%");
+    }
+
+    fn tools() -> Tools {
+        Tools {
+            repo: kvgate_stack::repo_root(),
+            envoy: Vec::new(),
+            nats_server: PathBuf::new(),
+            wasm: PathBuf::new(),
+            sidecar: PathBuf::new(),
+            mock_worker: PathBuf::new(),
+            model_dir: PathBuf::new(),
+        }
+    }
+
+    /// The agentic bodies: every body has the fixture's system prompt and ≥ 10 tools,
+    /// sessions grow (each next request of a session extends the previous one), and the
+    /// markers make passes distinct.
+    #[test]
+    fn agentic_sessions_grow_with_tools() {
+        let set = agentic(&tools()).unwrap();
+        assert!(
+            set.templates.len() >= 2 * SESSIONS,
+            "{}",
+            set.templates.len()
+        );
+        for t in &set.templates {
+            assert!(t["tools"].as_array().unwrap().len() >= 10);
+            assert_eq!(t["messages"][0]["role"], "system");
+        }
+        let tag = format!("[{CYCLE}.0] ");
+        let s0: Vec<&Value> = set
+            .templates
+            .iter()
+            .filter(|t| {
+                t["messages"][1]["content"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with(&tag))
+            })
+            .collect();
+        assert!(s0.len() >= 2);
+        for w in s0.windows(2) {
+            let (a, b) = (
+                w[0]["messages"].as_array().unwrap(),
+                w[1]["messages"].as_array().unwrap(),
+            );
+            assert!(b.len() > a.len() && b[..a.len()] == a[..]);
+        }
+        let text: String = set.templates.iter().map(Value::to_string).collect();
+        assert!(text.contains("tool_calls") && text.contains("\"tool\""));
+        assert!(text.contains(CYCLE));
+        for t in &set.templates {
+            filled(t).unwrap();
+        }
     }
 }

@@ -1,5 +1,8 @@
-//! The picture (`report.svg`, plotters' SVG backend): prefix-cache hit ratio and TTFT
-//! per policy on top; gateway throughput and added latency per body size below.
+//! The picture (`report.svg`, plotters' SVG backend): on top, the virtual-time load sweep
+//! (engine-side TTFT p50 and p99 against load per policy, one panel per worker count), or
+//! without a sweep the real-stack hit ratio and TTFT per policy; below, Envoy CPU per
+//! request (plain and + kvgate, with the capacity ratio) and the p50 latency kvgate adds at
+//! each open-loop load, per body kind.
 
 use super::report::Report;
 use super::{BenchError, Result};
@@ -178,51 +181,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
         }
     }
     match &report.overhead {
-        Some(o) if !o.bodies.is_empty() => {
-            let labels: Vec<String> = o
-                .bodies
-                .iter()
-                .map(|b| format!("{} tokens", b.label))
-                .collect();
-            grouped_bars(
-                c,
-                &format!("Gateway throughput, {} in flight (req/s)", o.concurrency),
-                "req/s",
-                &labels,
-                &[
-                    Series {
-                        name: "plain Envoy",
-                        color: GREY_,
-                        values: o.bodies.iter().map(|b| b.baseline.rps).collect(),
-                    },
-                    Series {
-                        name: "Envoy + kvgate",
-                        color: BLUE_,
-                        values: o.bodies.iter().map(|b| b.kvgate.rps).collect(),
-                    },
-                ],
-                &|v| format!("{v:.0}"),
-            )?;
-            grouped_bars(
-                d,
-                "Latency added by kvgate (µs)",
-                "µs",
-                &labels,
-                &[
-                    Series {
-                        name: "p50",
-                        color: BLUE_,
-                        values: o.bodies.iter().map(|b| b.added_latency_p50_us).collect(),
-                    },
-                    Series {
-                        name: "p99",
-                        color: ORANGE_,
-                        values: o.bodies.iter().map(|b| b.added_latency_p99_us).collect(),
-                    },
-                ],
-                &|v| format!("{v:.0}"),
-            )?;
-        }
+        Some(o) if !o.bodies.is_empty() => overhead_panels(o, c, d)?,
         _ => {
             placeholder(c, "overhead phase not run")?;
             placeholder(d, "overhead phase not run")?;
@@ -230,4 +189,75 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// The overhead panels: Envoy CPU per request (plain, + kvgate) with the capacity ratio in
+/// each label; added p50 latency at each open-loop level.
+fn overhead_panels(
+    o: &super::overhead::OverheadReport,
+    c: &DrawingArea<SVGBackend<'_>, Shift>,
+    d: &DrawingArea<SVGBackend<'_>, Shift>,
+) -> Result<()> {
+    let labels: Vec<String> = o
+        .bodies
+        .iter()
+        .map(|b| format!("{} (capacity ×{:.2})", b.label, b.capacity_ratio))
+        .collect();
+    grouped_bars(
+        c,
+        "Envoy CPU per request (µs)",
+        "µs",
+        &labels,
+        &[
+            Series {
+                name: "plain Envoy",
+                color: GREY_,
+                values: o
+                    .bodies
+                    .iter()
+                    .map(|b| b.plain_cpu_us_per_req.unwrap_or(0.0))
+                    .collect(),
+            },
+            Series {
+                name: "Envoy + kvgate",
+                color: BLUE_,
+                values: o
+                    .bodies
+                    .iter()
+                    .map(|b| b.kvgate_cpu_us_per_req.unwrap_or(0.0))
+                    .collect(),
+            },
+        ],
+        &|v| format!("{v:.0}"),
+    )?;
+    let loads: Vec<String> = o
+        .loads
+        .iter()
+        .map(|l| format!("{:.0}%", l * 100.0))
+        .collect();
+    let colors = [GREEN_, BLUE_, ORANGE_, GREY_];
+    let names: Vec<String> = loads.iter().map(|l| format!("at {l} load")).collect();
+    let series: Vec<Series<'_>> = loads
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .map(|(i, (l, name))| Series {
+            name,
+            color: colors[i % colors.len()],
+            values: o
+                .bodies
+                .iter()
+                .map(|b| b.added_p50_us.get(l).copied().unwrap_or(0.0))
+                .collect(),
+        })
+        .collect();
+    let labels: Vec<String> = o.bodies.iter().map(|b| b.label.clone()).collect();
+    grouped_bars(
+        d,
+        "Latency added by kvgate, p50 (µs, open loop, % of plain capacity)",
+        "µs",
+        &labels,
+        &series,
+        &|v| format!("{v:.0}"),
+    )
 }

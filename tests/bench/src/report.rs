@@ -74,7 +74,10 @@ impl Report {
                     "concurrency": cfg.overhead.concurrency,
                     "body_tokens": cfg.overhead.body_tokens,
                     "upstreams": cfg.overhead.upstreams,
-                    "warm": cfg.overhead.warm,
+                    "multi_turn": cfg.overhead.multi_turn,
+                    "agentic": cfg.overhead.agentic,
+                    "loads": cfg.overhead.loads,
+                    "pin": cfg.overhead.pin,
                 },
                 "sidecar": {
                     "events": cfg.sidecar.events,
@@ -156,74 +159,10 @@ impl Report {
                 );
             }
             s.push('\n');
+            crate::sweep::tables::markdown(&mut s, q);
         }
         if let Some(o) = &self.overhead {
-            let _ = writeln!(
-            crate::sweep::tables::markdown(&mut s, q);
-                s,
-                "**Gateway overhead** — Envoy + kvgate vs plain Envoy, same upstream, closed loop with {} in flight, {} s measured after {} s warm-up, {} Envoy worker threads ({} Wasm VMs). Every request's messages are new (no segment-cache hit).\n",
-                o.concurrency, o.seconds, o.warmup_s, o.envoy_concurrency, o.vms
-            );
-            s.push_str("| body | plain Envoy req/s | + kvgate req/s (ratio) | added latency p50 / p99 | Envoy CPU per request | multi-turn (warm) req/s (ratio) | warm added p50 / p99 | memory per VM |\n");
-            s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
-            for b in &o.bodies {
-                let warm = match &b.kvgate_warm {
-                    Some(w) => format!(
-                        "{:.0} ({:.2}) | {:.0} / {:.0} µs",
-                        w.rps,
-                        b.rps_ratio_warm.unwrap_or(0.0),
-                        b.added_latency_p50_us_warm.unwrap_or(0.0),
-                        b.added_latency_p99_us_warm.unwrap_or(0.0)
-                    ),
-                    None => "– | –".to_string(),
-                };
-                let _ = writeln!(
-                    s,
-                    "| {} ({} tokens, {} KiB) | {:.0} | {:.0} ({:.2}) | {:.0} / {:.0} µs | {:.0} → {:.0} µs | {} | {:.1} MiB |",
-                    b.label,
-                    b.body_tokens,
-                    b.body_bytes / 1024,
-                    b.baseline.rps,
-                    b.kvgate.rps,
-                    b.rps_ratio,
-                    b.added_latency_p50_us,
-                    b.added_latency_p99_us,
-                    b.baseline.cpu_us_per_request,
-                    b.kvgate.cpu_us_per_request,
-                    warm,
-                    b.memory_per_vm_mib
-                );
-            }
-            s.push_str("\n**In-VM breakdown** (µs, p50 / p99, the filter's own histograms)\n\n");
-            s.push_str("| body | parse | template | tokenize | hash | score | whole decision |\n");
-            s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
-            for b in &o.bodies {
-                let rows = [("", &b.breakdown), (" warm", &b.breakdown_warm)];
-                for (suffix, br) in rows {
-                    if br.is_empty() {
-                        continue;
-                    }
-                    let _ = write!(s, "| {}{suffix} ", b.label);
-                    for stage in STAGES {
-                        let q = br.get(stage).copied().unwrap_or_default();
-                        let _ = write!(s, "| {:.0} / {:.0} ", q.p50, q.p99);
-                    }
-                    s.push_str("|\n");
-                }
-            }
-            if let Some(q) = o
-                .bodies
-                .iter()
-                .find_map(|b| b.breakdown.get(super::overhead::MODEL_LOAD))
-            {
-                let _ = write!(
-                    s,
-                    "\nVM start: loading the model (tokenizer.json + chat template) takes \
-                     {:.0} ms p50, {:.0} ms p99 per VM (`kvgate.model_load_ms`).\n",
-                    q.p50, q.p99
-                );
-            }
-            s.push('\n');
+            overhead_markdown(&mut s, o);
         }
         if let Some(c) = &self.sidecar {
             let _ = writeln!(
@@ -302,26 +241,7 @@ pub fn validate(v: &Value, policies: &[&str]) -> Vec<String> {
         }
     }
     if v.get("overhead").is_some_and(|o| !o.is_null()) {
-        let bodies = v
-            .pointer("/overhead/bodies")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
-        if bodies == 0 {
-            problems.push("overhead.bodies is empty".into());
-        }
-        for i in 0..bodies {
-            let b = format!("/overhead/bodies/{i}");
-            num(v, &format!("{b}/rps_ratio"), 1e-9, inf);
-            num(v, &format!("{b}/added_latency_p50_us"), -inf, inf);
-            num(v, &format!("{b}/added_latency_p99_us"), -inf, inf);
-            num(v, &format!("{b}/baseline/rps"), 1e-9, inf);
-            num(v, &format!("{b}/kvgate/rps"), 1e-9, inf);
-            num(v, &format!("{b}/kvgate/cpu_us_per_request"), 0.0, inf);
-            num(v, &format!("{b}/memory_per_vm_mib"), -inf, inf);
-            for stage in STAGES {
-                num(v, &format!("{b}/breakdown/{stage}/p50"), 0.0, inf);
-            }
-        }
+        problems.extend(validate_overhead(v));
     }
     if v.get("sidecar").is_some_and(|s| !s.is_null()) {
         num(v, "/sidecar/events_per_s", 1e-9, inf);
@@ -335,6 +255,242 @@ pub fn validate(v: &Value, policies: &[&str]) -> Vec<String> {
         }
     }
     bad.extend(problems);
+    bad
+}
+
+/// `µs` with no decimals, or `–`.
+fn us(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_string(), |x| format!("{x:.0}"))
+}
+
+/// MiB with one decimal, or `–`.
+fn mib(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_string(), |x| format!("{x:.1}"))
+}
+
+/// The overhead tables.
+fn overhead_markdown(s: &mut String, o: &OverheadReport) {
+    let loads: Vec<String> = o
+        .loads
+        .iter()
+        .map(|l| format!("{:.0}%", l * 100.0))
+        .collect();
+    let _ = writeln!(
+        s,
+        "**Gateway overhead** — Envoy + kvgate vs plain Envoy side by side, same upstream, {} Envoy worker threads ({} Wasm VMs), listener `exact_balance`, {} load-generator connections; {} s windows after {} s warm-up; load generator and upstream: {} builds, own processes. {}. Capacity = closed loop; latency = open loop at {} of plain Envoy's capacity (exact µs quantiles, timed from when each request was due). Added = kvgate − plain.\n",
+        o.envoy_concurrency,
+        o.vms,
+        o.concurrency,
+        o.seconds,
+        o.warmup_s,
+        if o.debug_build { "debug" } else { "release" },
+        o.pinning.note,
+        loads.join(" / "),
+    );
+    s.push_str("| body | tokens | plain req/s | + kvgate req/s (ratio) | Envoy CPU per request plain → kvgate | added CPU per request (range) |");
+    for l in &loads {
+        let _ = write!(s, " added p50 / p99 at {l} |");
+    }
+    s.push_str(" VM memory tokenizing / main |\n|---|---:|---:|---:|---:|---:|");
+    for _ in &loads {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|\n");
+    for b in &o.bodies {
+        let tokens = if b.body_tokens_min != b.body_tokens {
+            format!("{}–{}", b.body_tokens_min, b.body_tokens)
+        } else {
+            b.body_tokens.to_string()
+        };
+        let range = b
+            .added_cpu_us_per_req_range
+            .map(|[lo, hi]| format!(" ({lo:.0} … {hi:.0})"))
+            .unwrap_or_default();
+        let _ = write!(
+            s,
+            "| {} | {} | {:.0} | {:.0} ({:.2}) | {} → {} µs | {} µs{} |",
+            b.label,
+            tokens,
+            b.capacity_plain.rps,
+            b.capacity_kvgate.rps,
+            b.capacity_ratio,
+            us(b.plain_cpu_us_per_req),
+            us(b.kvgate_cpu_us_per_req),
+            us(b.added_cpu_us_per_req),
+            range,
+        );
+        for l in &loads {
+            let _ = write!(
+                s,
+                " {} / {} µs |",
+                us(b.added_p50_us.get(l).copied()),
+                us(b.added_p99_us.get(l).copied())
+            );
+        }
+        let _ = writeln!(
+            s,
+            " {} / {} MiB |",
+            mib(b.vm_linear_memory_mib),
+            mib(b.main_vm_linear_memory_mib)
+        );
+    }
+    let overloaded: Vec<String> = o
+        .bodies
+        .iter()
+        .flat_map(|b| {
+            b.levels
+                .iter()
+                .filter(|l| l.kvgate.overloaded || l.plain.overloaded)
+                .map(move |l| format!("{} at {}", b.label, l.load))
+        })
+        .collect();
+    if !overloaded.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nOverloaded (achieved < 97 % of the target rate, latency grows over the window): {}.",
+            overloaded.join(", ")
+        );
+    }
+    s.push_str(
+        "\n**Latency** (µs, p50 / p99, open loop; plain Envoy → + kvgate)\n\n| body | rate |",
+    );
+    s.push_str(" plain | + kvgate |\n|---|---:|---:|---:|\n");
+    for b in &o.bodies {
+        for l in &b.levels {
+            let _ = writeln!(
+                s,
+                "| {} | {} ({:.0} req/s) | {:.0} / {:.0} | {:.0} / {:.0} |",
+                b.label,
+                l.load,
+                l.rate_rps,
+                l.plain.latency_us.p50,
+                l.plain.latency_us.p99,
+                l.kvgate.latency_us.p50,
+                l.kvgate.latency_us.p99
+            );
+        }
+    }
+    s.push_str("\n**In-VM breakdown** (µs, p50 / p99, the filter's own histograms)\n\n");
+    s.push_str("| body | parse | template | tokenize | hash | score | whole decision |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for b in &o.bodies {
+        if b.breakdown.is_empty() {
+            continue;
+        }
+        let _ = write!(s, "| {} ", b.label);
+        for stage in STAGES {
+            let q = b.breakdown.get(stage).copied().unwrap_or_default();
+            let _ = write!(s, "| {:.0} / {:.0} ", q.p50, q.p99);
+        }
+        s.push_str("|\n");
+    }
+    if let Some(q) = o
+        .bodies
+        .iter()
+        .find_map(|b| b.breakdown.get(super::overhead::MODEL_LOAD))
+    {
+        let _ = write!(
+            s,
+            "\nVM start: loading the model (tokenizer.json + chat template) takes \
+             {:.0} ms p50, {:.0} ms p99 per VM (`kvgate.model_load_ms`).\n",
+            q.p50, q.p99
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nEnvoy RSS after each body (MiB, plain / + kvgate): {}.\n",
+        o.bodies
+            .iter()
+            .map(|b| format!(
+                "{} {:.0} / {:.0}",
+                b.label, b.plain_rss_mib, b.kvgate_rss_mib
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for b in &o.bodies {
+        let _ = writeln!(s, "- `{}`: {}", b.label, b.description);
+    }
+    s.push('\n');
+}
+
+/// What is wrong with the `overhead` part of a written report: every body has its
+/// capacities, ratio, added CPU and added latency at every load level, finite and in
+/// range (not a timing assertion: any speed passes), no failed request, and the in-VM
+/// decision histogram; `vm_linear_memory_mib` is present (null when the filter does not
+/// report its memory, else positive).
+pub fn validate_overhead(v: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    let bodies = v
+        .pointer("/overhead/bodies")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if bodies.is_empty() {
+        bad.push("overhead.bodies is empty".into());
+    }
+    let loads: Vec<String> = v
+        .pointer("/overhead/loads")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .map(|l| format!("{:.0}%", l * 100.0))
+        .collect();
+    if loads.is_empty() {
+        bad.push("overhead.loads is empty".into());
+    }
+    let inf = f64::INFINITY;
+    for (i, b) in bodies.iter().enumerate() {
+        let label = b["label"].as_str().unwrap_or("?").to_string();
+        let mut found = Vec::new();
+        let mut num = |path: &str, lo: f64, hi: f64| match b.pointer(path).and_then(Value::as_f64) {
+            Some(x) if x.is_finite() && x >= lo && x <= hi => {}
+            Some(x) => found.push(format!("{path} = {x} is outside [{lo}, {hi}]")),
+            None => found.push(format!("{path} is missing or not a number")),
+        };
+        num("/body_tokens", 1.0, inf);
+        num("/capacity_plain/rps", 1e-9, inf);
+        num("/capacity_kvgate/rps", 1e-9, inf);
+        num("/capacity_ratio", 1e-9, inf);
+        num("/added_cpu_us_per_req", -inf, inf);
+        num("/plain_cpu_us_per_req", 1e-9, inf);
+        num("/kvgate_cpu_us_per_req", 1e-9, inf);
+        num("/capacity_plain/errors", 0.0, 0.0);
+        num("/capacity_kvgate/errors", 0.0, 0.0);
+        num("/breakdown/decision_us/p50", 1e-9, inf);
+        num("/kvgate_rss_mib", 1e-9, inf);
+        for l in &loads {
+            num(&format!("/added_p50_us/{l}"), -inf, inf);
+            num(&format!("/added_p99_us/{l}"), -inf, inf);
+        }
+        for (j, _) in b["levels"].as_array().into_iter().flatten().enumerate() {
+            for side in ["plain", "kvgate"] {
+                num(&format!("/levels/{j}/{side}/errors"), 0.0, 0.0);
+                num(&format!("/levels/{j}/{side}/requests"), 1.0, inf);
+                num(&format!("/levels/{j}/{side}/latency_us/p50"), 1e-9, inf);
+            }
+        }
+        match b.get("vm_linear_memory_mib") {
+            None | Some(Value::Null) => {}
+            Some(_) => num("/vm_linear_memory_mib", 1e-9, inf),
+        }
+        if b.get("vm_linear_memory_mib").is_none() {
+            found.push("vm_linear_memory_mib is missing".into());
+        }
+        if b["levels"].as_array().map_or(0, Vec::len) != loads.len() {
+            found.push(format!(
+                "has {} load levels, not {}",
+                b["levels"].as_array().map_or(0, Vec::len),
+                loads.len()
+            ));
+        }
+        bad.extend(
+            found
+                .into_iter()
+                .map(|f| format!("overhead.bodies[{i}] ({label}): {f}")),
+        );
+    }
     bad
 }
 
@@ -382,5 +538,88 @@ mod tests {
         }
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(validate(&v, &["round_robin"]).len(), 2);
+    }
+
+    /// The overhead part: a complete body passes; a missing load level, a failed request,
+    /// a missing decision histogram and a non-positive memory figure are each flagged; a
+    /// null memory figure (the filter does not report it) is accepted.
+    #[test]
+    fn validate_overhead_fields() {
+        use crate::loadgen::{Latency, LoadResult};
+        use crate::overhead::{BodyResult, Level, OverheadReport, Quantiles};
+        let run = |rps: f64, cpu: f64, p50: f64| LoadResult {
+            requests: 100,
+            rps,
+            cpu_us_per_request: Some(cpu),
+            latency_us: Latency {
+                p50,
+                p99: p50 * 2.0,
+                ..Latency::default()
+            },
+            ..LoadResult::default()
+        };
+        let level = Level {
+            load: "50%".into(),
+            rate_rps: 500.0,
+            plain: run(500.0, 100.0, 300.0),
+            kvgate: run(500.0, 250.0, 450.0),
+            added_p50_us: 150.0,
+            added_p99_us: 300.0,
+            added_cpu_us_per_req: Some(150.0),
+        };
+        let body = BodyResult {
+            label: "agentic".into(),
+            body_tokens: 7000,
+            body_tokens_min: 3900,
+            capacity_plain: run(1000.0, 100.0, 1000.0),
+            capacity_kvgate: run(600.0, 260.0, 1500.0),
+            capacity_ratio: 0.6,
+            added_p50_us: [("50%".to_string(), 150.0)].into(),
+            added_p99_us: [("50%".to_string(), 300.0)].into(),
+            added_cpu_us_per_req: Some(155.0),
+            added_cpu_us_per_req_range: Some([150.0, 160.0]),
+            plain_cpu_us_per_req: Some(100.0),
+            kvgate_cpu_us_per_req: Some(255.0),
+            breakdown: [(
+                "decision_us".to_string(),
+                Quantiles {
+                    p50: 180.0,
+                    p99: 700.0,
+                },
+            )]
+            .into(),
+            vm_linear_memory_mib: Some(21.5),
+            kvgate_rss_mib: 80.0,
+            levels: vec![level],
+            ..BodyResult::default()
+        };
+        let cfg = BenchConfig::new(Path::new("t.jsonl"), Path::new("out"));
+        let mut r = Report::new(&cfg, MachineInfo::default());
+        r.overhead = Some(OverheadReport {
+            loads: vec![0.5],
+            bodies: vec![body.clone()],
+            ..OverheadReport::default()
+        });
+        let check = |r: &Report| validate_overhead(&serde_json::to_value(r).unwrap());
+        assert_eq!(check(&r), Vec::<String>::new());
+        let md = r.markdown();
+        assert!(md.contains("| agentic | 3900–7000 | 1000 | 600 (0.60) | 100 → 255 µs | 155 µs (150 … 160) | 150 / 300 µs | 21.5 / – MiB |"), "{md}");
+        let with = |f: &dyn Fn(&mut BodyResult)| {
+            let mut b = body.clone();
+            f(&mut b);
+            let mut r = r.clone();
+            r.overhead.as_mut().unwrap().bodies = vec![b];
+            check(&r)
+        };
+        assert_eq!(
+            with(&|b| b.vm_linear_memory_mib = None),
+            Vec::<String>::new()
+        );
+        assert_eq!(with(&|b| b.vm_linear_memory_mib = Some(0.0)).len(), 1);
+        assert_eq!(with(&|b| b.levels.clear()).len(), 1);
+        assert_eq!(with(&|b| b.added_p99_us.clear()).len(), 1);
+        assert_eq!(with(&|b| b.levels[0].kvgate.errors = 2).len(), 1);
+        assert_eq!(with(&|b| b.breakdown.clear()).len(), 1);
+        assert_eq!(with(&|b| b.added_cpu_us_per_req = None).len(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! The machine and its processes, from `/proc`: CPU model, cores, memory, load average,
-//! the git commit, and per-process CPU time (utime + stime) and resident memory.
+//! the git commit, per-process CPU time (utime + stime) and resident memory, and which
+//! CPUs a process may run on (pinning with `taskset`).
 
 use serde::Serialize;
 use std::path::Path;
@@ -174,6 +175,58 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list` in `/proc/self/status`).
+pub fn allowed_cpus() -> Vec<u32> {
+    read("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|l| parse_cpu_list(l.trim()))
+        .unwrap_or_default()
+}
+
+/// `0-2,5` → `[0, 1, 2, 5]` (the kernel's CPU list format).
+pub fn parse_cpu_list(s: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => out.extend(part.parse::<u32>().ok()),
+        }
+    }
+    out
+}
+
+/// `[0, 1, 3]` → `0,1,3` (what `taskset -c` takes).
+pub fn cpu_list(cpus: &[u32]) -> String {
+    cpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Pins every thread of process `pid` to `cpus` (`taskset -a -p -c`); whether it worked.
+/// Threads it starts later inherit the affinity of the thread that starts them.
+pub fn pin(pid: u32, cpus: &[u32]) -> bool {
+    !cpus.is_empty()
+        && Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpu_list(cpus), &pid.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// The CPUs process `pid` may run on now.
+pub fn cpus_of(pid: u32) -> Vec<u32> {
+    read(&format!("/proc/{pid}/status"))
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|l| parse_cpu_list(l.trim()))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -188,5 +241,15 @@ mod tests {
         assert!(rss > 0 && hwm >= rss);
         assert_eq!(find_process(me, "no-such-name"), me);
         assert!(machine_info(Path::new(".")).nproc >= 1);
+        assert!(!allowed_cpus().is_empty());
+        assert_eq!(cpus_of(me), allowed_cpus());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-2,5"), vec![0, 1, 2, 5]);
+        assert_eq!(parse_cpu_list("3"), vec![3]);
+        assert_eq!(parse_cpu_list(""), Vec::<u32>::new());
+        assert_eq!(cpu_list(&[0, 1, 3]), "0,1,3");
     }
 }

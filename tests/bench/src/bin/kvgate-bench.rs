@@ -86,21 +86,27 @@ struct Args {
     /// Envoy worker threads.
     #[arg(long, default_value_t = 2)]
     envoy_concurrency: u32,
-    /// Overhead: measured seconds per run.
-    #[arg(long, default_value_t = 8.0)]
+    /// Overhead: measured seconds per run (each Envoy, each load level).
+    #[arg(long, default_value_t = 4.0)]
     overhead_seconds: f64,
     /// Overhead: warm-up seconds per run.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     overhead_warmup: f64,
-    /// Overhead: requests in flight.
+    /// Overhead: load-generator connections (closed loop: requests in flight).
     #[arg(long, default_value_t = 4)]
     overhead_concurrency: usize,
-    /// Overhead: chat body sizes in prompt tokens, comma-separated.
+    /// Overhead: open-loop rates as fractions of plain Envoy's capacity, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.25f64, 0.5, 0.75])]
+    overhead_loads: Vec<f64>,
+    /// Overhead: first-seen chat sizes in prompt tokens, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [2048usize, 16384])]
     body_tokens: Vec<usize>,
-    /// Overhead: skip the multi-turn (warm segment cache) kvgate runs.
+    /// Overhead: skip the multi-turn and agentic bodies (first-seen chats only).
     #[arg(long)]
     no_warm: bool,
+    /// Overhead: do not pin Envoy and the load generator to separate CPUs.
+    #[arg(long)]
+    no_pin: bool,
     /// Sidecar: KV events to ingest.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
@@ -179,7 +185,15 @@ fn main() -> anyhow::Result<()> {
     cfg.overhead.warmup_s = args.overhead_warmup;
     cfg.overhead.concurrency = args.overhead_concurrency.max(1);
     cfg.overhead.body_tokens = args.body_tokens.clone();
-    cfg.overhead.warm = !args.no_warm;
+    cfg.overhead.multi_turn = !args.no_warm;
+    cfg.overhead.agentic = !args.no_warm;
+    cfg.overhead.loads = args
+        .overhead_loads
+        .iter()
+        .copied()
+        .filter(|l| *l > 0.0 && l.is_finite())
+        .collect();
+    cfg.overhead.pin = !args.no_pin;
     cfg.sidecar.events = args.events.max(1);
     cfg.sidecar.lag_samples = args.lag_samples.max(1);
     cfg.progress = !args.no_progress;
@@ -223,10 +237,12 @@ fn main() -> anyhow::Result<()> {
         cfg.num_gpu_blocks = 16_384;
         cfg.chat_rate = 5.0;
         cfg.think_ms = 200.0;
-        cfg.overhead.seconds = 1.0;
-        cfg.overhead.warmup_s = 0.3;
+        // Every body kind, one open-loop level, half-second windows.
+        cfg.overhead.seconds = 0.5;
+        cfg.overhead.warmup_s = 0.2;
         cfg.overhead.concurrency = 2;
         cfg.overhead.body_tokens = vec![2048];
+        cfg.overhead.loads = vec![0.5];
         cfg.sidecar.events = 2_000;
         cfg.sidecar.lag_samples = 10;
         // A tiny sweep: every policy, two loads, two seeds, two pool sizes.
