@@ -42,11 +42,11 @@ pub mod quality;
 pub mod report;
 pub mod sidecar;
 pub mod stats;
+pub mod sweep;
 pub mod sys;
 pub mod trace;
 
 use kvgate_stack::{Envoy, EnvoyKind, EnvoyOptions, Nats, Sidecar, StackError, Tools, Worker};
-pub mod sweep;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,14 +156,14 @@ pub struct BenchConfig {
     pub overhead: overhead::OverheadConfig,
     /// Sidecar phase.
     pub sidecar: sidecar::SidecarConfig,
-    /// Run the quality phase.
-    pub run_quality: bool,
-    /// Run the overhead phase.
-    pub run_overhead: bool,
     /// The virtual-time sweep.
     pub sweep: sweep::SweepConfig,
     /// Run the virtual-time sweep.
     pub run_sweep: bool,
+    /// Run the quality phase.
+    pub run_quality: bool,
+    /// Run the overhead phase.
+    pub run_overhead: bool,
     /// Run the sidecar phase.
     pub run_sidecar: bool,
     /// Show progress bars.
@@ -193,12 +193,12 @@ impl BenchConfig {
             envoy_concurrency: 2,
             overhead: overhead::OverheadConfig::default(),
             sidecar: sidecar::SidecarConfig::default(),
+            sweep: sweep::SweepConfig::default(),
+            run_sweep: true,
             run_quality: true,
             run_overhead: true,
             run_sidecar: true,
             progress: true,
-            sweep: sweep::SweepConfig::default(),
-            run_sweep: true,
             command: String::new(),
         }
     }
@@ -216,23 +216,23 @@ pub struct Fleet {
     pub tools: Tools,
     /// Logs.
     pub dir: PathBuf,
+    /// The engines' shared request log (engine-side TTFT per request).
+    pub request_log: PathBuf,
 }
 
 impl Fleet {
     /// Starts NATS, `cfg.workers` engines and the sidecar.
-    /// The engines' shared request log (engine-side TTFT per request).
-    pub request_log: PathBuf,
     pub fn start(cfg: &BenchConfig, tools: &Tools) -> Result<Fleet> {
         std::fs::create_dir_all(&cfg.work_dir)?;
         let nats = Nats::start(tools, &cfg.work_dir)?;
+        let request_log = cfg.work_dir.join("engine-requests.jsonl");
         let args: Vec<String> = vec![
+            "--request-log".into(),
+            request_log.display().to_string(),
             "--nats-url".into(),
             nats.url(),
             "--speedup".into(),
-        let request_log = cfg.work_dir.join("engine-requests.jsonl");
             cfg.speedup.to_string(),
-            "--request-log".into(),
-            request_log.display().to_string(),
             "--num-gpu-blocks".into(),
             cfg.num_gpu_blocks.to_string(),
             "--default-max-tokens".into(),
@@ -258,11 +258,11 @@ impl Fleet {
             sidecar,
             tools: tools.clone(),
             dir: cfg.work_dir.clone(),
+            request_log,
         })
     }
 
     /// The engines' endpoints.
-            request_log,
     pub fn endpoints(&self) -> Vec<String> {
         self.workers.iter().map(|w| w.endpoint.clone()).collect()
     }
@@ -392,10 +392,6 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
         let mut q = quality::run(cfg, fleet, &trace, &rt, cancel)?;
         cancel.check()?;
         lap("quality", &mut report);
-    }
-    if cfg.run_overhead {
-        report.overhead = Some(overhead::run(cfg, &tools, &rt, cancel)?);
-        cancel.check()?;
         if let Some(files) = &files {
             q.agreement = sweep::agreement(
                 &cfg.sweep,
@@ -420,6 +416,10 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
         q.capacity = s.capacity;
         q.targets = s.targets;
         q.sweep_setup = Some(s.setup);
+    }
+    if cfg.run_overhead {
+        report.overhead = Some(overhead::run(cfg, &tools, &rt, cancel)?);
+        cancel.check()?;
         lap("overhead", &mut report);
     }
     if cfg.run_sidecar {

@@ -140,9 +140,9 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
         return Err(BenchError::Plot("layout".into()));
     };
     match &report.quality {
+        Some(q) if !q.sweep.is_empty() => crate::sweep::plot::panels(q, a, b)?,
         Some(q) if !q.policies.is_empty() => {
             let names: Vec<String> = q.policies.iter().map(|p| p.name.clone()).collect();
-        Some(q) if !q.sweep.is_empty() => crate::sweep::plot::panels(q, a, b)?,
             grouped_bars(
                 a,
                 "Prefix-cache hit ratio (tokens)",
