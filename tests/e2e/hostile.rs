@@ -130,6 +130,16 @@ fn rows() -> Vec<Row> {
         b.extend_from_slice(b"]}");
         b
     };
+    // One 4 MB word (no space, nothing to split on): tokenized no further than routing
+    // needs, routed on that prefix.
+    let one_big_word = bytes(&chat(&"a".repeat(4 << 20)));
+    // 100,000 tiny messages: over the messages limit, refused before they are parsed.
+    let tiny_messages = {
+        let m: Vec<Value> = (0..100_000)
+            .map(|_| json!({"role": "user", "content": "hi"}))
+            .collect();
+        bytes(&json!({"model": MODEL, "messages": m}))
+    };
     let many_token_ids = {
         let ids: Vec<u32> = (0..900_000u32).map(|i| 100 + i % 5000).collect();
         bytes(&json!({"model": MODEL, "max_tokens": 1, "prompt": ids}))
@@ -175,6 +185,13 @@ fn rows() -> Vec<Row> {
             b"\xff\xfe\x00\xc3\x28garbage".to_vec(),
             How::Sized,
             Want::Reply(400, "invalid_json"),
+        ),
+        row("one 4 MB word", one_big_word, How::Sized, Want::Routed),
+        row(
+            "100k tiny messages",
+            tiny_messages,
+            How::Sized,
+            Want::Reply(400, "array_above_max_length"),
         ),
         row(
             "1M-entry messages array",
@@ -445,6 +462,18 @@ fn envoy_send(addr: &str, row: &Row) -> client::Reply {
     }
 }
 
+/// Envoy's resident set size in bytes (`VmRSS` of /proc/<pid>/status).
+fn envoy_rss(stack: &Stack) -> u64 {
+    let pid = stack.envoy.proc.pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
 /// Envoy's count of wasm VMs created for the filter (a reload after a trap creates one).
 fn vms_created(stack: &Stack) -> u64 {
     stack.envoy.stat("wasm.envoy.wasm.runtime.v8.created")
@@ -483,7 +512,12 @@ fn hostile_requests_through_envoy() {
         let served: u64 = r.header("x-kvgate-worker").unwrap().parse().unwrap();
         assert_eq!(d.chosen().unwrap().worker, served);
     };
-    normal();
+    // Warm-up: enough requests (each on its own connection) that every worker thread's VM
+    // has loaded the model; then Envoy's resident memory is the baseline.
+    for _ in 0..16 {
+        normal();
+    }
+    let rss_warm = envoy_rss(&stack);
     let created = vms_created(&stack);
     assert!(created > 0, "wasm VM stat missing");
     for row in rows() {
@@ -533,6 +567,17 @@ fn hostile_requests_through_envoy() {
             r.status
         );
     }
+    // The hostile inputs leave no lasting memory behind: within 50 MiB of the warm-up's.
+    let rss_after = envoy_rss(&stack);
+    eprintln!(
+        "envoy RSS after warm-up {:.1} MiB, after the hostile rows {:.1} MiB",
+        rss_warm as f64 / MIB as f64,
+        rss_after as f64 / MIB as f64
+    );
+    assert!(
+        rss_after <= rss_warm + 50 * MIB as u64,
+        "Envoy RSS grew from {rss_warm} to {rss_after} bytes over the hostile rows"
+    );
     // Every request the workers saw went to a worker of the pool.
     for line in request_log(&stack.request_log) {
         if let Some(dest) = line["routing_headers"]["x-gateway-destination-endpoint"].as_str() {

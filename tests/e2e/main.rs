@@ -22,5 +22,6 @@ mod held;
 mod host_filter;
 mod hostile;
 mod lora;
+mod model_wait;
 mod security;
 mod soak;

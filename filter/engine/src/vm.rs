@@ -801,8 +801,7 @@ impl Vm {
         Some(prepared)
     }
 
-    /// Parks stream `ctx` until model `name`'s files (from the sidecar) are loaded, and
-    /// asks for them now; false when it may not wait (waiting off, it waited once, no
+    /// Parks stream `ctx` until model `name`'s files (from the sidecar) are loaded; false when it may not wait (waiting off, it waited once, no
     /// sidecar, the files are not the sidecar's or failed to load).
     fn park_for_model(&mut self, host: &dyn Host, ctx: u32, name: &str) -> bool {
         if self.engine.cfg.gateway.model_wait_ms == 0
@@ -821,7 +820,9 @@ impl Vm {
         if digest == VM_CONFIG_DIGEST || failed {
             return false;
         }
-        self.fetch_model(host, name.to_string(), digest);
+        // The files are asked for on the next tick (one `sync_interval_ms` away), from the
+        // root context: a call made here, inside the stream's callback, would answer to the
+        // stream's context in Envoy, not to the VM.
         self.model_waits.park(ctx, name, host.now_ms());
         host.metric(Metric::ModelWaitParked, MetricOp::Count(1));
         true

@@ -506,10 +506,20 @@ fn a_first_request_waits_for_the_sidecar_model_and_is_routed_with_the_tokenizer(
     let mut v = vm_without_tokenizer(&h, SIDECAR);
     let body = long_chat("hi");
     let mut s = chat_stream(&mut v, &h, 7);
-    // No tokenizer yet: the request is parked and the files are asked for at once.
+    // No tokenizer yet: the request is parked and the files are asked for on the next
+    // tick (from the VM's root context, not the stream's callback).
     assert_eq!(s.decide_or_wait(&mut v, &h, &body), None);
     assert_eq!(h.metric_value("kvgate.model_wait.parked"), 1);
-    let fetch = one_call(&h);
+    assert!(
+        h.take_calls().is_empty(),
+        "no call from inside the stream's callback"
+    );
+    assert!(v.on_tick(&h).is_empty());
+    let fetch = h
+        .take_calls()
+        .into_iter()
+        .find(|c| c.path.starts_with("/v1/models"))
+        .unwrap();
     assert_eq!(
         fetch.path,
         "/v1/models/files?name=Qwen%2FQwen3-0.6B&digest=d1"
@@ -544,14 +554,15 @@ fn a_request_waiting_past_model_wait_ms_is_decided_without_the_tokenizer_and_cou
     let body = long_chat("hi");
     let mut s = chat_stream(&mut v, &h, 3);
     assert_eq!(s.decide_or_wait(&mut v, &h, &body), None);
+    assert!(v.on_tick(&h).is_empty());
     let fetch = h
         .take_calls()
         .into_iter()
         .find(|c| c.path.starts_with("/v1/models"))
         .unwrap();
-    h.advance(299);
+    h.advance(298);
     assert!(v.on_tick(&h).is_empty());
-    h.advance(1);
+    h.advance(2);
     assert_eq!(v.on_tick(&h), vec![StreamAction::Decide(3)]);
     assert_eq!(h.metric_value("kvgate.model_wait.timed_out"), 1);
     let verdict = s.decide(&mut v, &h, &body);
