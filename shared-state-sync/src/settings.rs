@@ -376,13 +376,21 @@ pub fn process_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// `--epp IP:PORT`; refused when the binary was built without the `epp` feature.
-fn epp_listen(raw: Option<&str>) -> Result<Option<SocketAddr>, SettingsError> {
+/// `--epp IP:PORT`; refused when the binary was built without the `epp` feature, and
+/// with `sidecar_cluster` empty (the picker's engine follows this sidecar like a filter
+/// VM: static mode would leave it without index and tokenizers).
+fn epp_listen(raw: Option<&str>, config: &Config) -> Result<Option<SocketAddr>, SettingsError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
     if !cfg!(feature = "epp") {
         return Err(invalid("--epp", "built without the `epp` feature"));
+    }
+    if config.gateway.sidecar_cluster.is_none() {
+        return Err(invalid(
+            "--epp",
+            "the picker follows this sidecar: sidecar_cluster must not be empty",
+        ));
     }
     raw.parse()
         .map(Some)
@@ -502,7 +510,7 @@ impl Settings {
                 .as_deref()
                 .map(Listen::parse)
                 .transpose()?,
-            epp: epp_listen(args.epp.as_deref())?,
+            epp: epp_listen(args.epp.as_deref(), &config)?,
             namespace: args.namespace.clone(),
             component: args.component.clone(),
             nats: NatsSettings {

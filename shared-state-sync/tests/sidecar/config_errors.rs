@@ -48,6 +48,13 @@ fn config_errors_exit_2_and_name_the_key() {
     serve_fails(&["--model", "m=/nonexistent"], &[], "--model m");
     serve_fails(&["--listen", "localhost"], &[], "--listen");
     serve_fails(&["--durable", "a.b"], &[], "--durable");
+    serve_fails(&["--epp", "localhost:9002"], &[], "--epp");
+    let static_mode = file("s.json", r#"{"sidecar_cluster": ""}"#);
+    serve_fails(
+        &["--epp", "127.0.0.1:9002", "--config", &static_mode],
+        &[],
+        "--epp",
+    );
     let workers = file(
         "w.json",
         r#"[{"instance_id": 1, "endpoint": "x", "model": "m", "colour": 2}]"#,
