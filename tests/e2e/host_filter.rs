@@ -297,8 +297,8 @@ fn sidecar_sync_reaches_every_vm_and_bookkeeping_is_freed() {
         .unwrap();
     assert_eq!(
         serve_sidecar(leader, None),
-        1,
-        "leader fetched the model files"
+        0,
+        "no VM fetches a model before it serves a stream (models load lazily)"
     );
     leader
         .advance_time(std::time::Duration::from_millis(25))
@@ -311,6 +311,13 @@ fn sidecar_sync_reaches_every_vm_and_bookkeeping_is_freed() {
     // its blocks on worker 2 with a delta frame.
     let body = long_chat("where is my parcel?");
     let (mut s, _, _) = post(follower, "/v1/chat/completions", &[], &body);
+    // Its first request waits for the tokenizer: the files are asked for on the next tick.
+    follower.tick().unwrap();
+    assert_eq!(
+        serve_sidecar(follower, None),
+        1,
+        "the follower fetched the model files for its first request"
+    );
     let v: Value = serde_json::from_slice(&s.request_body_bytes()).unwrap();
     s.finish().unwrap();
     let toks: Vec<u32> = v["nvext"]["token_data"]
