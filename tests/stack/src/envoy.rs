@@ -90,6 +90,22 @@ pub struct Envoy {
     pub admin_port: u16,
 }
 
+/// What [`Envoy::launch`] starts: a rendered configuration, its name and ports.
+pub(crate) struct Launch<'a> {
+    /// Files `<name>.yaml` and `<name>.log`, and the process name.
+    pub name: &'a str,
+    /// The rendered configuration.
+    pub config: &'a str,
+    /// `--concurrency`.
+    pub concurrency: u32,
+    /// `-l`.
+    pub log_level: &'a str,
+    /// Listener port.
+    pub port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+}
+
 fn yaml_quote(s: &str) -> String {
     // A JSON string literal is a valid YAML double-quoted scalar.
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
@@ -177,8 +193,38 @@ impl Envoy {
             EnvoyKind::Kvgate => "envoy",
             EnvoyKind::Baseline => "envoy-baseline",
         });
-        let cfg_path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&cfg_path, render(tools, opts, port, admin_port)?)?;
+        let config = render(tools, opts, port, admin_port)?;
+        let token = opts.sidecar_token.clone();
+        Self::launch(
+            tools,
+            Launch {
+                name,
+                config: &config,
+                concurrency: opts.concurrency,
+                log_level: &opts.log_level,
+                port,
+                admin_port,
+            },
+            dir,
+            move |cmd| {
+                cmd.env_remove("KVGATE_SIDECAR_TOKEN");
+                if let Some(t) = &token {
+                    cmd.env("KVGATE_SIDECAR_TOKEN", t);
+                }
+            },
+        )
+    }
+
+    /// Writes `l.config` to `dir/<name>.yaml`, starts Envoy on it (`configure` adds to the
+    /// command) and waits up to two minutes for LIVE. Every Envoy of the stack starts here.
+    pub(crate) fn launch(
+        tools: &Tools,
+        l: Launch<'_>,
+        dir: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Envoy, StackError> {
+        let cfg_path = dir.join(format!("{}.yaml", l.name));
+        std::fs::write(&cfg_path, l.config)?;
         let envoy = tools.envoy_cmd()?;
         let (bin, pre) = envoy.split_first().ok_or(StackError::Missing {
             what: "Envoy",
@@ -191,17 +237,15 @@ impl Envoy {
             .arg(&cfg_path)
             .args([
                 "--concurrency",
-                &opts.concurrency.to_string(),
+                &l.concurrency.to_string(),
                 "--disable-hot-restart",
                 "-l",
-                &opts.log_level,
+                l.log_level,
             ])
-            .env("ENVOY_VERSION", "1.40.0")
-            .env_remove("KVGATE_SIDECAR_TOKEN");
-        if let Some(t) = &opts.sidecar_token {
-            cmd.env("KVGATE_SIDECAR_TOKEN", t);
-        }
-        let mut proc = Proc::spawn(name, cmd, &dir.join(format!("{name}.log")))?;
+            .env("ENVOY_VERSION", "1.40.0");
+        configure(&mut cmd);
+        let mut proc = Proc::spawn(l.name, cmd, &dir.join(format!("{}.log", l.name)))?;
+        let admin_port = l.admin_port;
         let ready = wait_for(Duration::from_secs(120), || {
             if !proc.alive() {
                 return Some(false);
@@ -214,7 +258,7 @@ impl Envoy {
         }
         Ok(Envoy {
             proc,
-            port,
+            port: l.port,
             admin_port,
         })
     }

@@ -3,12 +3,10 @@
 //! override_host on the worker cluster. The template has its own placeholders (the picker's
 //! port, the failure mode), so it has its own small renderer beside [`crate::Envoy`]'s.
 
-use super::envoy::Envoy;
-use super::proc::{free_port, wait_for, Proc, StackError};
+use super::envoy::{Envoy, Launch};
+use super::proc::{free_port, StackError};
 use super::tools::Tools;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 /// What to render into `envoy-epp.yaml`.
 #[derive(Debug, Clone)]
@@ -76,40 +74,18 @@ pub fn start_epp_envoy(
 ) -> Result<Envoy, StackError> {
     let port = free_port();
     let admin_port = free_port();
-    let cfg_path = dir.join(format!("{}.yaml", opts.name));
-    std::fs::write(&cfg_path, render_epp(tools, opts, port, admin_port)?)?;
-    let envoy = tools.envoy_cmd()?;
-    let (bin, pre) = envoy.split_first().ok_or(StackError::Missing {
-        what: "Envoy",
-        path: String::new(),
-        env: "KVGATE_ENVOY",
-    })?;
-    let mut cmd = Command::new(bin);
-    cmd.args(pre)
-        .arg("-c")
-        .arg(&cfg_path)
-        .args([
-            "--concurrency",
-            &opts.concurrency.to_string(),
-            "--disable-hot-restart",
-            "-l",
-            "warn",
-        ])
-        .env("ENVOY_VERSION", "1.40.0");
-    let mut proc = Proc::spawn(&opts.name, cmd, &dir.join(format!("{}.log", opts.name)))?;
-    let ready = wait_for(Duration::from_secs(120), || {
-        if !proc.alive() {
-            return Some(false);
-        }
-        let r = kvgate_http::get(&format!("http://127.0.0.1:{admin_port}/ready")).ok()?;
-        (r.text().trim() == "LIVE").then_some(true)
-    });
-    if ready != Some(true) {
-        return Err(proc.error("did not become LIVE"));
-    }
-    Ok(Envoy {
-        proc,
-        port,
-        admin_port,
-    })
+    let config = render_epp(tools, opts, port, admin_port)?;
+    Envoy::launch(
+        tools,
+        Launch {
+            name: &opts.name,
+            config: &config,
+            concurrency: opts.concurrency,
+            log_level: "warn",
+            port,
+            admin_port,
+        },
+        dir,
+        |_| {},
+    )
 }
