@@ -107,3 +107,23 @@ pub trait Host {
         None
     }
 }
+
+/// Envoy's shared-data write on an in-memory map (for native hosts): a CAS of 0 (or none)
+/// writes unconditionally, any other must equal the key's current CAS; every write gives
+/// the key a new, non-zero CAS.
+pub fn shared_set_in(
+    map: &mut std::collections::HashMap<String, (Vec<u8>, Cas)>,
+    key: &str,
+    value: &[u8],
+    cas: Option<Cas>,
+) -> Result<(), SharedError> {
+    let cur = map.get(key).map(|(_, c)| *c);
+    if let Some(c) = cas.filter(|c| *c != 0) {
+        if cur != Some(c) {
+            return Err(SharedError::CasMismatch);
+        }
+    }
+    let next = cur.unwrap_or(0).wrapping_add(1).max(1);
+    map.insert(key.to_string(), (value.to_vec(), next));
+    Ok(())
+}

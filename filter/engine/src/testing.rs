@@ -166,17 +166,7 @@ impl Host for FakeHost {
         if let Some((_, f)) = hook {
             f();
         }
-        let mut m = self.store.borrow_mut();
-        let cur = m.get(key).map(|(_, c)| *c);
-        // Envoy: a CAS of 0 (or none) writes unconditionally.
-        if let Some(c) = cas.filter(|c| *c != 0) {
-            if cur != Some(c) {
-                return Err(SharedError::CasMismatch);
-            }
-        }
-        let next = cur.unwrap_or(0).wrapping_add(1).max(1);
-        m.insert(key.to_string(), (value.to_vec(), next));
-        Ok(())
+        crate::host::shared_set_in(&mut self.store.borrow_mut(), key, value, cas)
     }
 
     fn http_call(&self, call: &HttpCall<'_>) -> Result<CallId, CallError> {

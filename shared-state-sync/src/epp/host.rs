@@ -59,16 +59,7 @@ impl Host for NativeHost {
     }
 
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), SharedError> {
-        let mut m = self.store.borrow_mut();
-        let cur = m.get(key).map(|(_, c)| *c);
-        if let Some(c) = cas.filter(|c| *c != 0) {
-            if cur != Some(c) {
-                return Err(SharedError::CasMismatch);
-            }
-        }
-        let next = cur.unwrap_or(0).wrapping_add(1).max(1);
-        m.insert(key.to_string(), (value.to_vec(), next));
-        Ok(())
+        kvgate_engine::host::shared_set_in(&mut self.store.borrow_mut(), key, value, cas)
     }
 
     fn http_call(&self, call: &HttpCall<'_>) -> Result<CallId, CallError> {
