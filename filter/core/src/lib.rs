@@ -7,7 +7,7 @@
 //! The request path is: token ids → [`hash`] (Dynamo-compatible block and sequence
 //! hashes) → [`index`] (which worker holds how many leading blocks) → [`score`]
 //! (Dynamo's cost formula and selection) → [`route`] (aggregated / disaggregated /
-//! data-parallel decision) → [`load`] (request bookkeeping). [`events`] decodes the KV
+//! data-parallel decision) → [`load`] (request bookkeeping, with [`prefill`] decaying queued prefill by time). [`events`] decodes the KV
 //! event wire formats that feed the index, [`sync`] ships the index from the sidecar to
 //! the filter, [`workers`] describes the fleet and [`config`] validates every setting.
 
@@ -17,6 +17,7 @@ pub mod events;
 pub mod hash;
 pub mod index;
 pub mod load;
+pub mod prefill;
 pub mod route;
 pub mod score;
 pub mod sync;

@@ -137,6 +137,19 @@ impl<K: Hash + Eq + Clone> LoadBook<K> {
         true
     }
 
+    /// The unfinished prefill of `id` and the worker running it, if it is still
+    /// prefilling.
+    pub fn prefilling(&self, id: &K) -> Option<(WorkerKey, QueuedPrefill)> {
+        let a = self.requests.get(id).filter(|a| a.prefilling)?;
+        Some((
+            a.plan.prefill.unwrap_or(a.plan.decode),
+            QueuedPrefill {
+                tokens: a.plan.prefill_tokens,
+                since_ms: a.added_ms,
+            },
+        ))
+    }
+
     /// The first response token arrived: the prefill is done. Returns whether it changed
     /// anything.
     pub fn prefill_done(&mut self, id: &K) -> bool {

@@ -35,6 +35,11 @@ pub trait LoadView {
     fn queued_prefills(&self, _worker: &WorkerKey) -> Vec<QueuedPrefill> {
         Vec::new()
     }
+    /// The prefill tokens of `load` (booked on `worker`) the cost counts as still queued:
+    /// all of them unless the view decays them by time ([`crate::prefill`]).
+    fn pending_prefill_tokens(&self, _worker: &WorkerKey, load: &WorkerLoad) -> u64 {
+        load.prefill_tokens
+    }
 }
 
 /// The request as the router sees it.
@@ -257,7 +262,7 @@ fn stage(
             candidates.push(Candidate {
                 worker: k,
                 overlap_blocks: req.overlaps.of(&k),
-                active_prefill_tokens: load.prefill_tokens,
+                active_prefill_tokens: loads.pending_prefill_tokens(&k, &load),
                 active_decode_blocks: load.decode_blocks,
                 new_blocks,
                 active_requests: load.requests,

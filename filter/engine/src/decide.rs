@@ -12,6 +12,7 @@ use kvgate_core::config::{FailPolicy, UnknownModel};
 use kvgate_core::hash::{BlockHasher, BlockHashes};
 use kvgate_core::index::OverlapScores;
 use kvgate_core::load::{LoadBook, QueuedPrefill, WorkerLoad};
+use kvgate_core::prefill::PrefillRates;
 use kvgate_core::route::{self, Decision, LoadView, ReportedLoad, RouteError, RouteRequest};
 use kvgate_core::sync::RemoteLoad;
 use kvgate_core::WorkerKey;
@@ -69,6 +70,8 @@ pub struct Prepared {
     pub session: Option<WorkerKey>,
     /// Stage times so far.
     pub timings: Timings,
+    /// When the request was prepared, ms since the epoch (the decision's clock).
+    pub now_ms: u64,
     started: Instant,
 }
 
@@ -78,6 +81,9 @@ struct View<'a> {
     book: &'a LoadBook<u32>,
     others: &'a Others,
     remote: &'a HashMap<WorkerKey, RemoteLoad>,
+    /// Learned prefill rates, when queued prefill decays by time.
+    rates: Option<&'a PrefillRates>,
+    now_ms: u64,
 }
 
 impl LoadView for View<'_> {
@@ -101,6 +107,17 @@ impl LoadView for View<'_> {
             q.sort_by_key(|p| p.since_ms);
         }
         q
+    }
+    fn pending_prefill_tokens(&self, w: &WorkerKey, load: &WorkerLoad) -> u64 {
+        match self.rates {
+            Some(r) => r.decayed(
+                w,
+                load.prefill_tokens,
+                &self.queued_prefills(w),
+                self.now_ms,
+            ),
+            None => load.prefill_tokens,
+        }
     }
     fn reported(&self, w: &WorkerKey) -> Option<ReportedLoad> {
         self.remote.get(w).map(|r| ReportedLoad {
@@ -211,6 +228,7 @@ impl Engine {
             degraded: None,
             has_nvext: req.nvext.is_some(),
             timings: t,
+            now_ms: input.now_ms,
             started: start,
         };
         let max_tokens = self
@@ -296,10 +314,13 @@ impl Engine {
                 .first()
                 .is_some_and(|w| self.cfg.router.enforce_disagg.applies(&w.model)),
         };
+        let decay = self.cfg.router.prefill_decay && self.cfg.router.track_prefill_tokens;
         let view = View {
             book: &self.book,
             others,
             remote: &self.remote,
+            rates: decay.then_some(&self.prefill_rates),
+            now_ms: p.now_ms,
         };
         let decision = route::route(&self.cfg.router, &p.workers, &rreq, &view, &mut self.rng);
         p.timings.score_us = us(s);

@@ -77,6 +77,8 @@ pub struct Engine {
     pub ring_seq: u64,
     pub(crate) approx: ApproxIndex,
     pub(crate) book: LoadBook<u32>,
+    /// Prefill throughput learned per worker from this VM's first tokens.
+    pub(crate) prefill_rates: kvgate_core::prefill::PrefillRates,
     pub(crate) fleet: Fleet,
     pub(crate) remote: HashMap<WorkerKey, RemoteLoad>,
     pub(crate) models: HashMap<String, ModelState>,
@@ -113,6 +115,7 @@ impl Engine {
             ring_seq: 0,
             approx,
             book: LoadBook::new(),
+            prefill_rates: Default::default(),
             fleet,
             remote: HashMap::new(),
             models: HashMap::new(),

@@ -41,9 +41,13 @@ impl Engine {
         n
     }
 
-    /// The response started (headers or first body byte): the prefill is done.
-    /// Returns whether the booked load changed.
-    pub fn response_started(&mut self, ctx: u32) -> bool {
+    /// The response started (headers or first body byte) at `now_ms`: the prefill is
+    /// done, and its worker's prefill rate learns from it. Returns whether the booked
+    /// load changed.
+    pub fn response_started(&mut self, ctx: u32, now_ms: u64) -> bool {
+        if let Some((worker, prefill)) = self.book.prefilling(&ctx) {
+            self.prefill_rates.observe(worker, prefill, now_ms);
+        }
         let changed = self.book.prefill_done(&ctx);
         if changed {
             self.note(ctx, BookKind::PrefillDone);
@@ -52,8 +56,8 @@ impl Engine {
     }
 
     /// A response body chunk of a streamed response. Returns whether the load changed.
-    pub fn response_chunk(&mut self, ctx: u32, chunk: &[u8]) -> bool {
-        let mut changed = self.response_started(ctx);
+    pub fn response_chunk(&mut self, ctx: u32, chunk: &[u8], now_ms: u64) -> bool {
+        let mut changed = self.response_started(ctx, now_ms);
         if self.cfg.router.track_output_blocks {
             let n = sse_events(chunk);
             changed |= self.book.output_tokens(&ctx, n) > 0;

@@ -316,9 +316,9 @@ fn lifecycle_frees_on_every_path() {
         .own_loads()
         .iter()
         .any(|(w, l)| *w == worker && l.prefill_tokens > 0));
-    e.response_chunk(1, b"data: {}\n\n");
+    e.response_chunk(1, b"data: {}\n\n", 0);
     assert!(e.own_loads().iter().all(|(_, l)| l.prefill_tokens == 0));
-    e.response_chunk(1, &b"data: {}\n\n".repeat(40));
+    e.response_chunk(1, &b"data: {}\n\n".repeat(40), 0);
     assert!(e.request_done(1));
     assert!(!e.request_done(1), "second free is a no-op");
     assert!(e.own_loads().is_empty());
@@ -393,4 +393,66 @@ fn lora_adapters_route_to_their_workers_with_the_adapter_hash() {
     }
     let r = replied(decide(&mut e, 99, &with_model("no-such-lora", "q")));
     assert_eq!((r.status, r.code), (404, "model_not_found"));
+}
+
+/// Issue 13: a worker's booked prefill counts only for the part its learned prefill rate
+/// says has not run yet (`router_prefill_decay`); turned off, all of it counts.
+#[test]
+fn booked_prefill_decays_at_the_learned_rate() {
+    fn chat(tag: &str, words: usize) -> Vec<u8> {
+        let text: String = (0..words).map(|i| format!("{tag}{i} ")).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "model": "Qwen/Qwen3-0.6B",
+            "messages": [{"role": "user", "content": text}]
+        }))
+        .unwrap()
+    }
+    fn at(e: &mut Engine, ctx: u32, body: &[u8], now_ms: u64) -> Route {
+        routed(e.decide(
+            &DecideInput {
+                ctx,
+                path: RoutedPath::Chat,
+                body,
+                tenant: None,
+                session: None,
+                now_ms,
+            },
+            &Others::default(),
+        ))
+    }
+    let run = |decay: bool| {
+        // Prefill cost only: no cache credit, no decode term.
+        let mut e = static_engine(&format!(
+            r#", "overlap_score_credit": 0, "router_track_active_blocks": false, "router_prefill_decay": {decay}"#
+        ));
+        // A long prompt and three shorter ones, booked at 1 000 on the four idle workers.
+        let long = at(&mut e, 1, &chat("a", 1600), 1_000).worker;
+        let mut short = Vec::new();
+        for (ctx, tag) in [(2, "b"), (3, "c"), (4, "d")] {
+            short.push(at(&mut e, ctx, &chat(tag, 400), 1_000).worker);
+        }
+        assert!(!short.contains(&long), "{long:?} {short:?}");
+        // The long one's worker has prefilled 100 tokens/ms so far, the others 1.
+        for w in 1..=4 {
+            let key = kvgate_core::WorkerKey::new(w, 0);
+            let ms = if key == long { 10 } else { 1000 };
+            for i in 0..3u64 {
+                let prefill = kvgate_core::load::QueuedPrefill {
+                    tokens: 1000,
+                    since_ms: i * ms,
+                };
+                e.prefill_rates.observe(key, prefill, (i + 1) * ms);
+            }
+        }
+        (long, at(&mut e, 5, &chat("e", 400), 1_100).worker)
+    };
+    // 100 ms later the long prompt has run on its fast worker; ~900 tokens of each short
+    // one are still queued on the slow ones.
+    let (long, chosen) = run(true);
+    assert_eq!(chosen, long, "decayed: the fast worker has nothing left");
+    let (long, chosen) = run(false);
+    assert_ne!(
+        chosen, long,
+        "not decayed: the long prompt still counts in full"
+    );
 }

@@ -882,14 +882,14 @@ impl Vm {
 
     /// The response to `ctx` started: its prefill is done.
     pub fn response_started(&mut self, host: &dyn Host, ctx: u32) {
-        if self.engine.response_started(ctx) {
+        if self.engine.response_started(ctx, host.now_ms()) {
             self.publish_loads(host);
         }
     }
 
     /// A response body chunk of `ctx` (streamed output counting, when enabled).
     pub fn response_chunk(&mut self, host: &dyn Host, ctx: u32, chunk: &[u8]) {
-        if self.engine.response_chunk(ctx, chunk) {
+        if self.engine.response_chunk(ctx, chunk, host.now_ms()) {
             self.publish_loads(host);
         }
     }

@@ -52,6 +52,7 @@ pub const KEYS: &[Key] = &[
     key!("router_track_active_blocks", ["DYN_ROUTER_TRACK_ACTIVE_BLOCKS"], Bool, "true", "Count the KV blocks of in-flight requests as decode load."),
     key!("router_track_output_blocks", ["DYN_ROUTER_TRACK_OUTPUT_BLOCKS"], Bool, "false", "Grow a request's decode blocks as its output streams (needs router_track_active_blocks)."),
     key!("router_track_prefill_tokens", ["DYN_ROUTER_TRACK_PREFILL_TOKENS"], Bool, "true", "Count queued prefill tokens of in-flight requests as prefill load."),
+    key!("router_prefill_decay", ["KVGATE_ROUTER_PREFILL_DECAY"], Bool, "true", "With router_track_prefill_tokens: count a worker's booked prefill as still queued only for the part its prefill rate (learned from when its booked prefills finish) says has not run yet; until it has finished 3 prefills, all of it counts (no Dynamo equivalent)."),
     key!("router_ttl_secs", ["DYN_ROUTER_TTL_SECS"], Float, "120", "Approximate mode: how long a predicted block stays in the index."),
     key!("router_max_tree_size", ["DYN_ROUTER_MAX_TREE_SIZE"], UInt, "1048576", "Approximate mode: most predicted (worker, block) entries kept."),
     key!("router_predicted_ttl_secs", ["DYN_ROUTER_PREDICTED_TTL_SECS"], Float, "unset", "With KV events: also predict blocks from routing decisions for this long (covers the event delay)."),

@@ -70,6 +70,7 @@ pub struct RawConfig {
     pub router_track_active_blocks: Option<bool>,
     pub router_track_output_blocks: Option<bool>,
     pub router_track_prefill_tokens: Option<bool>,
+    pub router_prefill_decay: Option<bool>,
     pub router_ttl_secs: Option<f64>,
     pub router_max_tree_size: Option<u64>,
     pub router_predicted_ttl_secs: Option<f64>,

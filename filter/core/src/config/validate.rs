@@ -111,6 +111,8 @@ pub struct RouterConfig {
     pub track_output_blocks: bool,
     /// Count queued prefill tokens.
     pub track_prefill_tokens: bool,
+    /// Decay queued prefill by time at each worker's learned prefill rate.
+    pub prefill_decay: bool,
     /// Approximate-mode TTL in ms.
     pub approx_ttl_ms: u64,
     /// Approximate-mode size bound.
@@ -394,6 +396,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         track_active_blocks,
         track_output_blocks,
         track_prefill_tokens: raw.router_track_prefill_tokens.unwrap_or(true),
+        prefill_decay: raw.router_prefill_decay.unwrap_or(true),
         approx_ttl_ms: secs_to_ms("router_ttl_secs", raw.router_ttl_secs, 120.0)?,
         approx_max_entries: ranged(
             "router_max_tree_size",
