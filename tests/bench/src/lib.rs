@@ -14,12 +14,14 @@
 //!    (`round_robin`, `random`, `least_load`, `char_prefix`, `oracle`) pick the worker
 //!    themselves and send the pick through a plain Envoy (`override_host` honours
 //!    `x-gateway-destination-endpoint`); `kvgate_approx` and `kvgate_events` go through
-//!    Envoy with the filter.
-//! 2. **Overhead** ([`overhead`]): plain Envoy vs Envoy + kvgate (listeners with
-//!    `exact_balance`) in front of the same trivial upstream (`kvgate-echo`, [`echo`]),
+//!    Envoy with the filter, `epp` through Envoy's ext_proc to kvgate's endpoint picker
+//!    ([`epp`]).
+//! 2. **Overhead** ([`overhead`]): plain Envoy vs Envoy + kvgate vs Envoy + ext_proc to
+//!    kvgate's endpoint picker (listeners with `exact_balance`) in front of the same
+//!    trivial upstream (`kvgate-echo`, [`echo`]),
 //!    driven by a load generator in its own process (`kvgate-loadgen`, [`loadgen`]), both
 //!    pinned away from Envoy: closed-loop capacity and open-loop latency at fixed rates,
-//!    Envoy CPU per request, for first-seen 2k/16k chats, multi-turn and agentic bodies;
+//!    Envoy CPU per request (+ the picker's), for first-seen 2k/16k chats, multi-turn and agentic bodies;
 //!    the filter's own histograms give the in-VM breakdown and its gauges each VM's memory.
 //! 3. **Sidecar** ([`sidecar`]): KV events ingested per second per core, and the
 //!    event → decision visibility lag through NATS, the sidecar and the filter.
@@ -33,6 +35,7 @@
 
 pub mod client;
 pub mod echo;
+pub mod epp;
 pub mod loadgen;
 pub mod model;
 pub mod overhead;
@@ -393,10 +396,17 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
         cancel.check()?;
         lap("quality", &mut report);
         if let Some(files) = &files {
+            // The virtual-time replay has no endpoint picker: it models the filter.
+            let replayed: Vec<quality::PolicyResult> = q
+                .policies
+                .iter()
+                .filter(|p| policy::PolicyKind::parse(&p.name).is_some_and(|k| !k.via_picker()))
+                .cloned()
+                .collect();
             q.agreement = sweep::agreement(
                 &cfg.sweep,
                 &trace,
-                &q.policies,
+                &replayed,
                 cfg.workers,
                 cfg.load,
                 cfg.num_gpu_blocks,

@@ -12,7 +12,8 @@
 //!
 //! The Envoy's CPU time (`/proc/<pid>/stat`, utime + stime) is read at the start and the
 //! end of the measured window, by this process, so the window is the one the requests
-//! were counted in.
+//! were counted in; likewise a second process's when the gateway has one on the request
+//! path (the endpoint picker).
 
 use super::stats::round;
 use super::sys;
@@ -136,6 +137,10 @@ pub struct LoadSpec {
     pub seconds: f64,
     /// The process whose CPU time is read over the window (the Envoy).
     pub cpu_pid: Option<u32>,
+    /// A second process on the request path whose CPU time is read over the same window
+    /// (the endpoint picker behind an ext_proc Envoy).
+    #[serde(default)]
+    pub extra_cpu_pid: Option<u32>,
     /// First request sequence number (so bodies stay unique across runs on one Envoy).
     pub first_seq: u64,
 }
@@ -182,6 +187,13 @@ pub struct LoadResult {
     pub cpu_us_per_request: Option<f64>,
     /// Its average CPU use over the window, cores.
     pub cpu_cores: Option<f64>,
+    /// CPU seconds the second watched process ([`LoadSpec::extra_cpu_pid`]) used over
+    /// the window.
+    #[serde(default)]
+    pub extra_cpu_s: Option<f64>,
+    /// Its CPU time per request completed in the window, µs.
+    #[serde(default)]
+    pub extra_cpu_us_per_request: Option<f64>,
     /// Window seconds.
     pub wall_s: f64,
     /// The next free sequence number.
@@ -356,13 +368,14 @@ pub async fn run(spec: &LoadSpec, plan: Arc<Plan>) -> LoadResult {
     .into_bytes();
     let rate = spec.rate_rps.filter(|r| *r > 0.0);
     // CPU at the window's edges, read by a timer task of its own.
-    let cpu_pid = spec.cpu_pid;
+    let pids = [spec.cpu_pid, spec.extra_cpu_pid];
     let cpu = tokio::spawn(async move {
+        let read = || pids.map(|pid| pid.and_then(|p| sys::cpu_seconds(p, ticks)));
         tokio::time::sleep_until((start + window_start).into()).await;
-        let c0 = cpu_pid.and_then(|p| sys::cpu_seconds(p, ticks));
+        let c0 = read();
         tokio::time::sleep_until((start + window_end).into()).await;
-        let c1 = cpu_pid.and_then(|p| sys::cpu_seconds(p, ticks));
-        c0.zip(c1).map(|(a, b)| b - a)
+        let c1 = read();
+        [0, 1].map(|i| c0[i].zip(c1[i]).map(|(a, b)| b - a))
     });
     let mut tasks = Vec::new();
     for _ in 0..spec.connections.max(1) {
@@ -414,7 +427,7 @@ pub async fn run(spec: &LoadSpec, plan: Arc<Plan>) -> LoadResult {
             samples.extend(s);
         }
     }
-    let cpu_s = cpu.await.ok().flatten();
+    let [cpu_s, extra_cpu_s] = cpu.await.unwrap_or_default();
     let in_window: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.due >= window_start && s.due < window_end)
@@ -448,6 +461,10 @@ pub async fn run(spec: &LoadSpec, plan: Arc<Plan>) -> LoadResult {
             .filter(|_| completed_in_window > 0)
             .map(|c| round(c * 1e6 / completed_in_window as f64, 1)),
         cpu_cores: cpu_s.filter(|_| wall > 0.0).map(|c| round(c / wall, 3)),
+        extra_cpu_s: extra_cpu_s.map(|c| round(c, 4)),
+        extra_cpu_us_per_request: extra_cpu_s
+            .filter(|_| completed_in_window > 0)
+            .map(|c| round(c * 1e6 / completed_in_window as f64, 1)),
         wall_s: round(wall, 3),
         next_seq: spec.first_seq + next.load(Ordering::Relaxed) + 1,
         debug_build: cfg!(debug_assertions),
@@ -507,6 +524,7 @@ mod tests {
             warmup_s: 0.1,
             seconds: 0.5,
             cpu_pid: Some(std::process::id()),
+            extra_cpu_pid: Some(std::process::id()),
             first_seq: 0,
         };
         let open = rt.block_on(run(&spec, Arc::clone(&plan)));
@@ -515,6 +533,7 @@ mod tests {
         assert!((99..=101).contains(&open.requests), "{open:?}");
         assert!(open.latency_us.p50 > 0.0 && open.latency_us.p99 >= open.latency_us.p50);
         assert!(open.cpu_us_per_request.is_some());
+        assert!(open.extra_cpu_us_per_request.is_some());
         let closed = rt.block_on(run(
             &LoadSpec {
                 rate_rps: None,

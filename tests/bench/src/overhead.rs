@@ -1,6 +1,8 @@
 //! Gateway overhead: plain Envoy (`envoy-config/envoy-baseline.yaml`) against Envoy +
 //! kvgate (`envoy.yaml`, static mode: the same upstreams listed in the filter's
-//! configuration), both in front of the same trivial upstream, measured side by side.
+//! configuration) and against Envoy + ext_proc to kvgate's endpoint picker
+//! (`envoy-epp.yaml`, a release `kvgate-sync serve --epp --no-nats --workers-file` with the
+//! same upstreams), all in front of the same trivial upstream, measured side by side.
 //!
 //! The load generator (`kvgate-loadgen`, [`super::loadgen`]) and the upstream
 //! (`kvgate-echo`, [`super::echo`]) are processes of their own, release-built by
@@ -10,14 +12,18 @@
 //! exact_balance`, so the load generator's connections are spread evenly over Envoy's
 //! worker threads.
 //!
-//! For each body kind, both Envoys run at the same time (one idles while the other is
-//! measured), are primed until no request waits for a VM's model load, and for each:
+//! For each body kind, the three Envoys (and the picker) run at the same time (the others
+//! idle while one is measured), are primed until no request waits for a model load, and
+//! for each:
 //! 1. closed loop, `concurrency` connections back to back: capacity (requests/s);
 //! 2. open loop at 25 %, 50 % and 75 % (`loads`) of **plain** Envoy's capacity on that
 //!    body: latency (exact µs quantiles, timed from when each request was due);
 //!
-//! and over every window Envoy's CPU time per request (`/proc/<pid>/stat`). Added
-//! latency and CPU are kvgate − plain at the same rate. Afterwards the kvgate Envoy's own
+//! and over every window Envoy's CPU time per request (`/proc/<pid>/stat`); for the
+//! endpoint picker also the picker process's CPU time over the same window (it is on the
+//! request path, pinned with Envoy's CPUs like the filter inside Envoy): users pay both,
+//! so its CPU per request is Envoy's + the picker's, each reported too. Added latency and
+//! CPU are kvgate − plain and epp − plain at the same rate. Afterwards the kvgate Envoy's own
 //! histograms (`kvgate.parse_us` … `decision_us`) give the in-VM breakdown and its
 //! `kvgate.vm_memory_bytes.<role>.vm_<id>` gauges each VM's linear memory.
 //!
@@ -33,6 +39,7 @@
 //! Sessions are made new on each pass through the list (their messages carry the pass
 //! number), so a pass never hits what an earlier pass cached.
 
+use super::epp::{prom_value, EppGateway};
 use super::loadgen::{LoadResult, LoadSpec, PlanFile, CYCLE, SEQ};
 use super::stats::round;
 use super::sys;
@@ -97,6 +104,8 @@ pub struct OverheadConfig {
     pub loads: Vec<f64>,
     /// Pin Envoy and the load generator + upstream to disjoint CPUs.
     pub pin: bool,
+    /// Also the endpoint-picker gateway (Envoy + ext_proc + `kvgate-sync serve --epp`).
+    pub epp: bool,
 }
 
 impl Default for OverheadConfig {
@@ -111,6 +120,7 @@ impl Default for OverheadConfig {
             agentic: true,
             loads: vec![0.25, 0.5, 0.75],
             pin: true,
+            epp: true,
         }
     }
 }
@@ -141,6 +151,14 @@ pub struct Level {
     pub added_p99_us: f64,
     /// kvgate − plain Envoy CPU per request, µs.
     pub added_cpu_us_per_req: Option<f64>,
+    /// Envoy + ext_proc + endpoint picker (its `extra_cpu_*` is the picker's CPU).
+    pub epp: Option<LoadResult>,
+    /// epp p50 − plain p50, µs.
+    pub epp_added_p50_us: Option<f64>,
+    /// epp p99 − plain p99, µs.
+    pub epp_added_p99_us: Option<f64>,
+    /// (epp Envoy + picker) − plain Envoy CPU per request, µs.
+    pub epp_added_cpu_us_per_req: Option<f64>,
 }
 
 /// One body kind.
@@ -195,6 +213,38 @@ pub struct BodyResult {
     pub plain_rss_mib: f64,
     /// Resident memory of the kvgate Envoy afterwards, MiB.
     pub kvgate_rss_mib: f64,
+    /// Closed-loop capacity of Envoy + ext_proc + endpoint picker.
+    pub capacity_epp: Option<LoadResult>,
+    /// epp capacity / plain capacity.
+    pub epp_capacity_ratio: Option<f64>,
+    /// epp capacity / kvgate (filter) capacity, same run.
+    pub epp_vs_filter_capacity_ratio: Option<f64>,
+    /// epp − plain p50 latency per load level, µs.
+    pub epp_added_p50_us: BTreeMap<String, f64>,
+    /// epp − plain p99 latency per load level, µs.
+    pub epp_added_p99_us: BTreeMap<String, f64>,
+    /// The epp Envoy's CPU per request (median over its windows), µs.
+    pub epp_envoy_cpu_us_per_req: Option<f64>,
+    /// The picker process's CPU per request (median over the same windows), µs.
+    pub epp_picker_cpu_us_per_req: Option<f64>,
+    /// Envoy + picker CPU per request (median over the windows of the per-window sum), µs:
+    /// what a request through the endpoint picker costs.
+    pub epp_cpu_us_per_req: Option<f64>,
+    /// (Envoy + picker) − plain Envoy CPU per request, µs: the median over every paired
+    /// window.
+    pub epp_added_cpu_us_per_req: Option<f64>,
+    /// Smallest and largest of those paired differences.
+    pub epp_added_cpu_us_per_req_range: Option<[f64; 2]>,
+    /// epp added CPU / kvgate added CPU per request (medians of the same run).
+    pub epp_vs_filter_added_cpu_ratio: Option<f64>,
+    /// ext_proc streams the picker served over this body's runs (priming included).
+    pub picker_streams: Option<f64>,
+    /// Of which the picker routed (its engine's `kvgate.decisions.routed`).
+    pub picker_routed: Option<f64>,
+    /// Resident memory of the epp Envoy afterwards, MiB.
+    pub epp_rss_mib: Option<f64>,
+    /// Resident memory of the picker process afterwards, MiB.
+    pub picker_rss_mib: Option<f64>,
 }
 
 /// Where each process ran.
@@ -204,7 +254,7 @@ pub struct Pinning {
     pub applied: bool,
     /// CPUs the bench could use.
     pub allowed_cpus: String,
-    /// CPUs of both Envoys.
+    /// CPUs of the Envoys (and of the endpoint picker).
     pub envoy_cpus: String,
     /// CPUs of the load generator and the upstream.
     pub load_cpus: String,
@@ -231,6 +281,10 @@ pub struct OverheadReport {
     pub debug_build: bool,
     /// Where each process ran.
     pub pinning: Pinning,
+    /// Whether the endpoint-picker gateway was measured too.
+    pub epp: bool,
+    /// The picker binary (`kvgate-sync`; `make bench` runs its release build).
+    pub picker_bin: String,
     /// One entry per body kind.
     pub bodies: Vec<BodyResult>,
 }
@@ -530,6 +584,45 @@ fn start_envoy(
     Ok(Envoy::start(tools, &opts, dir)?)
 }
 
+/// Starts the endpoint-picker gateway in front of the upstreams: the picker without NATS
+/// (the upstreams from a workers file, the model's tokenizer files served by itself).
+fn start_epp(
+    tools: &Tools,
+    endpoints: &[String],
+    cfg: &BenchConfig,
+    dir: &Path,
+) -> Result<EppGateway> {
+    std::fs::create_dir_all(dir)?;
+    let workers: Vec<Value> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({"instance_id": i + 1, "endpoint": e, "model": MODEL, "role": "aggregated", "block_size": 16})
+        })
+        .collect();
+    let workers_file = dir.join("workers.json");
+    std::fs::write(&workers_file, Value::Array(workers).to_string())?;
+    EppGateway::start(
+        tools,
+        endpoints,
+        &[
+            "--no-nats".into(),
+            "--workers-file".into(),
+            workers_file.display().to_string(),
+            "--model".into(),
+            format!("{MODEL}={}", tools.model_dir.display()),
+        ],
+        cfg.envoy_concurrency,
+        true,
+        dir,
+    )
+}
+
+/// Envoy's + the picker's CPU per request of one endpoint-picker window, µs.
+fn epp_cpu(r: &LoadResult) -> Option<f64> {
+    Some(r.cpu_us_per_request? + r.extra_cpu_us_per_request?)
+}
+
 /// The Envoy process under launcher `envoy` (itself, or under a `func-e` wrapper).
 fn envoy_pid(envoy: &Envoy) -> u32 {
     envoy
@@ -665,7 +758,7 @@ fn load_label(l: f64) -> String {
 
 /// Where the processes go: Envoy on the first half of the allowed CPUs, the load
 /// generator and upstream on the rest.
-fn pinning(pin: bool) -> (Pinning, Vec<u32>, Vec<u32>) {
+fn pinning(pin: bool, epp: bool) -> (Pinning, Vec<u32>, Vec<u32>) {
     let cpus = sys::allowed_cpus();
     let mut p = Pinning {
         allowed_cpus: sys::cpu_list(&cpus),
@@ -690,7 +783,12 @@ fn pinning(pin: bool) -> (Pinning, Vec<u32>, Vec<u32>) {
     p.envoy_cpus = sys::cpu_list(envoy);
     p.load_cpus = sys::cpu_list(rest);
     p.note = format!(
-        "both Envoys (every thread) on CPU {}, load generator and upstream on CPU {}; isolation is partial: the bench driver, the kernel and anything else on the machine share them{}",
+        "{} on CPU {}, load generator and upstream on CPU {}; isolation is partial: the bench driver, the kernel and anything else on the machine share them{}",
+        if epp {
+            "the Envoys (every thread) and the endpoint picker (every thread)"
+        } else {
+            "both Envoys (every thread)"
+        },
         p.envoy_cpus,
         p.load_cpus,
         if cpus.len() <= 2 {
@@ -714,7 +812,7 @@ pub fn run(
     let echo_bin = sibling_bin("kvgate-echo", "KVGATE_ECHO")?;
     let dir = cfg.work_dir.join("overhead");
     std::fs::create_dir_all(&dir)?;
-    let (mut pins, envoy_cpus, load_cpus) = pinning(oc.pin);
+    let (mut pins, envoy_cpus, load_cpus) = pinning(oc.pin, oc.epp);
     let echo = start_echo(&echo_bin, oc.upstreams, &dir)?;
     if !load_cpus.is_empty() {
         let ok = echo
@@ -727,6 +825,11 @@ pub fn run(
     let tok = kvgate_mock::hf::HfTokenizer::load(&tools.model_dir, MODEL)
         .map_err(|e| BenchError::Failed(format!("tokenizer: {e}")))?;
     let vm_config = static_vm_config(tools)?;
+    let picker_bin = if oc.epp {
+        tools.sidecar_bin()?.display().to_string()
+    } else {
+        String::new()
+    };
     let mut sets = Vec::new();
     for &t in &oc.body_tokens {
         sets.push(first_seen(tools, &tok, t)?);
@@ -746,9 +849,12 @@ pub fn run(
         loads: oc.loads.clone(),
         debug_build: false,
         pinning: pins,
+        epp: oc.epp,
+        picker_bin,
         bodies: Vec::new(),
     };
-    let runs = (sets.len() * 2 * (1 + oc.loads.len())) as u64;
+    let gateways = if oc.epp { 3 } else { 2 };
+    let runs = (sets.len() * gateways * (1 + oc.loads.len())) as u64;
     let pb = if cfg.progress {
         let b = indicatif::ProgressBar::new(runs);
         if let Ok(s) = indicatif::ProgressStyle::with_template(
@@ -800,15 +906,29 @@ pub fn run(
             &vm_config,
             &bdir.join("kvgate"),
         )?;
+        let epp = if oc.epp {
+            Some(start_epp(tools, &echo.endpoints, cfg, &bdir.join("epp"))?)
+        } else {
+            None
+        };
         if !envoy_cpus.is_empty() {
             let a = sys::pin(envoy_pid(&plain), &envoy_cpus);
             let b = sys::pin(envoy_pid(&kv), &envoy_cpus);
-            report.pinning.applied &= a && b;
+            // The picker is on the request path like the filter: Envoy's CPUs.
+            let c = epp.as_ref().is_none_or(|g| {
+                sys::pin(envoy_pid(&g.envoy), &envoy_cpus) && sys::pin(g.picker_pid, &envoy_cpus)
+            });
+            report.pinning.applied &= a && b && c;
         }
-        let mut seq = [0u64; 2];
-        // Each VM loads the model on its first request: prime both Envoys until no
-        // request waits for that, so the warm-up of a run is only a warm-up.
-        for (which, envoy) in [&plain, &kv].into_iter().enumerate() {
+        // The gateways measured: plain, kvgate, then (optionally) epp.
+        let gateways: Vec<(&Envoy, Option<u32>)> = [(&plain, None), (&kv, None)]
+            .into_iter()
+            .chain(epp.as_ref().map(|g| (&g.envoy, Some(g.picker_pid))))
+            .collect();
+        let mut seq = vec![0u64; gateways.len()];
+        // Each VM (and the picker) loads the model on its first request: prime every
+        // Envoy until no request waits for that, so the warm-up of a run is only a warm-up.
+        for (which, &(envoy, extra)) in gateways.iter().enumerate() {
             pb.set_message(format!("{label} priming"));
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             loop {
@@ -826,6 +946,7 @@ pub fn run(
                         warmup_s: 0.0,
                         seconds: 0.5,
                         cpu_pid: None,
+                        extra_cpu_pid: extra,
                         first_seq: seq[which],
                     },
                 )?;
@@ -841,7 +962,9 @@ pub fn run(
         let mut measure = |which: usize, rate: Option<f64>, name: &str| -> Result<LoadResult> {
             cancel.check()?;
             pb.set_message(format!("{label} {name}"));
-            let envoy = if which == 0 { &plain } else { &kv };
+            let Some(&(envoy, extra)) = gateways.get(which) else {
+                return Err(BenchError::Failed(format!("no gateway {which}")));
+            };
             let r = load(
                 &loadgen,
                 taskset.as_deref(),
@@ -855,6 +978,7 @@ pub fn run(
                     warmup_s: oc.warmup_s,
                     seconds: oc.seconds,
                     cpu_pid: None,
+                    extra_cpu_pid: extra,
                     first_seq: seq[which],
                 },
             )?;
@@ -862,14 +986,25 @@ pub fn run(
             pb.inc(1);
             Ok(r)
         };
+        let with_epp = epp.is_some();
         let cap_plain = measure(0, None, "plain capacity")?;
         let cap_kv = measure(1, None, "kvgate capacity")?;
+        let cap_epp = if with_epp {
+            Some(measure(2, None, "epp capacity")?)
+        } else {
+            None
+        };
         let mut levels = Vec::new();
         for &l in &oc.loads {
             let rate = (l * cap_plain.rps).max(1.0);
             let name = load_label(l);
             let p = measure(0, Some(rate), &format!("plain {name}"))?;
             let k = measure(1, Some(rate), &format!("kvgate {name}"))?;
+            let e = if with_epp {
+                Some(measure(2, Some(rate), &format!("epp {name}"))?)
+            } else {
+                None
+            };
             levels.push(Level {
                 load: name,
                 rate_rps: round(rate, 1),
@@ -879,6 +1014,18 @@ pub fn run(
                     .cpu_us_per_request
                     .zip(p.cpu_us_per_request)
                     .map(|(a, b)| round(a - b, 1)),
+                epp_added_p50_us: e
+                    .as_ref()
+                    .map(|e| round(e.latency_us.p50 - p.latency_us.p50, 1)),
+                epp_added_p99_us: e
+                    .as_ref()
+                    .map(|e| round(e.latency_us.p99 - p.latency_us.p99, 1)),
+                epp_added_cpu_us_per_req: e
+                    .as_ref()
+                    .and_then(epp_cpu)
+                    .zip(p.cpu_us_per_request)
+                    .map(|(a, b)| round(a - b, 1)),
+                epp: e,
                 plain: p,
                 kvgate: k,
             });
@@ -895,9 +1042,8 @@ pub fn run(
         let mem = vm_memory(&String::from_utf8_lossy(&admin(
             "/stats?filter=vm_memory_bytes",
         )));
-        let rss = |e: &Envoy| {
-            sys::rss_kib(envoy_pid(e)).map_or(0.0, |(r, _)| round(r as f64 / 1024.0, 1))
-        };
+        let rss_of = |pid: u32| sys::rss_kib(pid).map(|(r, _)| round(r as f64 / 1024.0, 1));
+        let rss = |e: &Envoy| rss_of(envoy_pid(e)).unwrap_or(0.0);
         let pairs: Vec<(&LoadResult, &LoadResult)> = std::iter::once((&cap_plain, &cap_kv))
             .chain(levels.iter().map(|l| (&l.plain, &l.kvgate)))
             .collect();
@@ -906,6 +1052,31 @@ pub fn run(
             .filter_map(|(p, k)| Some(k.cpu_us_per_request? - p.cpu_us_per_request?))
             .collect();
         let med = |v: Vec<f64>| median(v).map(|m| round(m, 1));
+        let range = |v: &[f64]| {
+            v.iter()
+                .copied()
+                .reduce(f64::min)
+                .zip(v.iter().copied().reduce(f64::max))
+                .map(|(a, b)| [round(a, 1), round(b, 1)])
+        };
+        let added_cpu = med(added.clone());
+        // The endpoint picker's windows, paired with plain Envoy's at the same rate.
+        let epp_pairs: Vec<(&LoadResult, &LoadResult)> = cap_epp
+            .iter()
+            .map(|e| (&cap_plain, e))
+            .chain(
+                levels
+                    .iter()
+                    .filter_map(|l| Some((&l.plain, l.epp.as_ref()?))),
+            )
+            .collect();
+        let epp_added: Vec<f64> = epp_pairs
+            .iter()
+            .filter_map(|(p, e)| Some(epp_cpu(e)? - p.cpu_us_per_request?))
+            .collect();
+        let epp_added_cpu = med(epp_added.clone());
+        let picker_metrics = epp.as_ref().map(EppGateway::metrics).unwrap_or_default();
+        let ratio = |a: f64, b: f64| (b > 0.0).then(|| round(a / b, 3));
         report.debug_build |= cap_plain.debug_build;
         report.bodies.push(BodyResult {
             description: set.description,
@@ -914,14 +1085,7 @@ pub fn run(
             body_bytes: bytes.iter().sum::<usize>() / bytes.len().max(1),
             messages,
             templates: set.templates.len(),
-            capacity_ratio: round(
-                if cap_plain.rps > 0.0 {
-                    cap_kv.rps / cap_plain.rps
-                } else {
-                    0.0
-                },
-                3,
-            ),
+            capacity_ratio: ratio(cap_kv.rps, cap_plain.rps).unwrap_or(0.0),
             added_p50_us: levels
                 .iter()
                 .map(|l| (l.load.clone(), l.added_p50_us))
@@ -930,13 +1094,8 @@ pub fn run(
                 .iter()
                 .map(|l| (l.load.clone(), l.added_p99_us))
                 .collect(),
-            added_cpu_us_per_req_range: added
-                .iter()
-                .copied()
-                .reduce(f64::min)
-                .zip(added.iter().copied().reduce(f64::max))
-                .map(|(a, b)| [round(a, 1), round(b, 1)]),
-            added_cpu_us_per_req: med(added),
+            added_cpu_us_per_req_range: range(&added),
+            added_cpu_us_per_req: added_cpu,
             plain_cpu_us_per_req: med(pairs
                 .iter()
                 .filter_map(|(p, _)| p.cpu_us_per_request)
@@ -951,11 +1110,49 @@ pub fn run(
             vm_memory_mib: mem,
             plain_rss_mib: rss(&plain),
             kvgate_rss_mib: rss(&kv),
+            epp_capacity_ratio: cap_epp.as_ref().and_then(|e| ratio(e.rps, cap_plain.rps)),
+            epp_vs_filter_capacity_ratio: cap_epp.as_ref().and_then(|e| ratio(e.rps, cap_kv.rps)),
+            epp_added_p50_us: levels
+                .iter()
+                .filter_map(|l| Some((l.load.clone(), l.epp_added_p50_us?)))
+                .collect(),
+            epp_added_p99_us: levels
+                .iter()
+                .filter_map(|l| Some((l.load.clone(), l.epp_added_p99_us?)))
+                .collect(),
+            epp_envoy_cpu_us_per_req: med(epp_pairs
+                .iter()
+                .filter_map(|(_, e)| e.cpu_us_per_request)
+                .collect()),
+            epp_picker_cpu_us_per_req: med(epp_pairs
+                .iter()
+                .filter_map(|(_, e)| e.extra_cpu_us_per_request)
+                .collect()),
+            epp_cpu_us_per_req: med(epp_pairs.iter().filter_map(|(_, e)| epp_cpu(e)).collect()),
+            epp_added_cpu_us_per_req_range: range(&epp_added),
+            epp_added_cpu_us_per_req: epp_added_cpu,
+            epp_vs_filter_added_cpu_ratio: epp_added_cpu
+                .zip(added_cpu)
+                .and_then(|(e, k)| ratio(e, k)),
+            picker_streams: epp
+                .as_ref()
+                .map(|_| prom_value(&picker_metrics, "kvgate_sync_epp_streams_total", "")),
+            picker_routed: epp.as_ref().map(|_| {
+                prom_value(
+                    &picker_metrics,
+                    "kvgate_sync_epp_engine_total",
+                    "\"kvgate.decisions.routed\"",
+                )
+            }),
+            epp_rss_mib: epp.as_ref().map(|g| rss(&g.envoy)),
+            picker_rss_mib: epp.as_ref().and_then(|g| rss_of(g.picker_pid)),
             label,
             capacity_plain: cap_plain,
             capacity_kvgate: cap_kv,
+            capacity_epp: cap_epp,
             levels,
         });
+        drop(epp);
         drop(kv);
         drop(plain);
     }

@@ -1,8 +1,9 @@
 //! The picture (`report.svg`, plotters' SVG backend): on top, the virtual-time load sweep
 //! (engine-side TTFT p50 and p99 against load per policy, one panel per worker count), or
-//! without a sweep the real-stack hit ratio and TTFT per policy; below, Envoy CPU per
-//! request (plain and + kvgate, with the capacity ratio) and the p50 latency kvgate adds at
-//! each open-loop load, per body kind.
+//! without a sweep the real-stack hit ratio and TTFT per policy; below, CPU per request
+//! (plain Envoy, + kvgate, and the endpoint picker's Envoy + picker process when measured,
+//! with the capacity ratio) and the p50 latency kvgate adds at each open-loop load, per
+//! body kind.
 
 use super::report::Report;
 use super::{BenchError, Result};
@@ -203,33 +204,40 @@ fn overhead_panels(
         .iter()
         .map(|b| format!("{} (capacity ×{:.2})", b.label, b.capacity_ratio))
         .collect();
-    grouped_bars(
-        c,
-        "Envoy CPU per request (µs)",
-        "µs",
-        &labels,
-        &[
-            Series {
-                name: "plain Envoy",
-                color: GREY_,
-                values: o
-                    .bodies
-                    .iter()
-                    .map(|b| b.plain_cpu_us_per_req.unwrap_or(0.0))
-                    .collect(),
-            },
-            Series {
-                name: "Envoy + kvgate",
-                color: BLUE_,
-                values: o
-                    .bodies
-                    .iter()
-                    .map(|b| b.kvgate_cpu_us_per_req.unwrap_or(0.0))
-                    .collect(),
-            },
-        ],
-        &|v| format!("{v:.0}"),
-    )?;
+    let mut cpu = vec![
+        Series {
+            name: "plain Envoy",
+            color: GREY_,
+            values: o
+                .bodies
+                .iter()
+                .map(|b| b.plain_cpu_us_per_req.unwrap_or(0.0))
+                .collect(),
+        },
+        Series {
+            name: "Envoy + kvgate",
+            color: BLUE_,
+            values: o
+                .bodies
+                .iter()
+                .map(|b| b.kvgate_cpu_us_per_req.unwrap_or(0.0))
+                .collect(),
+        },
+    ];
+    if o.epp {
+        cpu.push(Series {
+            name: "Envoy + EPP (Envoy + picker)",
+            color: ORANGE_,
+            values: o
+                .bodies
+                .iter()
+                .map(|b| b.epp_cpu_us_per_req.unwrap_or(0.0))
+                .collect(),
+        });
+    }
+    grouped_bars(c, "CPU per request (µs)", "µs", &labels, &cpu, &|v| {
+        format!("{v:.0}")
+    })?;
     let loads: Vec<String> = o
         .loads
         .iter()

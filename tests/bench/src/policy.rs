@@ -8,6 +8,7 @@
 //! | `char_prefix` | driver | GAIE-style prefix-cache scorer without a tokenizer (below) |
 //! | `kvgate_approx` | filter | kvgate, `use_kv_events: false`: caches predicted from its own decisions |
 //! | `kvgate_events` | filter | kvgate with the engines' KV events via NATS and kvgate-sync |
+//! | `epp` | picker | the same engine as `kvgate_events` in `kvgate-sync serve --epp` (its own, following NATS), called by Envoy's ext_proc: the Gateway API Inference Extension's endpoint picker |
 //! | `oracle` | driver | virtual-time sweep: the lookahead oracle ([`crate::sweep::oracle`]); real stack (only when asked for): kvgate's cost formula fed with the engines' exact caches and load |
 //!
 //! Driver-side picks travel as `x-gateway-destination-endpoint` through a plain Envoy.
@@ -60,28 +61,32 @@ pub enum PolicyKind {
     KvgateEvents,
     /// kvgate's formula with exact knowledge.
     Oracle,
+    /// kvgate's engine as an endpoint picker (ext_proc), with KV events.
+    Epp,
 }
 
 impl PolicyKind {
     /// The policies the real-stack phase runs by default (the lookahead `oracle` exists
     /// only in virtual time, see [`crate::sweep::oracle`]).
-    pub const LIVE: [PolicyKind; 6] = [
+    pub const LIVE: [PolicyKind; 7] = [
         PolicyKind::RoundRobin,
         PolicyKind::Random,
         PolicyKind::LeastLoad,
         PolicyKind::CharPrefix,
         PolicyKind::KvgateApprox,
         PolicyKind::KvgateEvents,
+        PolicyKind::Epp,
     ];
 
     /// Every policy, in report order.
-    pub const ALL: [PolicyKind; 7] = [
+    pub const ALL: [PolicyKind; 8] = [
         PolicyKind::RoundRobin,
         PolicyKind::Random,
         PolicyKind::LeastLoad,
         PolicyKind::CharPrefix,
         PolicyKind::KvgateApprox,
         PolicyKind::KvgateEvents,
+        PolicyKind::Epp,
         PolicyKind::Oracle,
     ];
 
@@ -95,6 +100,7 @@ impl PolicyKind {
             PolicyKind::KvgateApprox => "kvgate_approx",
             PolicyKind::KvgateEvents => "kvgate_events",
             PolicyKind::Oracle => "oracle",
+            PolicyKind::Epp => "epp",
         }
     }
 
@@ -103,9 +109,31 @@ impl PolicyKind {
         Self::ALL.into_iter().find(|p| p.name() == name.trim())
     }
 
-    /// Whether the kvgate filter decides (else the driver does, through plain Envoy).
+    /// Whether the kvgate filter decides (else the driver does, through plain Envoy, or
+    /// the endpoint picker, through Envoy's ext_proc).
     pub fn via_filter(self) -> bool {
         matches!(self, PolicyKind::KvgateApprox | PolicyKind::KvgateEvents)
+    }
+
+    /// Whether kvgate's endpoint picker decides.
+    pub fn via_picker(self) -> bool {
+        self == PolicyKind::Epp
+    }
+
+    /// Whether the driver picks the worker itself.
+    pub fn via_driver(self) -> bool {
+        !self.via_filter() && !self.via_picker()
+    }
+
+    /// Who decides: `driver`, `filter` or `picker`.
+    pub fn decided_by(self) -> &'static str {
+        if self.via_filter() {
+            "filter"
+        } else if self.via_picker() {
+            "picker"
+        } else {
+            "driver"
+        }
     }
 
     /// Whether it needs the request's block hashes.
@@ -259,8 +287,9 @@ impl Router {
                 overlap = ov;
                 w
             }
-            // The filter decides; the driver only books (worker unknown: index 0).
-            PolicyKind::KvgateApprox | PolicyKind::KvgateEvents => 0,
+            // The filter or the picker decides; the driver only books (worker unknown:
+            // index 0).
+            PolicyKind::KvgateApprox | PolicyKind::KvgateEvents | PolicyKind::Epp => 0,
         };
         let uncached = (req.isl as u64).saturating_sub(u64::from(overlap) * u64::from(BLOCK_SIZE));
         if let Some(l) = st.load.get_mut(worker) {
@@ -408,6 +437,14 @@ mod tests {
             assert_eq!(PolicyKind::parse(p.name()), Some(p));
         }
         assert_eq!(PolicyKind::parse("nope"), None);
+        let by: Vec<&str> = PolicyKind::ALL.iter().map(|p| p.decided_by()).collect();
+        assert_eq!(
+            by,
+            ["driver", "driver", "driver", "driver", "filter", "filter", "picker", "driver"]
+        );
+        assert!(PolicyKind::ALL
+            .iter()
+            .all(|p| p.via_driver() != (p.via_filter() || p.via_picker())));
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! 4. wait until idle, read the counters again: the deltas give the prefix-cache hit ratio
 //!    (`cached_hit_tokens / prompt_tokens`, as the engines counted them at admission).
 //!
+//! `epp` replays through Envoy's ext_proc to an endpoint picker of its own
+//! (`kvgate-sync serve --epp`, [`crate::epp`]) that follows the engines' announcements and
+//! KV events on NATS like the fleet's sidecar (on core NATS: it starts before the caches
+//! are cleared, so it needs no JetStream replay), with the filter's settings of
+//! `kvgate_events`; it runs only for that policy.
+//!
 //! TTFT is **engine-side**: each mock engine's request log (`--request-log`) gives, per
 //! request, the simulated time from its entry into the admission queue to its first token
 //! (queue wait + prefill, in trace milliseconds, from the engine's time model) — never
@@ -18,6 +24,7 @@
 //! sweep ([`crate::sweep::spread_arrivals`], seed `--seed`), so both replay the same traffic.
 
 use super::client::{self, Outcome};
+use super::epp::EppGateway;
 use super::model::LiveModel;
 use super::policy::{PolicyKind, RequestInfo, Router, BLOCK_SIZE};
 use super::stats::{coefficient_of_variation, percentile, round};
@@ -38,7 +45,7 @@ use std::time::{Duration, Instant};
 pub struct PolicyResult {
     /// Policy name.
     pub name: String,
-    /// `driver` or `filter`.
+    /// `driver`, `filter` or `picker`.
     pub decided_by: String,
     /// Requests sent.
     pub requests: usize,
@@ -472,12 +479,7 @@ fn result(
     samples.truncate(5);
     PolicyResult {
         name: kind.name().to_string(),
-        decided_by: if kind.via_filter() {
-            "filter"
-        } else {
-            "driver"
-        }
-        .to_string(),
+        decided_by: kind.decided_by().to_string(),
         requests: records.len(),
         errors: errors.len(),
         hit_ratio: round(
@@ -542,6 +544,41 @@ fn engine_ttfts(log: &std::path::Path, from: u64) -> Result<Vec<f64>> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| v["sim_ttft_ms"].as_f64())
         .collect())
+}
+
+/// The `epp` policy's gateway: its own picker following NATS (announcements and KV
+/// events, core NATS), with the settings the `kvgate_events` filter gets.
+fn start_picker(cfg: &BenchConfig, fleet: &Fleet) -> Result<EppGateway> {
+    let dir = fleet.dir.join("epp");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("epp-config.json");
+    std::fs::write(
+        &config,
+        json!({
+            "sync_wait_ms": 500,
+            "decision_header": true,
+            "use_kv_events": true,
+            "router_ttl_secs": 120.0 / cfg.speedup.max(1e-6),
+        })
+        .to_string(),
+    )?;
+    EppGateway::start(
+        &fleet.tools,
+        &fleet.endpoints(),
+        &[
+            "--nats-url".into(),
+            fleet.nats.url(),
+            "--no-jetstream".into(),
+            "--no-legacy-stream".into(),
+            "--model".into(),
+            format!("{MODEL}={}", fleet.tools.model_dir.display()),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        cfg.envoy_concurrency,
+        false,
+        &dir,
+    )
 }
 
 /// Runs the quality phase.
@@ -609,6 +646,8 @@ pub fn run(
             )?;
             wait_filter_ready(&e, fleet.workers.len(), cancel)?;
             Some(e)
+        } else if kind.via_picker() {
+            None
         } else {
             if baseline.is_none() {
                 baseline = Some(fleet.envoy(
@@ -621,9 +660,17 @@ pub fn run(
             }
             None
         };
-        let base = match (&filter_envoy, &baseline) {
-            (Some(e), _) | (None, Some(e)) => e.url(""),
-            (None, None) => return Err(BenchError::Failed("no Envoy".into())),
+        let picker = if kind.via_picker() {
+            let g = start_picker(cfg, fleet)?;
+            wait_filter_ready(&g.envoy, fleet.workers.len(), cancel)?;
+            Some(g)
+        } else {
+            None
+        };
+        let base = match (&filter_envoy, &picker, &baseline) {
+            (Some(e), _, _) | (None, Some(EppGateway { envoy: e, .. }), _) => e.url(""),
+            (None, None, Some(e)) => e.url(""),
+            (None, None, None) => return Err(BenchError::Failed("no Envoy".into())),
         };
         rt.block_on(reset(&http, fleet, model.as_ref()))?;
         let before = rt.block_on(all_counters(&http, fleet))?;
@@ -633,7 +680,7 @@ pub fn run(
             total,
             &format!("{}/{} {}", i + 1, cfg.policies.len(), kind.name()),
         );
-        let router = (!kind.via_filter()).then(|| {
+        let router = kind.via_driver().then(|| {
             Router::new(
                 kind,
                 ids.clone(),
@@ -691,6 +738,7 @@ pub fn run(
         }
         report.policies.push(r);
         drop(filter_envoy);
+        drop(picker);
     }
     drop(baseline);
     Ok(report)

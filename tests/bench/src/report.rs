@@ -78,6 +78,7 @@ impl Report {
                     "agentic": cfg.overhead.agentic,
                     "loads": cfg.overhead.loads,
                     "pin": cfg.overhead.pin,
+                    "epp": cfg.overhead.epp,
                 },
                 "sidecar": {
                     "events": cfg.sidecar.events,
@@ -340,7 +341,11 @@ fn overhead_markdown(s: &mut String, o: &OverheadReport) {
         .flat_map(|b| {
             b.levels
                 .iter()
-                .filter(|l| l.kvgate.overloaded || l.plain.overloaded)
+                .filter(|l| {
+                    l.kvgate.overloaded
+                        || l.plain.overloaded
+                        || l.epp.as_ref().is_some_and(|e| e.overloaded)
+                })
                 .map(move |l| format!("{} at {}", b.label, l.load))
         })
         .collect();
@@ -351,13 +356,19 @@ fn overhead_markdown(s: &mut String, o: &OverheadReport) {
             overloaded.join(", ")
         );
     }
+    epp_markdown(s, o, &loads);
     s.push_str(
         "\n**Latency** (µs, p50 / p99, open loop; plain Envoy → + kvgate)\n\n| body | rate |",
     );
-    s.push_str(" plain | + kvgate |\n|---|---:|---:|---:|\n");
+    s.push_str(" plain | + kvgate |");
+    if o.epp {
+        s.push_str(" + EPP |\n|---|---:|---:|---:|---:|\n");
+    } else {
+        s.push_str("\n|---|---:|---:|---:|\n");
+    }
     for b in &o.bodies {
         for l in &b.levels {
-            let _ = writeln!(
+            let _ = write!(
                 s,
                 "| {} | {} ({:.0} req/s) | {:.0} / {:.0} | {:.0} / {:.0} |",
                 b.label,
@@ -368,6 +379,12 @@ fn overhead_markdown(s: &mut String, o: &OverheadReport) {
                 l.kvgate.latency_us.p50,
                 l.kvgate.latency_us.p99
             );
+            if let Some(e) = l.epp.as_ref().filter(|_| o.epp) {
+                let _ = write!(s, " {:.0} / {:.0} |", e.latency_us.p50, e.latency_us.p99);
+            } else if o.epp {
+                s.push_str(" – |");
+            }
+            s.push('\n');
         }
     }
     s.push_str("\n**In-VM breakdown** (µs, p50 / p99, the filter's own histograms)\n\n");
@@ -398,13 +415,24 @@ fn overhead_markdown(s: &mut String, o: &OverheadReport) {
     }
     let _ = writeln!(
         s,
-        "\nEnvoy RSS after each body (MiB, plain / + kvgate): {}.\n",
+        "\nEnvoy RSS after each body (MiB, plain / + kvgate{}): {}.\n",
+        if o.epp {
+            " / + EPP Envoy + picker process"
+        } else {
+            ""
+        },
         o.bodies
             .iter()
-            .map(|b| format!(
-                "{} {:.0} / {:.0}",
-                b.label, b.plain_rss_mib, b.kvgate_rss_mib
-            ))
+            .map(|b| {
+                let epp = match (b.epp_rss_mib, b.picker_rss_mib) {
+                    (Some(e), Some(p)) => format!(" / {e:.0} + {p:.0}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{} {:.0} / {:.0}{epp}",
+                    b.label, b.plain_rss_mib, b.kvgate_rss_mib
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -414,11 +442,69 @@ fn overhead_markdown(s: &mut String, o: &OverheadReport) {
     s.push('\n');
 }
 
+/// The endpoint picker against the in-gateway filter, measured in the same run: capacity,
+/// CPU per request (the picker's Envoy + the picker process: both are paid) and added
+/// latency, each next to the filter's.
+fn epp_markdown(s: &mut String, o: &OverheadReport, loads: &[String]) {
+    if !o.epp {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n**Endpoint picker (EPP) vs in-gateway filter** — the same bodies, rates and windows: Envoy + ext_proc to `kvgate-sync serve --epp` (`{}`, no NATS, the upstreams from a workers file; pinned with Envoy) against Envoy + kvgate.wasm. EPP CPU per request = its Envoy's + the picker process's (`/proc`, same window). Ratios are EPP / filter.\n",
+        o.picker_bin
+    );
+    s.push_str("| body | req/s plain / filter / EPP | EPP / filter capacity | CPU per request filter | CPU per request EPP: Envoy + picker = total | added CPU filter → EPP (ratio) |");
+    for l in loads {
+        let _ = write!(s, " added p50 / p99 at {l}: filter → EPP |");
+    }
+    s.push_str(" picker routed / streams |\n|---|---:|---:|---:|---:|---:|");
+    for _ in loads {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|\n");
+    let ratio = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |x| format!("{x:.2}"));
+    for b in &o.bodies {
+        let _ = write!(
+            s,
+            "| {} | {:.0} / {:.0} / {} | {} | {} µs | {} + {} = {} µs | {} → {} µs ({}) |",
+            b.label,
+            b.capacity_plain.rps,
+            b.capacity_kvgate.rps,
+            b.capacity_epp
+                .as_ref()
+                .map_or_else(|| "–".to_string(), |c| format!("{:.0}", c.rps)),
+            ratio(b.epp_vs_filter_capacity_ratio),
+            us(b.kvgate_cpu_us_per_req),
+            us(b.epp_envoy_cpu_us_per_req),
+            us(b.epp_picker_cpu_us_per_req),
+            us(b.epp_cpu_us_per_req),
+            us(b.added_cpu_us_per_req),
+            us(b.epp_added_cpu_us_per_req),
+            ratio(b.epp_vs_filter_added_cpu_ratio),
+        );
+        for l in loads {
+            let _ = write!(
+                s,
+                " {} / {} → {} / {} µs |",
+                us(b.added_p50_us.get(l).copied()),
+                us(b.added_p99_us.get(l).copied()),
+                us(b.epp_added_p50_us.get(l).copied()),
+                us(b.epp_added_p99_us.get(l).copied())
+            );
+        }
+        let _ = writeln!(s, " {} / {} |", us(b.picker_routed), us(b.picker_streams));
+    }
+}
+
 /// What is wrong with the `overhead` part of a written report: every body has its
 /// capacities, ratio, added CPU and added latency at every load level, finite and in
 /// range (not a timing assertion: any speed passes), no failed request, and the in-VM
 /// decision histogram; `vm_linear_memory_mib` is present (null when the filter does not
-/// report its memory, else positive).
+/// report its memory, else positive). Unless the run says `overhead.epp: false`, every
+/// body also has the endpoint picker's figures: capacity and its ratios, Envoy + picker
+/// CPU per request, added latency at every load level, no failed request, and requests the
+/// picker actually routed.
 pub fn validate_overhead(v: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     let bodies = v
@@ -441,6 +527,7 @@ pub fn validate_overhead(v: &Value) -> Vec<String> {
         bad.push("overhead.loads is empty".into());
     }
     let inf = f64::INFINITY;
+    let epp = v.pointer("/overhead/epp").and_then(Value::as_bool) != Some(false);
     for (i, b) in bodies.iter().enumerate() {
         let label = b["label"].as_str().unwrap_or("?").to_string();
         let mut found = Vec::new();
@@ -464,8 +551,30 @@ pub fn validate_overhead(v: &Value) -> Vec<String> {
             num(&format!("/added_p50_us/{l}"), -inf, inf);
             num(&format!("/added_p99_us/{l}"), -inf, inf);
         }
+        if epp {
+            num("/capacity_epp/rps", 1e-9, inf);
+            num("/capacity_epp/errors", 0.0, 0.0);
+            num("/epp_capacity_ratio", 1e-9, inf);
+            num("/epp_vs_filter_capacity_ratio", 1e-9, inf);
+            num("/epp_envoy_cpu_us_per_req", 1e-9, inf);
+            num("/epp_picker_cpu_us_per_req", 1e-9, inf);
+            num("/epp_cpu_us_per_req", 1e-9, inf);
+            num("/epp_added_cpu_us_per_req", -inf, inf);
+            num("/picker_routed", 1.0, inf);
+            num("/epp_rss_mib", 1e-9, inf);
+            num("/picker_rss_mib", 1e-9, inf);
+            for l in &loads {
+                num(&format!("/epp_added_p50_us/{l}"), -inf, inf);
+                num(&format!("/epp_added_p99_us/{l}"), -inf, inf);
+            }
+        }
+        let sides: &[&str] = if epp {
+            &["plain", "kvgate", "epp"]
+        } else {
+            &["plain", "kvgate"]
+        };
         for (j, _) in b["levels"].as_array().into_iter().flatten().enumerate() {
-            for side in ["plain", "kvgate"] {
+            for side in sides {
                 num(&format!("/levels/{j}/{side}/errors"), 0.0, 0.0);
                 num(&format!("/levels/{j}/{side}/requests"), 1.0, inf);
                 num(&format!("/levels/{j}/{side}/latency_us/p50"), 1e-9, inf);
@@ -566,6 +675,7 @@ mod tests {
             added_p50_us: 150.0,
             added_p99_us: 300.0,
             added_cpu_us_per_req: Some(150.0),
+            ..Level::default()
         };
         let body = BodyResult {
             label: "agentic".into(),
@@ -621,5 +731,64 @@ mod tests {
         assert_eq!(with(&|b| b.levels[0].kvgate.errors = 2).len(), 1);
         assert_eq!(with(&|b| b.breakdown.clear()).len(), 1);
         assert_eq!(with(&|b| b.added_cpu_us_per_req = None).len(), 1);
+
+        // With the endpoint picker measured, its figures are required: the body above
+        // (no epp figures) now fails; completed, it passes and the EPP table shows it.
+        r.overhead.as_mut().unwrap().epp = true;
+        r.overhead.as_mut().unwrap().picker_bin = "target/release/kvgate-sync".into();
+        let missing = check(&r);
+        assert!(
+            missing.iter().any(|m| m.contains("capacity_epp"))
+                && missing.iter().any(|m| m.contains("picker_routed"))
+                && missing.iter().any(|m| m.contains("epp_added_p50_us/50%"))
+                && missing.iter().any(|m| m.contains("levels/0/epp/errors")),
+            "{missing:?}"
+        );
+        let mut level = body.levels[0].clone();
+        let mut e = run(500.0, 140.0, 520.0);
+        e.extra_cpu_us_per_request = Some(90.0);
+        level.epp = Some(e);
+        level.epp_added_p50_us = Some(220.0);
+        level.epp_added_p99_us = Some(440.0);
+        level.epp_added_cpu_us_per_req = Some(130.0);
+        let mut cap = run(400.0, 150.0, 2000.0);
+        cap.extra_cpu_us_per_request = Some(100.0);
+        let full = BodyResult {
+            levels: vec![level],
+            capacity_epp: Some(cap),
+            epp_capacity_ratio: Some(0.4),
+            epp_vs_filter_capacity_ratio: Some(0.667),
+            epp_added_p50_us: [("50%".to_string(), 220.0)].into(),
+            epp_added_p99_us: [("50%".to_string(), 440.0)].into(),
+            epp_envoy_cpu_us_per_req: Some(145.0),
+            epp_picker_cpu_us_per_req: Some(95.0),
+            epp_cpu_us_per_req: Some(240.0),
+            epp_added_cpu_us_per_req: Some(140.0),
+            epp_added_cpu_us_per_req_range: Some([130.0, 150.0]),
+            epp_vs_filter_added_cpu_ratio: Some(0.903),
+            picker_streams: Some(120.0),
+            picker_routed: Some(118.0),
+            epp_rss_mib: Some(40.0),
+            picker_rss_mib: Some(90.0),
+            ..body.clone()
+        };
+        r.overhead.as_mut().unwrap().bodies = vec![full.clone()];
+        assert_eq!(check(&r), Vec::<String>::new());
+        let md = r.markdown();
+        assert!(md.contains("| agentic | 1000 / 600 / 400 | 0.67 | 255 µs | 145 + 95 = 240 µs | 155 → 140 µs (0.90) | 150 / 300 → 220 / 440 µs | 118 / 120 |"), "{md}");
+        assert!(
+            md.contains("| 300 / 600 | 450 / 900 | 520 / 1040 |"),
+            "{md}"
+        );
+        let mut none_routed = full.clone();
+        none_routed.picker_routed = Some(0.0);
+        r.overhead.as_mut().unwrap().bodies = vec![none_routed];
+        assert_eq!(check(&r).len(), 1);
+        let mut failed = full;
+        if let Some(e) = failed.levels[0].epp.as_mut() {
+            e.errors = 3;
+        }
+        r.overhead.as_mut().unwrap().bodies = vec![failed];
+        assert_eq!(check(&r).len(), 1);
     }
 }

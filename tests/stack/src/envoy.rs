@@ -162,7 +162,7 @@ pub fn render(
 }
 
 /// `t` with `line` inserted after the one line containing `anchor`.
-fn insert_after_line(t: &str, anchor: &str, line: &str) -> Result<String, StackError> {
+pub(crate) fn insert_after_line(t: &str, anchor: &str, line: &str) -> Result<String, StackError> {
     let mut out = String::with_capacity(t.len() + line.len() + 1);
     let mut found = 0;
     for l in t.lines() {

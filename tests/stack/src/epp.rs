@@ -3,7 +3,7 @@
 //! override_host on the worker cluster. The template has its own placeholders (the picker's
 //! port, the failure mode), so it has its own small renderer beside [`crate::Envoy`]'s.
 
-use super::envoy::{Envoy, Launch};
+use super::envoy::{insert_after_line, Envoy, Launch};
 use super::proc::{free_port, StackError};
 use super::tools::Tools;
 use std::path::Path;
@@ -23,6 +23,9 @@ pub struct EppEnvoyOptions {
     pub buffer_limit: usize,
     /// File stem of the rendered config and the log.
     pub name: String,
+    /// The listener's `connection_balance_config: exact_balance` (the overhead bench, as
+    /// [`crate::EnvoyOptions::exact_balance`]).
+    pub exact_balance: bool,
 }
 
 impl Default for EppEnvoyOptions {
@@ -34,6 +37,7 @@ impl Default for EppEnvoyOptions {
             concurrency: 2,
             buffer_limit: 9 << 20,
             name: "envoy-epp".into(),
+            exact_balance: false,
         }
     }
 }
@@ -63,6 +67,13 @@ pub fn render_epp(
     for (k, v) in subs {
         t = t.replace(&format!("{{{{{k}}}}}"), &v);
     }
+    if opts.exact_balance {
+        t = insert_after_line(
+            &t,
+            "per_connection_buffer_limit_bytes:",
+            "    connection_balance_config: {exact_balance: {}}",
+        )?;
+    }
     Ok(t)
 }
 
@@ -88,4 +99,52 @@ pub fn start_epp_envoy(
         dir,
         |_| {},
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    /// `exact_balance` puts the listener's connection balancing beside its buffer limit;
+    /// without it the template is left as it is. Every placeholder is filled either way.
+    #[test]
+    fn renders_exact_balance_into_the_listener() {
+        let tools = Tools {
+            repo: crate::repo_root(),
+            envoy: Vec::new(),
+            nats_server: Default::default(),
+            wasm: Default::default(),
+            sidecar: Default::default(),
+            mock_worker: Default::default(),
+            model_dir: Default::default(),
+        };
+        let mut opts = EppEnvoyOptions {
+            workers: vec!["127.0.0.1:7001".into()],
+            epp_port: 7100,
+            ..EppEnvoyOptions::default()
+        };
+        let plain = render_epp(&tools, &opts, 1, 2).unwrap();
+        assert!(!plain.contains("connection_balance_config"));
+        assert!(
+            plain
+                .lines()
+                .all(|l| l.trim_start().starts_with('#') || !l.contains("{{")),
+            "{plain}"
+        );
+        opts.exact_balance = true;
+        let t = render_epp(&tools, &opts, 1, 2).unwrap();
+        let lines: Vec<&str> = t.lines().collect();
+        let i = lines
+            .iter()
+            .position(|l| l.contains("connection_balance_config"))
+            .unwrap();
+        assert!(lines[i - 1].contains("per_connection_buffer_limit_bytes"));
+        assert_eq!(
+            lines[i],
+            "    connection_balance_config: {exact_balance: {}}"
+        );
+        assert!(t.contains("port_value: 7100"));
+    }
 }

@@ -77,9 +77,13 @@ struct Args {
     /// Chat traces: pause between turns, trace milliseconds.
     #[arg(long, default_value_t = 2000.0)]
     think_ms: f64,
-    /// Policies, comma-separated (round_robin,random,least_load,char_prefix,kvgate_approx,kvgate_events,oracle).
+    /// Policies, comma-separated (round_robin,random,least_load,char_prefix,kvgate_approx,kvgate_events,epp,oracle).
     #[arg(long, value_delimiter = ',')]
     policies: Vec<String>,
+    /// Virtual-time sweep: router keys for the kvgate policies, a JSON object of the
+    /// plugin configuration (e.g. `{"router_prefill_decay": false}`), to compare settings.
+    #[arg(long)]
+    router_config: Option<String>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -107,6 +111,9 @@ struct Args {
     /// Overhead: do not pin Envoy and the load generator to separate CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// Overhead: leave out the endpoint-picker gateway (Envoy + ext_proc + kvgate-sync --epp).
+    #[arg(long)]
+    no_epp: bool,
     /// Sidecar: KV events to ingest.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
@@ -194,6 +201,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|l| *l > 0.0 && l.is_finite())
         .collect();
     cfg.overhead.pin = !args.no_pin;
+    cfg.overhead.epp = !args.no_epp;
     cfg.sidecar.events = args.events.max(1);
     cfg.sidecar.lag_samples = args.lag_samples.max(1);
     cfg.progress = !args.no_progress;
@@ -212,12 +220,23 @@ fn main() -> anyhow::Result<()> {
     cfg.sweep.vms = cfg.envoy_concurrency as usize;
     cfg.sweep.event_delay_ms = args.event_delay_ms;
     cfg.sweep.progress = cfg.progress;
+    if let Some(json) = &args.router_config {
+        let v: serde_json::Value =
+            serde_json::from_str(json).context("--router-config: not JSON")?;
+        if !v.is_object() {
+            bail!("--router-config: a JSON object of plugin keys");
+        }
+        cfg.sweep.plugin = v;
+    }
     if !args.policies.is_empty() {
         cfg.policies = args
             .policies
             .iter()
             .map(|p| PolicyKind::parse(p).with_context(|| format!("unknown policy `{p}`")))
             .collect::<anyhow::Result<_>>()?;
+        // The sweep runs the named policies it knows, in its own order.
+        let named = cfg.policies.clone();
+        cfg.sweep.policies.retain(|p| named.contains(p));
     }
     for s in &args.skip {
         match s.trim() {
