@@ -137,7 +137,9 @@ pub struct BenchConfig {
     pub speedup: f64,
     /// Arrival-rate multiplier on top of the trace's own rate (2 = twice the traffic).
     pub load: f64,
-    /// Trace seconds to replay (from its start).
+    /// Mooncake traces: trace seconds skipped before the replayed window.
+    pub trace_start: f64,
+    /// Trace seconds to replay (from the window's start).
     pub trace_seconds: f64,
     /// At most this many requests (None = all in the slice).
     pub max_requests: Option<usize>,
@@ -185,6 +187,7 @@ impl BenchConfig {
             workers: 4,
             speedup: 10.0,
             load: 1.0,
+            trace_start: 0.0,
             trace_seconds: 300.0,
             max_requests: None,
             max_output_tokens: 32,
@@ -451,6 +454,7 @@ impl BenchConfig {
     /// How to cut the trace.
     pub fn trace_options(&self) -> trace::TraceOptions {
         trace::TraceOptions {
+            start_seconds: self.trace_start,
             max_seconds: Some(self.trace_seconds).filter(|s| *s > 0.0),
             max_requests: self.max_requests,
             max_output_tokens: self.max_output_tokens,

@@ -632,11 +632,15 @@ pub fn run(
         let filter_envoy = if kind.via_filter() {
             // Time-based settings follow the engines' time scale: Dynamo's 120 s
             // prediction TTL is 120 trace seconds.
-            let plugin = json!({
+            let mut plugin = json!({
                 "decision_header": true,
                 "use_kv_events": kind == PolicyKind::KvgateEvents,
                 "router_ttl_secs": 120.0 / cfg.speedup.max(1e-6),
             });
+            // The router keys of the sweep's kvgate policies, so both phases agree.
+            if let (Some(p), Some(keys)) = (plugin.as_object_mut(), cfg.sweep.plugin.as_object()) {
+                p.extend(keys.clone());
+            }
             let e = fleet.envoy(
                 EnvoyKind::Kvgate,
                 plugin,

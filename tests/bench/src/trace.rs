@@ -94,7 +94,10 @@ pub struct Trace {
 /// How to cut and pace a trace.
 #[derive(Debug, Clone)]
 pub struct TraceOptions {
-    /// Only sessions arriving before this many trace seconds.
+    /// Mooncake traces: the replayed window starts this many trace seconds in (earlier
+    /// requests are skipped, later timestamps shifted back by it).
+    pub start_seconds: f64,
+    /// Only sessions arriving before this many trace seconds (after the start).
     pub max_seconds: Option<f64>,
     /// At most this many requests.
     pub max_requests: Option<usize>,
@@ -272,7 +275,12 @@ pub fn load(path: &Path, opts: &TraceOptions) -> Result<Trace> {
                 }
                 let l: MooncakeLine =
                     serde_json::from_str(line).map_err(|e| err(format!("line {}: {e}", i + 1)))?;
-                if max_ms.is_some_and(|m| l.timestamp >= m) || requests >= max_requests {
+                let start_ms = opts.start_seconds.max(0.0) * 1000.0;
+                if l.timestamp < start_ms {
+                    continue;
+                }
+                let timestamp = l.timestamp - start_ms;
+                if max_ms.is_some_and(|m| timestamp >= m) || requests >= max_requests {
                     break;
                 }
                 if l.input_length == 0 || l.hash_ids.is_empty() {
@@ -280,7 +288,7 @@ pub fn load(path: &Path, opts: &TraceOptions) -> Result<Trace> {
                 }
                 requests += 1;
                 sessions.push(Session {
-                    start_ms: l.timestamp,
+                    start_ms: timestamp,
                     turns: vec![Turn {
                         prompt: TurnPrompt::Blocks {
                             input_length: l.input_length.min(l.hash_ids.len() * MOONCAKE_BLOCK),
@@ -468,6 +476,7 @@ mod tests {
 
     fn opts() -> TraceOptions {
         TraceOptions {
+            start_seconds: 0.0,
             max_seconds: None,
             max_requests: None,
             max_output_tokens: 32,
@@ -512,6 +521,13 @@ mod tests {
         assert_eq!(t.span_ms, 1500.0);
         let s = t.summary();
         assert!((s.infinite_cache_hit_ratio - 700.0 / 1300.0).abs() < 1e-9);
+        // A window starting 1 s in: the second and third requests, shifted back by 1 s.
+        o.start_seconds = 1.0;
+        o.max_seconds = Some(10.0);
+        let t = load(&moon, &o).unwrap();
+        assert_eq!(t.requests(), 2);
+        assert_eq!(t.sessions[0].start_ms, 500.0);
+        assert_eq!(t.sessions[1].start_ms, 8000.0);
 
         let share = write(
             "s.json",

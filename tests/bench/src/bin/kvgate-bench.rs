@@ -34,6 +34,10 @@ struct Args {
     /// Arrival-rate multiplier on top of the trace's own rate.
     #[arg(long, default_value_t = 1.0)]
     load: f64,
+    /// Mooncake traces: start the replayed window (real stack and sweep) this many trace
+    /// seconds in, e.g. 1800 for the conversation trace's second half-hour.
+    #[arg(long, default_value_t = 0.0)]
+    trace_start: f64,
     /// Trace seconds to replay from the start (0 = all).
     #[arg(long, default_value_t = 300.0)]
     trace_seconds: f64,
@@ -43,14 +47,16 @@ struct Args {
     /// Cap on output tokens per request.
     #[arg(long, default_value_t = 32)]
     max_output_tokens: u32,
-    /// KV pool per engine, in 16-token blocks (real stack and load sweep).
-    #[arg(long, default_value_t = 16_384)]
+    /// KV pool per engine, in 16-token blocks (real stack and load sweep): 65 536 blocks
+    /// are 1 M tokens, an 80 GB GPU's KV cache for an 8B model in fp8.
+    #[arg(long, default_value_t = 65_536)]
     num_gpu_blocks: usize,
     /// Virtual-time sweep: trace seconds replayed per run (0 = the whole trace; 150 keeps
     /// the default sweep near 10 minutes on 2 cores).
     #[arg(long, default_value_t = 150.0)]
     sweep_trace_seconds: f64,
-    /// Virtual-time sweep: loads (arrival-rate multipliers), comma-separated.
+    /// Virtual-time sweep: loads (arrival-rate multipliers) with 4 engines, comma-separated;
+    /// with N engines each is scaled by N/4 (the same load per engine).
     #[arg(long, value_delimiter = ',', default_values_t = [1.0f64, 2.0, 3.0, 4.0, 5.0])]
     sweep_loads: Vec<f64>,
     /// Virtual-time sweep: engine counts, comma-separated.
@@ -63,7 +69,7 @@ struct Args {
     #[arg(long)]
     sweep_threads: Option<usize>,
     /// Virtual-time sweep: KV pool sizes of the capacity sweep, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [4096usize, 8192, 16384])]
+    #[arg(long, value_delimiter = ',', default_values_t = [16384usize, 32768, 65536])]
     capacity_blocks: Vec<usize>,
     /// Virtual-time sweep: load of the capacity sweep.
     #[arg(long, default_value_t = 2.0)]
@@ -80,8 +86,9 @@ struct Args {
     /// Policies, comma-separated (round_robin,random,least_load,char_prefix,kvgate_approx,kvgate_events,epp,oracle).
     #[arg(long, value_delimiter = ',')]
     policies: Vec<String>,
-    /// Virtual-time sweep: router keys for the kvgate policies, a JSON object of the
-    /// plugin configuration (e.g. `{"router_prefill_decay": false}`), to compare settings.
+    /// Router keys for the kvgate policies (sweep and real stack), a JSON object of the
+    /// plugin configuration replacing the default profile
+    /// `{"router_track_active_blocks": false}` (e.g. `{}` for Dynamo's defaults).
     #[arg(long)]
     router_config: Option<String>,
     /// Seed of every random choice.
@@ -180,6 +187,7 @@ fn main() -> anyhow::Result<()> {
     cfg.workers = args.workers.max(1);
     cfg.speedup = args.speedup;
     cfg.load = args.load;
+    cfg.trace_start = args.trace_start.max(0.0);
     cfg.trace_seconds = args.trace_seconds;
     cfg.max_requests = args.max_requests;
     cfg.max_output_tokens = args.max_output_tokens.max(1);
@@ -268,6 +276,7 @@ fn main() -> anyhow::Result<()> {
         cfg.sweep.trace_seconds = 20.0;
         cfg.sweep.loads = vec![1.0, 3.0];
         cfg.sweep.workers = vec![2];
+        cfg.sweep.reference_workers = 2;
         cfg.sweep.seeds = 2;
         cfg.sweep.num_gpu_blocks = 4_096;
         cfg.sweep.capacity_blocks = vec![2_048, 4_096];

@@ -52,8 +52,12 @@ pub const SWEEP_POLICIES: [PolicyKind; 7] = [
 /// What the sweep runs.
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
-    /// Arrival-rate multipliers.
+    /// Arrival-rate multipliers with `reference_workers` engines; with N engines each is
+    /// scaled by N / `reference_workers`, so every engine count sees the same load per
+    /// engine, from light to saturated.
     pub loads: Vec<f64>,
+    /// The engine count `loads` are given for.
+    pub reference_workers: usize,
     /// Engine counts.
     pub workers: Vec<usize>,
     /// Seeds per point.
@@ -92,12 +96,13 @@ impl Default for SweepConfig {
     fn default() -> Self {
         SweepConfig {
             loads: vec![1.0, 2.0, 3.0, 4.0, 5.0],
+            reference_workers: 4,
             workers: vec![4, 8],
             seeds: 3,
             seed: 7,
             trace_seconds: 150.0,
-            num_gpu_blocks: 16_384,
-            capacity_blocks: vec![4_096, 8_192, 16_384],
+            num_gpu_blocks: 65_536,
+            capacity_blocks: vec![16_384, 32_768, 65_536],
             capacity_load: 2.0,
             capacity_workers: 4,
             max_output_tokens: 32,
@@ -106,10 +111,26 @@ impl Default for SweepConfig {
             vms: 2,
             event_delay_ms: 50.0,
             tick_ms: 100.0,
-            plugin: serde_json::json!({}),
+            plugin: ttft_profile(),
             progress: true,
         }
     }
+}
+
+impl SweepConfig {
+    /// The arrival-rate multipliers of the load sweep with `workers` engines.
+    pub fn loads_for(&self, workers: usize) -> Vec<f64> {
+        let scale = workers as f64 / self.reference_workers.max(1) as f64;
+        self.loads.iter().map(|l| l * scale).collect()
+    }
+}
+
+/// The router keys the kvgate policies run with unless told otherwise: the cost counts
+/// prefill only (`router_track_active_blocks: false`) — queued prefill, decayed by time,
+/// plus the request's own uncached prefill — which is what time to first token waits
+/// for; Dynamo's default also adds the decode blocks of in-flight requests.
+pub fn ttft_profile() -> serde_json::Value {
+    serde_json::json!({"router_track_active_blocks": false})
 }
 
 /// One policy at one point.
@@ -194,6 +215,8 @@ pub struct SweepSetup {
     pub runs: usize,
     /// Threads.
     pub threads: usize,
+    /// Router keys given to the kvgate policies (beyond the defaults).
+    pub router: serde_json::Value,
     /// Wall seconds.
     pub elapsed_s: f64,
 }
@@ -450,8 +473,10 @@ pub fn run(
     };
     let mut inputs = HashMap::new();
     let mut bucket = 0.0;
-    let mut loads = cfg.loads.clone();
+    let mut loads: Vec<f64> = cfg.workers.iter().flat_map(|&w| cfg.loads_for(w)).collect();
     loads.push(cfg.capacity_load);
+    loads.sort_by(f64::total_cmp);
+    loads.dedup_by(|a, b| load_key(*a) == load_key(*b));
     for &seed in &seeds {
         for &load in &loads {
             let (r, b) = requests(trace, seed, load, cfg.max_output_tokens);
@@ -474,7 +499,7 @@ pub fn run(
         gateway: gw.clone(),
     };
     for &w in &cfg.workers {
-        for &load in &cfg.loads {
+        for load in cfg.loads_for(w) {
             for &seed in &seeds {
                 for &p in &cfg.policies {
                     jobs.push(Job {
@@ -530,7 +555,7 @@ pub fn run(
     };
     let mut points = Vec::new();
     for &w in &cfg.workers {
-        for &load in &cfg.loads {
+        for load in cfg.loads_for(w) {
             let mut policies = Vec::new();
             let mut util = 0.0;
             for &p in &cfg.policies {
@@ -590,6 +615,7 @@ pub fn run(
             event_delay_ms: cfg.event_delay_ms,
             runs: total,
             threads: cfg.threads,
+            router: cfg.plugin.clone(),
             elapsed_s: round(started.elapsed().as_secs_f64(), 1),
         },
         points,
