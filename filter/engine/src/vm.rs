@@ -880,24 +880,26 @@ impl Vm {
         self.metrics.error(host, code);
     }
 
-    /// The response to `ctx` started: its prefill is done.
+    /// The response to `ctx` started: its prefill is done. The other VMs see it at the
+    /// next tick or decision of this VM (no shared-data write on the response path).
     pub fn response_started(&mut self, host: &dyn Host, ctx: u32) {
         if self.engine.response_started(ctx, host.now_ms()) {
-            self.publish_loads(host);
+            self.loads_dirty = true;
         }
     }
 
     /// A response body chunk of `ctx` (streamed output counting, when enabled).
     pub fn response_chunk(&mut self, host: &dyn Host, ctx: u32, chunk: &[u8]) {
         if self.engine.response_chunk(ctx, chunk, host.now_ms()) {
-            self.publish_loads(host);
+            self.loads_dirty = true;
         }
     }
 
-    /// Stream `ctx` ended, however it ended: free its booking.
-    pub fn request_done(&mut self, host: &dyn Host, ctx: u32) {
+    /// Stream `ctx` ended, however it ended: free its booking (published like
+    /// [`Vm::response_started`]).
+    pub fn request_done(&mut self, _host: &dyn Host, ctx: u32) {
         if self.engine.request_done(ctx) {
-            self.publish_loads(host);
+            self.loads_dirty = true;
         }
     }
 

@@ -183,10 +183,16 @@ fn the_response_ends_the_prefill_and_the_end_of_the_stream_frees() {
     assert!(prefill() > 0);
     assert!(s.wants_response_bytes(&vm, 10));
     s.response_body(&mut vm, &h, 10, b"data: {}\n\n");
+    assert!(
+        prefill() > 0,
+        "published at the next tick, not on the response path"
+    );
+    vm.on_tick(&h);
     assert_eq!(prefill(), 0, "first chunk: prefill done");
     assert_eq!(h.metric_value("kvgate.inflight.requests"), 1);
     s.done(&mut vm, &h);
     s.done(&mut vm, &h);
+    vm.on_tick(&h);
     assert_eq!(h.metric_value("kvgate.inflight.requests"), 0);
     assert_eq!(h.metric_value("kvgate.inflight.decode_blocks"), 0);
     // An unrouted stream never needs response bytes.

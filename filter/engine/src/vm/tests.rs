@@ -716,6 +716,8 @@ fn loads_are_seen_by_the_other_vms_and_gauges_return_to_zero() {
     assert_ne!(r.worker, r2.worker);
     a.request_done(&h1, 1);
     b.request_done(&h2, 1);
+    a.on_tick(&h1);
+    b.on_tick(&h2);
     let total =
         h1.metric_value("kvgate.inflight.requests") + h2.metric_value("kvgate.inflight.requests");
     assert_eq!(total, 0);
@@ -825,6 +827,13 @@ fn two_vms_sharing_the_ledger_never_book_blind_to_each_other() {
     // Freed on both sides: the ledger empties.
     a.request_done(&h1, 1);
     b.borrow_mut().request_done(&*h2, 1);
+    assert_eq!(
+        crate::ledger::Ledger::read(&h1).0.parts.len(),
+        2,
+        "no shared-data write on the response path"
+    );
+    a.on_tick(&h1);
+    b.borrow_mut().on_tick(&*h2);
     assert!(crate::ledger::Ledger::read(&h1).0.parts.is_empty());
 }
 
