@@ -56,6 +56,31 @@ pub fn rewrite(
     serde_json::to_vec(&Value::Object(body)).map(Rewrite::Changed)
 }
 
+/// `body` (a JSON object with no top-level `nvext`, as parsed) with
+/// `"nvext":{"token_data":[…]}` spliced in before its closing brace: the original bytes
+/// are kept as they are, nothing is parsed or re-serialised. None when `body` does not
+/// end in `}` or names `"nvext"` anywhere (e.g. `"nvext": null`): rewrite the parsed body.
+pub fn splice_token_data(body: &[u8], tokens: &[u32]) -> Option<Vec<u8>> {
+    if body.windows(7).any(|w| w == b"\"nvext\"") {
+        return None;
+    }
+    let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let close = body.iter().rposition(|b| !is_ws(b))?;
+    if body.get(close) != Some(&b'}') {
+        return None;
+    }
+    let head = body.get(..close)?;
+    let empty = head.iter().rev().find(|b| !is_ws(b)) == Some(&b'{');
+    let mut out = Vec::with_capacity(body.len() + 32 + tokens.len() * 7);
+    out.extend_from_slice(head);
+    out.extend_from_slice(if empty { b"" } else { b"," });
+    out.extend_from_slice(b"\"nvext\":{\"token_data\":");
+    serde_json::to_writer(&mut out, tokens).ok()?;
+    out.push(b'}');
+    out.extend_from_slice(body.get(close..)?);
+    Some(out)
+}
+
 /// The body without client routing keys in `nvext`, or None when it has none (or is not
 /// a JSON object). Used for requests forwarded unrouted.
 pub fn strip_routing_keys(body: &[u8]) -> Option<Vec<u8>> {
@@ -77,6 +102,30 @@ pub fn strip_routing_keys(body: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn splicing_token_data_equals_rewriting_the_parsed_body() {
+        for body in [
+            r#"{"model":"m","messages":[{"role":"user","content":"hi }"}]}"#,
+            "{ \"model\" : \"m\", \"stream\": true }\n\n",
+            "{}",
+            " {  } ",
+        ] {
+            let tokens = [1u32, 22, 4_000_000_000];
+            let spliced = splice_token_data(body.as_bytes(), &tokens).unwrap();
+            let map: Map<String, Value> = serde_json::from_str(body).unwrap();
+            let Rewrite::Changed(rewritten) = rewrite(map, Some(&tokens)).unwrap() else {
+                panic!("{body}")
+            };
+            let a: Value = serde_json::from_slice(&spliced).unwrap();
+            let b: Value = serde_json::from_slice(&rewritten).unwrap();
+            assert_eq!(a, b, "{body}");
+            assert!(spliced.starts_with(body.trim_end().trim_end_matches('}').as_bytes()));
+        }
+        assert_eq!(splice_token_data(b"[1, 2]", &[1]), None);
+        assert_eq!(splice_token_data(br#"{"nvext": null}"#, &[1]), None);
+        assert_eq!(splice_token_data(b"", &[1]), None);
+    }
 
     fn obj(s: &str) -> Map<String, Value> {
         match serde_json::from_str(s).unwrap() {

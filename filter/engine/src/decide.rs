@@ -413,7 +413,13 @@ impl Engine {
         // Body: strip client routing keys, inject token ids.
         let inject =
             self.cfg.gateway.inject_token_data && p.complete && !p.from_ids && !p.tokens.is_empty();
-        let new_body = if inject || p.has_nvext {
+        // The common case splices the ids into the original bytes.
+        let spliced = (inject && !p.has_nvext)
+            .then(|| body::splice_token_data(input.body, &p.tokens))
+            .flatten();
+        let new_body = if spliced.is_some() {
+            spliced
+        } else if inject || p.has_nvext {
             serde_json::from_slice::<Map<String, Value>>(input.body)
                 .ok()
                 .and_then(|m| body::rewrite(m, inject.then_some(p.tokens.as_slice())).ok())
