@@ -154,7 +154,20 @@ pub async fn serve(
         .max_decoding_message_size(max_body.saturating_add(1 << 20));
     tokio::spawn(report_health(reporter, ready));
     tracing::info!(listen = %addr, "serving the endpoint picker (ext_proc)");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Each ext_proc exchange is a few small frames one way then the other: without
+    // TCP_NODELAY, Nagle's algorithm holds a reply until the gateway's delayed ACK
+    // (tens of ms per request). Incoming sockets do not get tonic's own nodelay setting.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(c) = &conn {
+                if let Err(e) = c.set_nodelay(true) {
+                    tracing::debug!(error = %e, "epp: TCP_NODELAY not set");
+                }
+            }
+            conn
+        },
+    );
     Ok(tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(health)
