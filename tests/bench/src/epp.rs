@@ -4,7 +4,10 @@
 //! kvgate.
 
 use super::{BenchError, Result};
-use kvgate_stack::{free_port, start_epp_envoy, wait_for, Envoy, EppEnvoyOptions, Sidecar, Tools};
+use kvgate_stack::{
+    free_port, start_epp_envoy, wait_for, Envoy, EppEnvoyOptions, Sidecar, Tools, MODEL,
+};
+use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,10 +23,12 @@ pub struct EppGateway {
 }
 
 impl EppGateway {
-    /// Starts the picker with `picker_args` plus `--epp` on a free loopback port, waits up
-    /// to a minute until it says it is ready (`kvgate_sync_epp_ready`: index synced,
-    /// tokenizers loaded), then starts its Envoy (FailClose, so a picker failure shows as
-    /// a failed request) in front of `workers` with `concurrency` worker threads.
+    /// Starts the picker with `picker_args` plus `--epp` on a free loopback port and its
+    /// Envoy (FailClose, so a picker failure shows as a failed request) in front of
+    /// `workers` with `concurrency` worker threads, then sends a small chat through them
+    /// until the picker has routed one (its engine's `kvgate.decisions.routed`), for at
+    /// most two minutes. (The picker's own readiness, `kvgate_sync_epp_ready`, waits for
+    /// a loaded tokenizer, which it loads for its first request.)
     pub fn start(
         tools: &Tools,
         workers: &[String],
@@ -37,16 +42,6 @@ impl EppGateway {
         let mut args = picker_args.to_vec();
         args.extend(["--epp".into(), format!("127.0.0.1:{epp_port}")]);
         let picker = Sidecar::start(tools, dir, &args)?;
-        let ready = wait_for(Duration::from_secs(60), || {
-            let text = kvgate_http::get(&picker.url("/metrics")).ok()?.text();
-            (prom_value(&text, "kvgate_sync_epp_ready", "") >= 1.0).then_some(())
-        });
-        if ready.is_none() {
-            return Err(BenchError::Failed(format!(
-                "the endpoint picker was not ready within 60 s (logs in {})",
-                dir.display()
-            )));
-        }
         let picker_pid = picker
             .proc
             .pid()
@@ -65,11 +60,34 @@ impl EppGateway {
             },
             dir,
         )?;
-        Ok(EppGateway {
+        let g = EppGateway {
             envoy,
             picker,
             picker_pid,
-        })
+        };
+        let body = json!({"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]})
+            .to_string();
+        let url = g.envoy.url("/v1/chat/completions");
+        let routed = wait_for(Duration::from_secs(120), || {
+            let r = kvgate_http::post(&url, &[], body.as_bytes()).ok()?;
+            (r.status == 200 && g.routed() >= 1.0).then_some(())
+        });
+        if routed.is_none() {
+            return Err(BenchError::Failed(format!(
+                "the endpoint picker routed no request within 120 s (logs in {})",
+                dir.display()
+            )));
+        }
+        Ok(g)
+    }
+
+    /// Requests the picker has routed so far (its engine's `kvgate.decisions.routed`).
+    pub fn routed(&self) -> f64 {
+        prom_value(
+            &self.metrics(),
+            "kvgate_sync_epp_engine_total",
+            "\"kvgate.decisions.routed\"",
+        )
     }
 
     /// The picker's `/metrics` text (empty when it does not answer).
