@@ -470,7 +470,12 @@ impl Vm {
         if self.engine.expire(now) {
             self.loads_dirty = true;
         }
-        self.engine.follow_predictions(host);
+        // Other VMs' predictions matter only to a VM that decides: a main-thread VM would
+        // hold a copy of the approximate index (up to router_max_tree_size entries) for
+        // nothing. A VM catches up on its first stream (`decide` follows them too).
+        if self.serving {
+            self.engine.follow_predictions(host);
+        }
         if self.loads_dirty || now.saturating_sub(self.last_loads_ms) >= LOADS_REFRESH_MS {
             self.publish_loads(host);
         }

@@ -889,3 +889,36 @@ fn router_predicted_ttl_secs_sets_how_long_a_prediction_counts() {
         "a 10 s prediction still counts"
     );
 }
+
+/// Issue 14 item 3: a main-thread VM (it never decides) does not copy the other VMs'
+/// predictions into an approximate index of its own; once it serves a stream it does.
+#[test]
+fn only_vms_that_decide_follow_the_shared_predictions() {
+    let h1 = FakeHost::at(1_000);
+    let h2 = h1.sibling();
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "", "workers": workers(2)
+    }))
+    .unwrap();
+    let vm_config = VmConfig::parse(&static_vm_config_bytes()).unwrap();
+    let mut worker_vm = Vm::configure(&h1, 1, 1, &cfg, &vm_config).unwrap();
+    let mut main_thread = Vm::configure(&h2, 2, 2, &cfg, &vm_config).unwrap();
+    worker_vm.stream_seen(&h1);
+    let Outcome::Route(_) = worker_vm.decide(
+        &h1,
+        1,
+        crate::headers::RoutedPath::Chat,
+        &long_chat("predicted"),
+        None,
+    ) else {
+        panic!()
+    };
+    let predicted = |v: &Vm| v.engine.approx.index().len();
+    assert!(predicted(&worker_vm) > 0);
+    h2.advance(100);
+    main_thread.on_tick(&h2);
+    assert_eq!(predicted(&main_thread), 0, "a main-thread VM keeps no copy");
+    main_thread.stream_seen(&h2);
+    main_thread.on_tick(&h2);
+    assert_eq!(predicted(&main_thread), predicted(&worker_vm));
+}
