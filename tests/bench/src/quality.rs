@@ -547,21 +547,23 @@ fn engine_ttfts(log: &std::path::Path, from: u64) -> Result<Vec<f64>> {
 }
 
 /// The `epp` policy's gateway: its own picker following NATS (announcements and KV
-/// events, core NATS), with the settings the `kvgate_events` filter gets.
+/// events, core NATS), with the settings the `kvgate_events` filter gets (its own and the
+/// sweep's router keys).
 fn start_picker(cfg: &BenchConfig, fleet: &Fleet) -> Result<EppGateway> {
     let dir = fleet.dir.join("epp");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("epp-config.json");
-    std::fs::write(
-        &config,
-        json!({
-            "sync_wait_ms": 500,
-            "decision_header": true,
-            "use_kv_events": true,
-            "router_ttl_secs": 120.0 / cfg.speedup.max(1e-6),
-        })
-        .to_string(),
-    )?;
+    let mut keys = json!({
+        "sync_wait_ms": 500,
+        "decision_header": true,
+        "use_kv_events": true,
+        "router_ttl_secs": 120.0 / cfg.speedup.max(1e-6),
+    });
+    // The router keys the kvgate_events filter gets too.
+    if let (Some(k), Some(more)) = (keys.as_object_mut(), cfg.sweep.plugin.as_object()) {
+        k.extend(more.clone());
+    }
+    std::fs::write(&config, keys.to_string())?;
     EppGateway::start(
         &fleet.tools,
         &fleet.endpoints(),
