@@ -16,8 +16,10 @@
 //! idle while one is measured), are primed until no request waits for a model load, and
 //! for each:
 //! 1. closed loop, `concurrency` connections back to back: capacity (requests/s);
-//! 2. open loop at 25 %, 50 % and 75 % (`loads`) of **plain** Envoy's capacity on that
-//!    body: latency (exact µs quantiles, timed from when each request was due);
+//! 2. open loop at 25 %, 50 % and 75 % (`loads`) of the **slowest** gateway's capacity on
+//!    that body, the same rate for every gateway (each stays below its own capacity, so
+//!    added latency is processing, not queueing): latency (exact µs quantiles, timed from
+//!    when each request was due);
 //!
 //! and over every window Envoy's CPU time per request (`/proc/<pid>/stat`); for the
 //! endpoint picker also the picker process's CPU time over the same window (it is on the
@@ -100,7 +102,7 @@ pub struct OverheadConfig {
     pub multi_turn: bool,
     /// Also the agentic body.
     pub agentic: bool,
-    /// Open-loop rates as fractions of plain Envoy's closed-loop capacity.
+    /// Open-loop rates as fractions of the slowest gateway's closed-loop capacity.
     pub loads: Vec<f64>,
     /// Pin Envoy and the load generator + upstream to disjoint CPUs.
     pub pin: bool,
@@ -275,7 +277,7 @@ pub struct OverheadReport {
     pub envoy_concurrency: u32,
     /// Wasm VMs in the kvgate Envoy (one per worker thread plus two on the main thread).
     pub vms: u32,
-    /// Open-loop levels (fractions of plain capacity).
+    /// Open-loop levels (fractions of the slowest gateway's capacity).
     pub loads: Vec<f64>,
     /// Whether the load generator and upstream were debug builds.
     pub debug_build: bool,
@@ -994,9 +996,19 @@ pub fn run(
         } else {
             None
         };
+        // Rates are fractions of the slowest gateway's capacity: every gateway runs below
+        // its own, so added latency is processing, not queueing behind an overload.
+        let slowest = [
+            Some(cap_plain.rps),
+            Some(cap_kv.rps),
+            cap_epp.as_ref().map(|c| c.rps),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(f64::INFINITY, f64::min);
         let mut levels = Vec::new();
         for &l in &oc.loads {
-            let rate = (l * cap_plain.rps).max(1.0);
+            let rate = (l * slowest).max(1.0);
             let name = load_label(l);
             let p = measure(0, Some(rate), &format!("plain {name}"))?;
             let k = measure(1, Some(rate), &format!("kvgate {name}"))?;

@@ -278,7 +278,7 @@ fn overhead_markdown(s: &mut String, o: &OverheadReport) {
         .collect();
     let _ = writeln!(
         s,
-        "**Gateway overhead** — Envoy + kvgate vs plain Envoy side by side, same upstream, {} Envoy worker threads ({} Wasm VMs), listener `exact_balance`, {} load-generator connections; {} s windows after {} s warm-up; load generator and upstream: {} builds, own processes. {}. Capacity = closed loop; latency = open loop at {} of plain Envoy's capacity (exact µs quantiles, timed from when each request was due). Added = kvgate − plain.\n",
+        "**Gateway overhead** — Envoy + kvgate vs plain Envoy side by side, same upstream, {} Envoy worker threads ({} Wasm VMs), listener `exact_balance`, {} load-generator connections; {} s windows after {} s warm-up; load generator and upstream: {} builds, own processes. {}. Capacity = closed loop; latency = open loop at {} of the slowest gateway's capacity, the same rate for each (exact µs quantiles, timed from when each request was due). Added = kvgate − plain.\n",
         o.envoy_concurrency,
         o.vms,
         o.concurrency,

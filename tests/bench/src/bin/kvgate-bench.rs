@@ -106,7 +106,8 @@ struct Args {
     /// Overhead: load-generator connections (closed loop: requests in flight).
     #[arg(long, default_value_t = 4)]
     overhead_concurrency: usize,
-    /// Overhead: open-loop rates as fractions of plain Envoy's capacity, comma-separated.
+    /// Overhead: open-loop rates as fractions of the slowest gateway's capacity (the same
+    /// rate for every gateway), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [0.25f64, 0.5, 0.75])]
     overhead_loads: Vec<f64>,
     /// Overhead: first-seen chat sizes in prompt tokens, comma-separated.
