@@ -39,8 +39,12 @@ pub struct Processor<H: Host> {
 }
 
 impl<H: Host> Processor<H> {
-    /// A processor running `vm` on `host`.
-    pub fn new(host: H, vm: Vm) -> Self {
+    /// A processor running `vm` on `host`. The picker's one VM decides every stream, so
+    /// it is a serving VM from the start: it fetches and loads its models while idle and
+    /// is ready before the first request (a main-thread VM of the filter would wait for
+    /// a stream).
+    pub fn new(host: H, mut vm: Vm) -> Self {
+        vm.stream_seen(&host);
         Processor {
             host,
             vm,

@@ -377,6 +377,46 @@ fn the_picker_follows_the_sidecar_and_is_ready_after_its_first_frame() {
     assert!(dest.starts_with(W1) || dest.starts_with(W2), "{dest}");
 }
 
+/// An idle picker fetches the models the sidecar announces: it must not wait for a
+/// request to become ready (a readiness probe would keep it out of service forever).
+#[test]
+fn an_idle_picker_fetches_its_models_and_is_not_ready_without_them() {
+    let host = FakeHost::at(1_000);
+    let cfg = Config::from_json(br#"{"sidecar_cluster": "kvgate_sidecar"}"#).unwrap();
+    let vm = Vm::from_config(&host, 9, 9, cfg, &VmConfig::default()).unwrap();
+    let mut p = Processor::new(host, vm);
+    p.tick();
+    let calls = p.host.take_calls();
+    let sync = calls
+        .iter()
+        .find(|c| c.path.starts_with("/v1/sync"))
+        .expect("the VM long-polls the sidecar");
+    let frame = ksync::encode(&SyncFrame {
+        epoch: 42,
+        to_version: 1,
+        snapshot: true,
+        workers: Some(serde_json::from_value(workers()).unwrap()),
+        models: Some(vec![kvgate_core::sync::ModelEntry {
+            name: "m".into(),
+            block_size: 16,
+            files_digest: "d1".into(),
+        }]),
+        loads: Some(Vec::new()),
+        ..SyncFrame::default()
+    });
+    p.call_done(sync.id, Some(200), &frame);
+    assert!(!p.ready(), "its model is not loaded yet");
+    p.host.advance(100);
+    p.tick();
+    let calls = p.host.take_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.path.starts_with("/v1/models/files?name=m&digest=d1")),
+        "no stream yet, and the model's files are asked for: {calls:?}"
+    );
+}
+
 #[test]
 fn a_body_envoy_is_still_buffering_is_not_resumed_unrouted_by_the_watchdog() {
     let mut p = processor(json!({"pause_watchdog_ms": 100, "request_timeout_ms": 5000}));
