@@ -215,6 +215,7 @@ fn main() -> anyhow::Result<()> {
     cfg.sidecar.lag_samples = args.lag_samples.max(1);
     cfg.progress = !args.no_progress;
     cfg.sweep.trace_seconds = args.sweep_trace_seconds;
+    cfg.sweep.trace_start = cfg.trace_start;
     cfg.sweep.loads = args.sweep_loads.clone();
     cfg.sweep.workers = args.sweep_workers.clone();
     cfg.sweep.seeds = args.sweep_seeds.max(1);

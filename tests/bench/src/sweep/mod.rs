@@ -64,7 +64,10 @@ pub struct SweepConfig {
     pub seeds: u64,
     /// First seed.
     pub seed: u64,
-    /// Trace seconds replayed (from the start).
+    /// Where the replayed window starts in the trace, seconds (the trace is cut there by
+    /// the caller; recorded in the report).
+    pub trace_start: f64,
+    /// Trace seconds replayed (from the window's start).
     pub trace_seconds: f64,
     /// KV pool per engine for the load sweep, blocks.
     pub num_gpu_blocks: usize,
@@ -100,6 +103,7 @@ impl Default for SweepConfig {
             workers: vec![4, 8],
             seeds: 3,
             seed: 7,
+            trace_start: 0.0,
             trace_seconds: 150.0,
             num_gpu_blocks: 65_536,
             capacity_blocks: vec![16_384, 32_768, 65_536],
@@ -195,6 +199,8 @@ pub struct CapacityPoint {
 pub struct SweepSetup {
     /// Trace file.
     pub trace: String,
+    /// Where the replayed window starts in the trace, seconds.
+    pub trace_start_s: f64,
     /// Trace seconds replayed.
     pub trace_seconds: f64,
     /// Requests per run.
@@ -605,6 +611,7 @@ pub fn run(
     Ok(SweepReport {
         setup: SweepSetup {
             trace: trace.path.clone(),
+            trace_start_s: cfg.trace_start,
             trace_seconds: cfg.trace_seconds,
             requests: n_requests,
             arrivals: "requests sharing a trace timestamp arrive at sorted seeded-uniform offsets in [t, next timestamp) (at most the most common gap), then every time is divided by the load".into(),

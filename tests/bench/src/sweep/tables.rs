@@ -88,15 +88,17 @@ pub fn markdown(s: &mut String, q: &QualityReport) {
     if let Some(st) = &q.sweep_setup {
         let _ = writeln!(
             s,
-            "**Load sweep (virtual time)** — `{}`, first {:.0} trace-seconds ({} requests per run), {} KV blocks per engine, output ≤ {} tokens, {} seeds per point, kvgate as {} engine VMs with KV events {:.0} ms late; {} runs in {:.0} s on {} threads. Engine-side TTFT (queue + prefill) in trace ms: p50 ± 95 % interval / p99; utilisation = mean engine busy share under round_robin.\n",
+            "**Load sweep (virtual time)** — `{}`, {:.0} trace-seconds from {:.0} s in ({} requests per run), {} KV blocks per engine, output ≤ {} tokens, {} seeds per point, loads per 4 engines (×N/4 with N engines), kvgate as {} engine VMs with KV events {:.0} ms late and router keys `{}`; {} runs in {:.0} s on {} threads. Engine-side TTFT (queue + prefill) in trace ms: p50 ± 95 % interval / p99; utilisation = mean engine busy share under round_robin.\n",
             Path::new(&st.trace).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
             st.trace_seconds,
+            st.trace_start_s,
             st.requests,
             st.num_gpu_blocks,
             st.max_output_tokens,
             q.sweep.first().map_or(0, |p| p.seeds),
             st.vms,
             st.event_delay_ms,
+            st.router,
             st.runs,
             st.elapsed_s,
             st.threads,
