@@ -359,8 +359,11 @@ fn sidecar_sync_reaches_every_vm_and_bookkeeping_is_freed() {
                 .and_then(|d| d.split(',').next()),
             Some("10.0.0.2:8000")
         );
-        // In flight: booked in the ledger until the stream ends.
+        // In flight: booked in the ledger until the stream ends; the free reaches the
+        // ledger at the VM's next tick (no shared-data write on the response path).
         s.finish().unwrap();
+        vm.advance_time(std::time::Duration::from_millis(25))
+            .unwrap();
     }
     // After on_log every VM's part of the bookings ledger is gone again.
     for vm in [leader, follower] {
