@@ -225,8 +225,8 @@ BENCH_OUT  := $(ROOT)/target/bench
 # The bench runs release builds: the sidecar, and the driver with its load generator and
 # upstream (kvgate-loadgen, kvgate-echo: own processes, pinned away from Envoy); bench-smoke
 # runs the debug builds of the same binaries that `make native` makes.
-bench: setup wasm native ## Benchmarks, side by side in one run (~7 min): routing quality of 7 policies on a real trace, overhead vs plain Envoy, sidecar; target/bench/report.{json,md,svg}
-	+cargo build --release -p kvgate-sync -p kvgate-bench --bins
+bench: setup wasm native ## Benchmarks, side by side in one run: load sweep in virtual time, routing quality on the real stack (filter and EPP), overhead vs plain Envoy (filter and EPP), sidecar; target/bench/report.{json,md,svg}
+	+cargo build --release -p kvgate-sync -p kvgate-bench -p kvgate-mock --bins
 	KVGATE_SIDECAR=$(CARGO_TARGET_DIR)/release/kvgate-sync \
 	  $(CARGO_TARGET_DIR)/release/kvgate-bench --trace $(abspath $(TRACE)) --out $(BENCH_OUT) $(BENCH_ARGS)
 
