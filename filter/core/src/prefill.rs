@@ -120,11 +120,6 @@ impl PrefillRates {
         let ran = queued.saturating_sub(rate.remaining(queue, now_ms));
         booked.saturating_sub(ran)
     }
-
-    /// Forget a worker that left.
-    pub fn remove(&mut self, worker: &WorkerKey) {
-        self.rates.remove(worker);
-    }
 }
 
 #[cfg(test)]
@@ -203,7 +198,5 @@ mod tests {
         assert_eq!(rates.decayed(&w, 1400, &[q(1000, 500)], 550), 900);
         // A worker never seen keeps everything.
         assert_eq!(rates.decayed(&other, 1400, &[q(1000, 500)], 550), 1400);
-        rates.remove(&w);
-        assert_eq!(rates.decayed(&w, 1400, &[q(1000, 500)], 550), 1400);
     }
 }
