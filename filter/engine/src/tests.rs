@@ -98,6 +98,10 @@ pub(crate) fn replied(o: Outcome) -> Reply {
 }
 
 fn decide(e: &mut Engine, ctx: u32, body: &[u8]) -> Outcome {
+    decide_at(e, ctx, body, 1_000)
+}
+
+fn decide_at(e: &mut Engine, ctx: u32, body: &[u8], now_ms: u64) -> Outcome {
     e.decide(
         &DecideInput {
             ctx,
@@ -105,7 +109,7 @@ fn decide(e: &mut Engine, ctx: u32, body: &[u8]) -> Outcome {
             body,
             tenant: None,
             session: None,
-            now_ms: 1_000,
+            now_ms,
         },
         &Others::default(),
     )
@@ -408,17 +412,7 @@ fn booked_prefill_decays_at_the_learned_rate() {
         .unwrap()
     }
     fn at(e: &mut Engine, ctx: u32, body: &[u8], now_ms: u64) -> Route {
-        routed(e.decide(
-            &DecideInput {
-                ctx,
-                path: RoutedPath::Chat,
-                body,
-                tenant: None,
-                session: None,
-                now_ms,
-            },
-            &Others::default(),
-        ))
+        routed(decide_at(e, ctx, body, now_ms))
     }
     let run = |decay: bool| {
         // Prefill cost only: no cache credit, no decode term.
