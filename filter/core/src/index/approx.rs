@@ -1,52 +1,345 @@
 //! Approximate mode: for workers that publish no KV events, predict their cache from the
 //! router's own decisions. Routing a request to a worker records its blocks there for a
 //! TTL; a bounded number of predictions is kept (oldest dropped first).
+//!
+//! Memory is the constraint here: every Envoy worker thread holds one of these, and
+//! Dynamo's default cap is 2^20 (worker, block) pairs. So a prediction is one 12-byte
+//! row of a single table — the block's sequence hash, the worker's slot and the time
+//! it expires — with no per-prediction queue or second map:
+//!
+//! * The table is linear probing with rows kept in (sequence hash, slot) order. The
+//!   home position of a hash is `hash * homes / 2^64`, which grows with the hash, so
+//!   the whole table is sorted: a lookup starts at the home and scans forward past
+//!   smaller hashes, the holders of one block are adjacent rows, and removing many rows
+//!   at once is one forward pass that slides the kept rows left.
+//! * Expiry times are rounded up to a quantum (a power of two ≤ TTL/64 ms, so a
+//!   prediction lives at most 1/64 of the TTL longer than asked) and stored as a
+//!   16-bit count of quanta from a moving base. A histogram of rows per expiry time
+//!   says when something is due and, when the table is full, below which time the
+//!   oldest rows lie; expiring or pruning is then one sweep over the table, which
+//!   happens at most once per quantum for expiry and once per
+//!   `max × (1 − prune target ratio)` new rows for pruning.
 
-use super::prefix::{OverlapScores, PrefixIndex};
+use super::prefix::OverlapScores;
+use super::slots::{SlotSet, SlotTable};
 use super::IndexDelta;
 use crate::types::WorkerKey;
 use hashbrown::HashMap;
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
+
+/// Dynamo's `router_prune_target_ratio` default: a full index prunes down to this share
+/// of its cap.
+pub const DEFAULT_PRUNE_TARGET_RATIO: f64 = 0.8;
+
+/// Slot value marking an empty row (so at most 65,535 workers can be predicted at once).
+const EMPTY: u16 = u16::MAX;
+const EMPTY_ROW: u32 = EMPTY as u32;
+/// Largest load (rows / home positions) the table grows to, as a fraction.
+const LOAD_NUM: usize = 9;
+const LOAD_DEN: usize = 10;
+/// Smallest allocated table.
+const MIN_HOMES: usize = 64;
+
+fn pack(until: u16, slot: u16) -> u32 {
+    (u32::from(until) << 16) | u32::from(slot)
+}
+
+fn slot_of(meta: u32) -> u16 {
+    (meta & 0xFFFF) as u16
+}
+
+fn until_of(meta: u32) -> u16 {
+    (meta >> 16) as u16
+}
+
+/// Rows sorted by (sequence hash, slot) in a linear-probing layout (see the module doc).
+#[derive(Debug, Clone, Default)]
+struct Table {
+    /// Number of home positions (the rows may run on past them at the end).
+    homes: usize,
+    keys: Vec<u64>,
+    /// `until << 16 | slot`; slot [`EMPTY`] marks an empty row.
+    meta: Vec<u32>,
+    /// Occupied rows.
+    rows: usize,
+    /// Distinct sequence hashes.
+    distinct: usize,
+}
+
+impl Table {
+    fn home(&self, key: u64) -> usize {
+        // The top 32 bits suffice and keep the multiplication in 64 bits (wasm32 has
+        // no 128-bit multiply). Non-decreasing in `key` either way.
+        match u32::try_from(self.homes) {
+            Ok(h) => (((key >> 32) * u64::from(h)) >> 32) as usize,
+            Err(_) => ((u128::from(key) * self.homes as u128) >> 64) as usize,
+        }
+    }
+
+    /// Appends an empty row past the home positions, growing the arrays by a small
+    /// step rather than doubling them.
+    fn push_empty(&mut self) {
+        if self.meta.len() == self.meta.capacity() {
+            let step = self.homes / 256 + 16;
+            self.keys.reserve_exact(step);
+            self.meta.reserve_exact(step);
+        }
+        self.keys.push(0);
+        self.meta.push(EMPTY_ROW);
+    }
+
+    /// The row at `i`, if occupied: (hash, meta).
+    fn row(&self, i: usize) -> Option<(u64, u32)> {
+        let meta = *self.meta.get(i)?;
+        if slot_of(meta) == EMPTY {
+            return None;
+        }
+        Some((*self.keys.get(i)?, meta))
+    }
+
+    fn key_at(&self, i: usize) -> Option<u64> {
+        self.row(i).map(|(k, _)| k)
+    }
+
+    /// Where (key, slot) is or would go, and whether it is there.
+    fn find(&self, key: u64, slot: u16) -> (usize, bool) {
+        let mut i = self.home(key);
+        while let Some((k, meta)) = self.row(i) {
+            match (k, slot_of(meta)).cmp(&(key, slot)) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Equal => return (i, true),
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        (i, false)
+    }
+
+    /// First row holding `key`, if any.
+    fn first(&self, key: u64) -> Option<usize> {
+        let mut i = self.home(key);
+        while let Some(k) = self.key_at(i) {
+            if k == key {
+                return Some(i);
+            }
+            if k > key {
+                return None;
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The slots holding `key`.
+    fn holders(&self, key: u64) -> impl Iterator<Item = u16> + '_ {
+        let mut next = self.first(key);
+        std::iter::from_fn(move || {
+            let i = next?;
+            let (_, meta) = self.row(i).filter(|(k, _)| *k == key)?;
+            next = Some(i + 1);
+            Some(slot_of(meta))
+        })
+    }
+
+    /// Inserts a row at `i` (from [`Table::find`]), shifting the run after it right.
+    fn insert_at(&mut self, i: usize, key: u64, meta: u32) {
+        let new_key = !(i > 0 && self.key_at(i - 1) == Some(key)) && self.key_at(i) != Some(key);
+        let mut end = i;
+        while self.row(end).is_some() {
+            end += 1;
+        }
+        while self.meta.len() <= end {
+            self.push_empty();
+        }
+        self.keys.copy_within(i..end, i + 1);
+        self.meta.copy_within(i..end, i + 1);
+        if let (Some(k), Some(m)) = (self.keys.get_mut(i), self.meta.get_mut(i)) {
+            *k = key;
+            *m = meta;
+        }
+        self.rows += 1;
+        if new_key {
+            self.distinct += 1;
+        }
+    }
+
+    /// Keeps the rows for which `keep(hash, meta)` holds, in one forward pass; returns
+    /// nothing (the caller learns about dropped rows through `keep`).
+    fn retain(&mut self, mut keep: impl FnMut(u64, u32) -> bool) {
+        let mut write = 0usize;
+        let mut last: Option<u64> = None;
+        let (mut len, mut distinct) = (0usize, 0usize);
+        for read in 0..self.meta.len() {
+            let Some((key, meta)) = self.row(read) else {
+                continue;
+            };
+            if let Some(m) = self.meta.get_mut(read) {
+                *m = EMPTY_ROW;
+            }
+            if !keep(key, meta) {
+                continue;
+            }
+            let to = self.home(key).max(write);
+            if let (Some(k), Some(m)) = (self.keys.get_mut(to), self.meta.get_mut(to)) {
+                *k = key;
+                *m = meta;
+            }
+            write = to + 1;
+            len += 1;
+            if last != Some(key) {
+                distinct += 1;
+                last = Some(key);
+            }
+        }
+        self.rows = len;
+        self.distinct = distinct;
+        self.trim();
+    }
+
+    /// Drops empty rows past the home positions.
+    fn trim(&mut self) {
+        while self.meta.len() > self.homes && self.meta.last() == Some(&EMPTY_ROW) {
+            self.meta.pop();
+            self.keys.pop();
+        }
+    }
+
+    /// Rebuilds with `homes` home positions (rows keep their order).
+    fn resize(&mut self, homes: usize) {
+        let old = std::mem::replace(
+            self,
+            Table {
+                homes,
+                keys: vec![0; homes],
+                meta: vec![EMPTY_ROW; homes],
+                rows: self.rows,
+                distinct: self.distinct,
+            },
+        );
+        let mut write = 0usize;
+        for read in 0..old.meta.len() {
+            let Some((key, meta)) = old.row(read) else {
+                continue;
+            };
+            let to = self.home(key).max(write);
+            while self.meta.len() <= to {
+                self.push_empty();
+            }
+            if let (Some(k), Some(m)) = (self.keys.get_mut(to), self.meta.get_mut(to)) {
+                *k = key;
+                *m = meta;
+            }
+            write = to + 1;
+        }
+    }
+}
 
 /// Predicted cache contents with per-entry expiry.
 #[derive(Debug, Clone)]
 pub struct ApproxIndex {
-    index: PrefixIndex,
-    expiry: HashMap<(WorkerKey, u64), u64>,
-    queue: VecDeque<(u64, WorkerKey, u64)>,
+    table: Table,
+    slots: SlotTable,
+    /// Rows per slot.
+    counts: Vec<u64>,
+    /// Rows per stored expiry time.
+    by_until: BTreeMap<u16, u32>,
+    /// Stored expiry times count quanta from this many quanta since time 0.
+    base: u64,
+    quantum_ms: u64,
     ttl_ms: u64,
     max_entries: usize,
+    prune_to: usize,
+    /// Home positions at the cap (the table grows no further).
+    max_homes: usize,
 }
 
 impl ApproxIndex {
-    /// Predictions live `ttl_ms`; at most `max_entries` (worker, block) pairs are kept.
+    /// Predictions live `ttl_ms`; at most `max_entries` (worker, block) pairs are kept;
+    /// a full index prunes the oldest down to [`DEFAULT_PRUNE_TARGET_RATIO`] of that.
     pub fn new(ttl_ms: u64, max_entries: usize) -> Self {
-        Self {
-            index: PrefixIndex::new(),
-            expiry: HashMap::new(),
-            queue: VecDeque::new(),
+        let quantum_ms = 1u64 << (ttl_ms / 64).max(1).ilog2();
+        let max_entries = max_entries.max(1);
+        let mut a = Self {
+            table: Table::default(),
+            slots: SlotTable::default(),
+            counts: Vec::new(),
+            by_until: BTreeMap::new(),
+            base: 0,
+            quantum_ms,
             ttl_ms,
-            max_entries: max_entries.max(1),
-        }
+            max_entries,
+            prune_to: 0,
+            max_homes: max_entries
+                .saturating_mul(LOAD_DEN)
+                .div_ceil(LOAD_NUM)
+                .max(MIN_HOMES),
+        };
+        a.set_prune_target_ratio(DEFAULT_PRUNE_TARGET_RATIO);
+        a
+    }
+
+    /// Sets the share of the cap a full index prunes down to (Dynamo's
+    /// `router_prune_target_ratio`, clamped to 0..=1; at least one pair is pruned).
+    pub fn set_prune_target_ratio(&mut self, ratio: f64) {
+        let r = if ratio.is_finite() {
+            ratio.clamp(0.0, 1.0)
+        } else {
+            DEFAULT_PRUNE_TARGET_RATIO
+        };
+        self.prune_to = ((self.max_entries as f64 * r) as usize).min(self.max_entries - 1);
+    }
+
+    /// The granularity of expiry times: a prediction made at `t` lives until `t + ttl`
+    /// rounded up to a multiple of this.
+    pub fn quantum_ms(&self) -> u64 {
+        self.quantum_ms
     }
 
     /// Records that `worker` will hold `sequence` (a request's blocks) from `now_ms` on.
-    /// Returns the index changes (inserts of new blocks, removals of pruned ones).
+    /// Returns the index changes (inserts of new blocks, removals of expired or pruned
+    /// ones). Re-recording a pair keeps the later of its two expiry times.
     pub fn record(&mut self, worker: WorkerKey, sequence: &[u64], now_ms: u64) -> Vec<IndexDelta> {
         let mut deltas = self.expire(now_ms);
-        let until = now_ms.saturating_add(self.ttl_ms);
-        for &seq in sequence {
-            self.expiry.insert((worker, seq), until);
-            self.queue.push_back((until, worker, seq));
-            if self.index.insert(worker, seq) {
-                deltas.push(IndexDelta::Insert { worker, seq });
-            }
+        if sequence.is_empty() {
+            return deltas;
         }
-        while self.expiry.len() > self.max_entries {
-            match self.queue.pop_front() {
-                Some((at, w, s)) => self.drop_if_current(at, w, s, &mut deltas),
-                None => break,
+        let Ok(slot) = u16::try_from(self.slots.intern(worker)) else {
+            self.slots.release(&worker);
+            return deltas;
+        };
+        if slot == EMPTY {
+            self.slots.release(&worker);
+            return deltas;
+        }
+        let until = self.stored_until(now_ms.saturating_add(self.ttl_ms), &mut deltas);
+        for &seq in sequence {
+            let (i, found) = self.table.find(seq, slot);
+            if found {
+                let Some(meta) = self.table.meta.get_mut(i) else {
+                    continue;
+                };
+                let old = until_of(*meta);
+                if old < until {
+                    *meta = pack(until, slot);
+                    self.uncount_until(old, 1);
+                    *self.by_until.entry(until).or_insert(0) += 1;
+                }
+                continue;
             }
+            if self.table.rows >= self.max_entries {
+                self.prune(&mut deltas);
+            }
+            let crowded = (self.table.rows + 1) * LOAD_DEN > self.table.homes * LOAD_NUM;
+            if self.table.homes == 0 || (crowded && self.table.homes < self.max_homes) {
+                let grown = (self.table.homes * 2).clamp(MIN_HOMES, self.max_homes);
+                self.table.resize(grown);
+            }
+            let (i, _) = self.table.find(seq, slot);
+            self.table.insert_at(i, seq, pack(until, slot));
+            *self.by_until.entry(until).or_insert(0) += 1;
+            if let Some(c) = self.count_mut(slot) {
+                *c += 1;
+            }
+            deltas.push(IndexDelta::Insert { worker, seq });
         }
         deltas
     }
@@ -54,72 +347,252 @@ impl ApproxIndex {
     /// Drops predictions that expired at or before `now_ms`.
     pub fn expire(&mut self, now_ms: u64) -> Vec<IndexDelta> {
         let mut deltas = Vec::new();
-        while let Some(&(at, w, s)) = self.queue.front() {
-            if at > now_ms {
-                break;
-            }
-            self.queue.pop_front();
-            self.drop_if_current(at, w, s, &mut deltas);
+        let now = now_ms / self.quantum_ms;
+        let due = match self.by_until.first_key_value() {
+            Some((&first, _)) => self.base + u64::from(first) <= now,
+            None => false,
+        };
+        if due {
+            // Every row with base + until <= now, i.e. until < now - base + 1.
+            let below = (now - self.base + 1).min(1 << 16) as u32;
+            self.sweep(below, 0, &mut deltas);
         }
         deltas
     }
 
-    fn drop_if_current(
-        &mut self,
-        at: u64,
-        worker: WorkerKey,
-        seq: u64,
-        deltas: &mut Vec<IndexDelta>,
-    ) {
-        if self.expiry.get(&(worker, seq)) == Some(&at) {
-            self.expiry.remove(&(worker, seq));
-            if self.index.remove(worker, seq) {
-                deltas.push(IndexDelta::Remove { worker, seq });
-            }
-        }
-    }
-
-    /// Forgets every prediction for `worker`.
+    /// Forgets every prediction for `worker` (no deltas: callers clear the worker).
     pub fn remove_worker(&mut self, worker: WorkerKey) {
-        self.expiry.retain(|(w, _), _| *w != worker);
-        self.index.clear_worker(worker);
+        let Some(slot) = self.slots.get(&worker) else {
+            return;
+        };
+        let by_until = &mut self.by_until;
+        self.table.retain(|_, meta| {
+            if u32::from(slot_of(meta)) != slot {
+                return true;
+            }
+            let u = until_of(meta);
+            if let Some(n) = by_until.get_mut(&u) {
+                *n -= 1;
+                if *n == 0 {
+                    by_until.remove(&u);
+                }
+            }
+            false
+        });
+        if let Some(c) = self.counts.get_mut(slot as usize) {
+            *c = 0;
+        }
+        self.slots.release(&worker);
     }
 
     /// Overlap of a request against the predictions (expire first for exactness).
     pub fn overlap(&self, sequence: &[u64]) -> OverlapScores {
-        self.index.overlap(sequence)
+        let mut out = OverlapScores::default();
+        let mut iter = sequence.iter();
+        let Some(&first) = iter.next() else {
+            return out;
+        };
+        let mut alive = SlotSet::default();
+        for s in self.table.holders(first) {
+            alive.insert(u32::from(s));
+        }
+        if alive.is_empty() {
+            return out;
+        }
+        let mut depth: u32 = 1;
+        for &seq in iter {
+            let mut next = SlotSet::default();
+            for s in self.table.holders(seq) {
+                next.insert(u32::from(s));
+            }
+            let d = depth;
+            alive.retain_in(&next, |slot| {
+                if let Some(k) = self.slots.key(slot) {
+                    out.scores.insert(k, d);
+                }
+            });
+            if alive.is_empty() {
+                break;
+            }
+            depth += 1;
+        }
+        for slot in alive.iter() {
+            if let Some(k) = self.slots.key(slot) {
+                out.scores.insert(k, depth);
+            }
+        }
+        for k in out.scores.keys() {
+            out.tree_sizes.insert(*k, self.worker_blocks(k));
+        }
+        out
     }
 
-    /// The predicted index.
-    pub fn index(&self) -> &PrefixIndex {
-        &self.index
+    /// A read-only view of the predicted index.
+    pub fn index(&self) -> ApproxView<'_> {
+        ApproxView { a: self }
+    }
+
+    fn worker_blocks(&self, worker: &WorkerKey) -> u64 {
+        self.slots
+            .get(worker)
+            .and_then(|s| self.counts.get(s as usize).copied())
+            .unwrap_or(0)
+    }
+
+    fn count_mut(&mut self, slot: u16) -> Option<&mut u64> {
+        let s = usize::from(slot);
+        if self.counts.len() <= s {
+            self.counts.resize(s + 1, 0);
+        }
+        self.counts.get_mut(s)
+    }
+
+    fn uncount_until(&mut self, until: u16, n: u32) {
+        if let Some(c) = self.by_until.get_mut(&until) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.by_until.remove(&until);
+            }
+        }
+    }
+
+    /// The stored form of expiry time `until_ms` (rounded up to the quantum), moving the
+    /// base forward first if it does not fit in 16 bits.
+    fn stored_until(&mut self, until_ms: u64, deltas: &mut Vec<IndexDelta>) -> u16 {
+        let q = until_ms.div_ceil(self.quantum_ms);
+        if q < self.base {
+            return 0;
+        }
+        if q - self.base > u64::from(u16::MAX) {
+            let oldest = self
+                .by_until
+                .first_key_value()
+                .map_or(q, |(&u, _)| self.base + u64::from(u));
+            // Rows too old to share a 16-bit range with `q` go now (never with a TTL
+            // below 2^16 quanta, which the quantum guarantees, unless time jumps).
+            let new_base = oldest.max(q - u64::from(u16::MAX));
+            let below = (new_base - self.base).min(1 << 16) as u32;
+            self.sweep(below, 0, deltas);
+            let shift = (new_base - self.base) as u16;
+            for meta in self.table.meta.iter_mut() {
+                if slot_of(*meta) != EMPTY {
+                    *meta = pack(until_of(*meta).saturating_sub(shift), slot_of(*meta));
+                }
+            }
+            self.by_until = std::mem::take(&mut self.by_until)
+                .into_iter()
+                .map(|(u, n)| (u.saturating_sub(shift), n))
+                .collect();
+            self.base = new_base;
+        }
+        (q - self.base).min(u64::from(u16::MAX)) as u16
+    }
+
+    /// Makes room for one more pair: drops the oldest pairs down to the prune target.
+    fn prune(&mut self, deltas: &mut Vec<IndexDelta>) {
+        let mut need = self.table.rows.saturating_sub(self.prune_to) as u64;
+        let mut below = 1u32 << 16;
+        let mut ties = 0usize;
+        for (&u, &n) in &self.by_until {
+            if u64::from(n) >= need {
+                below = u32::from(u);
+                ties = need as usize;
+                break;
+            }
+            need -= u64::from(n);
+        }
+        self.sweep(below, ties, deltas);
+    }
+
+    /// Drops every row that expires before `below` (stored units) and the first `ties`
+    /// rows, in table order, that expire at `below`.
+    fn sweep(&mut self, below: u32, mut ties: usize, deltas: &mut Vec<IndexDelta>) {
+        let slots = &self.slots;
+        let counts = &mut self.counts;
+        let mut tied = 0u32;
+        self.table.retain(|key, meta| {
+            let u = u32::from(until_of(meta));
+            let drop = u < below || (u == below && ties > 0);
+            if !drop {
+                return true;
+            }
+            if u == below {
+                ties -= 1;
+                tied += 1;
+            }
+            let slot = slot_of(meta);
+            if let Some(c) = counts.get_mut(usize::from(slot)) {
+                *c = c.saturating_sub(1);
+            }
+            if let Some(worker) = slots.key(u32::from(slot)) {
+                deltas.push(IndexDelta::Remove { worker, seq: key });
+            }
+            false
+        });
+        self.by_until = match u16::try_from(below) {
+            Ok(b) => self.by_until.split_off(&b),
+            Err(_) => BTreeMap::new(),
+        };
+        if let Ok(b) = u16::try_from(below) {
+            self.uncount_until(b, tied);
+        }
+    }
+}
+
+/// Read-only view of an [`ApproxIndex`]'s predictions, with the queries of a
+/// [`super::PrefixIndex`].
+#[derive(Debug, Clone, Copy)]
+pub struct ApproxView<'a> {
+    a: &'a ApproxIndex,
+}
+
+impl ApproxView<'_> {
+    /// Number of distinct sequence hashes predicted on some worker.
+    pub fn len(&self) -> usize {
+        self.a.table.distinct
+    }
+
+    /// Whether nothing is predicted.
+    pub fn is_empty(&self) -> bool {
+        self.a.table.rows == 0
+    }
+
+    /// Total (worker, block) pairs.
+    pub fn entries(&self) -> u64 {
+        self.a.table.rows as u64
+    }
+
+    /// Whether `worker` is predicted to hold `seq`.
+    pub fn contains(&self, worker: &WorkerKey, seq: u64) -> bool {
+        match self.a.slots.get(worker).map(u16::try_from) {
+            Some(Ok(slot)) => self.a.table.find(seq, slot).1,
+            _ => false,
+        }
+    }
+
+    /// Number of blocks predicted on `worker`.
+    pub fn worker_blocks(&self, worker: &WorkerKey) -> u64 {
+        self.a.worker_blocks(worker)
+    }
+
+    /// Predicted blocks per worker, for every worker with a slot.
+    pub fn tree_sizes(&self) -> HashMap<WorkerKey, u64> {
+        self.a
+            .slots
+            .keys()
+            .map(|k| (k, self.a.worker_blocks(&k)))
+            .collect()
+    }
+
+    /// Every predicted (worker, sequence hash) pair, ordered by hash.
+    pub fn iter(&self) -> impl Iterator<Item = (WorkerKey, u64)> + '_ {
+        let a = self.a;
+        (0..a.table.meta.len()).filter_map(move |i| {
+            let (key, meta) = a.table.row(i)?;
+            Some((a.slots.key(u32::from(slot_of(meta)))?, key))
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn predictions_expire_and_refresh() {
-        let w = WorkerKey::new(1, 0);
-        let mut a = ApproxIndex::new(1000, 100);
-        a.record(w, &[1, 2], 0);
-        a.record(w, &[1], 500);
-        assert_eq!(a.overlap(&[1, 2]).of(&w), 2);
-        let gone = a.expire(1000);
-        assert_eq!(gone, vec![IndexDelta::Remove { worker: w, seq: 2 }]);
-        assert_eq!(a.overlap(&[1, 2]).of(&w), 1);
-        a.expire(1500);
-        assert!(a.index().is_empty());
-    }
-
-    #[test]
-    fn bounded_size_drops_oldest() {
-        let w = WorkerKey::new(1, 0);
-        let mut a = ApproxIndex::new(10_000, 3);
-        a.record(w, &[1, 2, 3, 4], 0);
-        assert_eq!(a.index().len(), 3);
-        assert!(!a.index().contains(&w, 1));
-    }
-}
+mod tests;

@@ -21,7 +21,7 @@ mod slots;
 #[cfg(test)]
 mod differential;
 
-pub use approx::ApproxIndex;
+pub use approx::{ApproxIndex, ApproxView, DEFAULT_PRUNE_TARGET_RATIO};
 pub use indexer::{ApplyOutcome, EventGap, KvIndexer};
 pub use prefix::{OverlapScores, PrefixIndex};
 pub use slots::{SlotSet, SlotTable};
