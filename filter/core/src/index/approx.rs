@@ -162,36 +162,72 @@ impl Table {
         }
     }
 
-    /// Keeps the rows for which `keep(hash, meta)` holds, in one forward pass; returns
-    /// nothing (the caller learns about dropped rows through `keep`).
-    fn retain(&mut self, mut keep: impl FnMut(u64, u32) -> bool) {
+    /// Keeps the rows whose meta passes `keep`, in one forward pass, calling
+    /// `dropped(hash, meta)` for the others. Rows after a dropped one slide left until
+    /// the next empty row; everywhere else only the metas are read.
+    fn retain(&mut self, mut keep: impl FnMut(u32) -> bool, mut dropped: impl FnMut(u64, u32)) {
+        // First position the next kept row may take.
         let mut write = 0usize;
-        let mut last: Option<u64> = None;
-        let (mut len, mut distinct) = (0usize, 0usize);
+        // A row was dropped since the last empty row, so kept rows may move.
+        let mut dirty = false;
+        // A hash that lost a row and has kept none so far.
+        let mut pending: Option<u64> = None;
         for read in 0..self.meta.len() {
-            let Some((key, meta)) = self.row(read) else {
-                continue;
+            let Some(&meta) = self.meta.get(read) else {
+                break;
             };
-            if let Some(m) = self.meta.get_mut(read) {
-                *m = EMPTY_ROW;
-            }
-            if !keep(key, meta) {
+            if slot_of(meta) == EMPTY {
+                if pending.take().is_some() {
+                    self.distinct -= 1;
+                }
+                // Rows after an empty row have their home after it: they stay.
+                dirty = false;
+                write = read + 1;
                 continue;
             }
-            let to = self.home(key).max(write);
-            if let (Some(k), Some(m)) = (self.keys.get_mut(to), self.meta.get_mut(to)) {
-                *k = key;
-                *m = meta;
+            let key = || self.keys.get(read).copied().unwrap_or(0);
+            if !keep(meta) {
+                let k = key();
+                dropped(k, meta);
+                if let Some(m) = self.meta.get_mut(read) {
+                    *m = EMPTY_ROW;
+                }
+                self.rows -= 1;
+                if pending != Some(k) {
+                    if pending.is_some() {
+                        self.distinct -= 1;
+                    }
+                    let kept_before = write > 0 && self.key_at(write - 1) == Some(k);
+                    pending = (!kept_before).then_some(k);
+                }
+                dirty = true;
+                continue;
+            }
+            if let Some(p) = pending.take() {
+                if key() != p {
+                    self.distinct -= 1;
+                }
+            }
+            if !dirty {
+                write = read + 1;
+                continue;
+            }
+            let k = key();
+            let to = self.home(k).max(write);
+            if to != read {
+                if let Some(m) = self.meta.get_mut(read) {
+                    *m = EMPTY_ROW;
+                }
+                if let (Some(kk), Some(m)) = (self.keys.get_mut(to), self.meta.get_mut(to)) {
+                    *kk = k;
+                    *m = meta;
+                }
             }
             write = to + 1;
-            len += 1;
-            if last != Some(key) {
-                distinct += 1;
-                last = Some(key);
-            }
         }
-        self.rows = len;
-        self.distinct = distinct;
+        if pending.is_some() {
+            self.distinct -= 1;
+        }
         self.trim();
     }
 
@@ -366,19 +402,18 @@ impl ApproxIndex {
             return;
         };
         let by_until = &mut self.by_until;
-        self.table.retain(|_, meta| {
-            if u32::from(slot_of(meta)) != slot {
-                return true;
-            }
-            let u = until_of(meta);
-            if let Some(n) = by_until.get_mut(&u) {
-                *n -= 1;
-                if *n == 0 {
-                    by_until.remove(&u);
+        self.table.retain(
+            |meta| u32::from(slot_of(meta)) != slot,
+            |_, meta| {
+                let u = until_of(meta);
+                if let Some(n) = by_until.get_mut(&u) {
+                    *n -= 1;
+                    if *n == 0 {
+                        by_until.remove(&u);
+                    }
                 }
-            }
-            false
-        });
+            },
+        );
         if let Some(c) = self.counts.get_mut(slot as usize) {
             *c = 0;
         }
@@ -510,16 +545,18 @@ impl ApproxIndex {
         let slots = &self.slots;
         let counts = &mut self.counts;
         let mut tied = 0u32;
-        self.table.retain(|key, meta| {
+        let keep = |meta: u32| {
             let u = u32::from(until_of(meta));
-            let drop = u < below || (u == below && ties > 0);
-            if !drop {
+            if u > below || (u == below && ties == 0) {
                 return true;
             }
             if u == below {
                 ties -= 1;
                 tied += 1;
             }
+            false
+        };
+        self.table.retain(keep, |key, meta| {
             let slot = slot_of(meta);
             if let Some(c) = counts.get_mut(usize::from(slot)) {
                 *c = c.saturating_sub(1);
@@ -527,7 +564,6 @@ impl ApproxIndex {
             if let Some(worker) = slots.key(u32::from(slot)) {
                 deltas.push(IndexDelta::Remove { worker, seq: key });
             }
-            false
         });
         self.by_until = match u16::try_from(below) {
             Ok(b) => self.by_until.split_off(&b),
