@@ -1,4 +1,5 @@
-//! The command line: `serve`, `hash` and `explain`, with every flag and its default.
+//! The command line: `serve`, `hash`, `explain`, `check-config` and `vm-config`, with every
+//! flag and its default.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +24,20 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Check plugin configuration files (JSON objects) with the filter's own parser.
     CheckConfig(CheckConfigArgs),
+    /// Print the static-mode VM configuration (model files, tokenizer packed) for Envoy's
+    /// `vm_config.configuration`.
+    VmConfig(VmConfigArgs),
+}
+
+/// Flags of `vm-config`.
+#[derive(Debug, Clone, Args)]
+pub struct VmConfigArgs {
+    /// A served model and its directory (with tokenizer.json and tokenizer_config.json).
+    #[arg(long = "model", value_name = "NAME=DIR", required = true)]
+    pub models: Vec<String>,
+    /// Tokens per KV block of the models' workers.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: u32,
 }
 
 /// Flags of `check-config`.

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         }
         Command::Explain(args) => explain(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::VmConfig(args) => vm_config(&args),
     }
 }
 
@@ -100,6 +101,26 @@ fn check_config(args: &kvgate_sync::cli::CheckConfigArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+#[cfg(feature = "explain")]
+fn vm_config(args: &kvgate_sync::cli::VmConfigArgs) -> ExitCode {
+    match kvgate_sync::models::vm_config_json(&args.models, args.block_size) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kvgate-sync: {e}");
+            ExitCode::from(CONFIG_ERROR)
+        }
+    }
+}
+
+#[cfg(not(feature = "explain"))]
+fn vm_config(_args: &kvgate_sync::cli::VmConfigArgs) -> ExitCode {
+    eprintln!("kvgate-sync: built without the `explain` feature");
+    ExitCode::from(CONFIG_ERROR)
 }
 
 #[cfg(feature = "explain")]

@@ -70,15 +70,45 @@ pub fn read_model(name: &str, dir: &Path, block_size: u32) -> Result<ModelFiles,
     Ok(ModelFiles {
         name: name.to_string(),
         block_size,
-        tokenizer_json: canonical(read_json(name, &dir.join("tokenizer.json"))?),
+        tokenizer_json: packed(read_json(name, &dir.join("tokenizer.json"))?),
         tokenizer_config_json: read_json(name, &dir.join("tokenizer_config.json"))?,
     })
 }
 
-/// The canonical form of a `tokenizer.json` (what `tokenizers` 1.0 reads without first
-/// converting it through a JSON tree, in every VM that loads it); as read when it cannot be
-/// converted (the filter converts it on load then) or without the tokenizer built in.
-fn canonical(tokenizer_json: Vec<u8>) -> Vec<u8> {
+/// The static VM configuration (the filter's `vm_config.configuration` without a sidecar)
+/// for these models, `NAME=DIR` each: `{"models": [...]}`, each tokenizer packed when it is a
+/// BPE model (`kvgate-sync vm-config`).
+#[cfg(feature = "explain")]
+pub fn vm_config_json(models: &[String], block_size: u32) -> Result<String, String> {
+    let mut out = Vec::with_capacity(models.len());
+    for m in models {
+        let (name, dir) = m
+            .split_once('=')
+            .ok_or_else(|| format!("--model {m}: expected NAME=DIR"))?;
+        let dir = Path::new(dir);
+        let tokenizer = read_json(name, &dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
+        let config =
+            read_json(name, &dir.join("tokenizer_config.json")).map_err(|e| e.to_string())?;
+        out.push(kvgate_engine::vm::vm_config_model(
+            name,
+            block_size,
+            &tokenizer,
+            &String::from_utf8_lossy(&config),
+        ));
+    }
+    Ok(serde_json::json!({ "models": out }).to_string())
+}
+
+/// What the VMs load a `tokenizer.json` from: its packed form (a BPE model's tables without
+/// a JSON tree: a third of the bytes, and less than half the VM's peak memory while loading),
+/// else its canonical form (what `tokenizers` 1.0 reads without first converting it through a
+/// JSON tree), else the file as read (the filter converts it on load then); as read without
+/// the tokenizer built in.
+fn packed(tokenizer_json: Vec<u8>) -> Vec<u8> {
+    #[cfg(feature = "explain")]
+    if let Ok(p) = kvgate_prompt::pack_tokenizer(&tokenizer_json) {
+        return p;
+    }
     #[cfg(feature = "explain")]
     if let Ok(c) = kvgate_prompt::canonical_json(&tokenizer_json) {
         return c.into_bytes();
@@ -142,7 +172,7 @@ mod tests {
 
     #[cfg(feature = "explain")]
     #[test]
-    fn the_tokenizer_is_served_canonical_and_loads_to_the_same_ids() {
+    fn the_tokenizer_is_served_packed_and_loads_to_the_same_ids() {
         let dir = std::env::var_os("KVGATE_MODEL_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
@@ -154,12 +184,8 @@ mod tests {
             "the fixture is the non-canonical file"
         );
         let files = read_model("m", &dir, 16).unwrap();
-        assert_eq!(
-            files.tokenizer_json,
-            kvgate_prompt::canonical_json(&original)
-                .unwrap()
-                .into_bytes()
-        );
+        assert!(kvgate_prompt::is_packed(&files.tokenizer_json));
+        assert!(files.tokenizer_json.len() * 2 < original.len());
         let load = |json: &[u8]| {
             kvgate_prompt::PromptTokenizer::from_bytes(json, kvgate_prompt::CacheConfig::default())
                 .unwrap()
@@ -167,6 +193,23 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(load(&files.tokenizer_json), load(&original));
+    }
+
+    #[cfg(feature = "explain")]
+    #[test]
+    fn vm_config_carries_the_packed_tokenizer_the_filter_reads() {
+        let dir = std::env::var_os("KVGATE_MODEL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models/Qwen3-0.6B")
+            });
+        let json = vm_config_json(&[format!("m={}", dir.display())], 16).unwrap();
+        let listing = kvgate_engine::VmConfig::parse(json.as_bytes()).unwrap();
+        assert_eq!(listing.models, vec![("m".to_string(), 16)]);
+        let files = listing.model_files("m").unwrap().unwrap();
+        assert!(kvgate_prompt::is_packed(&files.tokenizer_json));
+        assert!(json.len() * 2 < std::fs::read(dir.join("tokenizer.json")).unwrap().len());
+        assert!(vm_config_json(&["no-equals".into()], 16).is_err());
     }
 
     #[test]

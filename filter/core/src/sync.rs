@@ -67,7 +67,8 @@ pub struct ModelFiles {
     pub name: String,
     /// Tokens per KV block.
     pub block_size: u32,
-    /// `tokenizer.json`.
+    /// `tokenizer.json`, or its packed form (`kvgate_prompt::pack_tokenizer`: what the
+    /// sidecar serves for BPE models).
     pub tokenizer_json: Vec<u8>,
     /// `tokenizer_config.json` (with `chat_template`).
     pub tokenizer_config_json: Vec<u8>,

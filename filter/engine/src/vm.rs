@@ -16,6 +16,7 @@ use crate::outcome::Outcome;
 use crate::shared::{self, Ring};
 use crate::sidecar::{Pending, Sidecar, MODEL_TIMEOUT_MS};
 use crate::{DecideInput, Prepared};
+use base64::Engine as _;
 use kvgate_core::config::{Config, ConfigError, Secret};
 use kvgate_core::sync::query_escape;
 use kvgate_core::WorkerKey;
@@ -97,7 +98,9 @@ struct ListedModel {
     #[serde(default = "sixteen")]
     block_size: u32,
     #[allow(dead_code)] // present, skipped unread
-    tokenizer_json: IgnoredAny,
+    tokenizer_json: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    tokenizer_packed: Option<IgnoredAny>,
     #[allow(dead_code)]
     tokenizer_config_json: IgnoredAny,
 }
@@ -111,8 +114,13 @@ pub struct VmModel {
     /// Tokens per KV block.
     #[serde(default = "sixteen")]
     pub block_size: u32,
-    /// `tokenizer.json` contents.
-    pub tokenizer_json: String,
+    /// `tokenizer.json` contents (or give `tokenizer_packed`).
+    #[serde(default)]
+    pub tokenizer_json: Option<String>,
+    /// The packed tokenizer (`kvgate-sync vm-config` writes it), base64: a third of the
+    /// bytes of `tokenizer.json`, loaded without a JSON tree of the vocabulary.
+    #[serde(default)]
+    pub tokenizer_packed: Option<String>,
     /// `tokenizer_config.json` contents (with `chat_template`).
     pub tokenizer_config_json: String,
 }
@@ -150,6 +158,14 @@ impl VmConfig {
         }
         let listing: VmConfigListing =
             serde_json::from_reader(std::io::Cursor::new(head).chain(reader)).map_err(bad)?;
+        for m in &listing.models {
+            if m.tokenizer_json.is_some() == m.tokenizer_packed.is_some() {
+                return Err(StartError::VmConfig(format!(
+                    "model {:?}: give exactly one of tokenizer_json and tokenizer_packed",
+                    m.name
+                )));
+            }
+        }
         Ok(VmConfig {
             models: listing
                 .models
@@ -167,17 +183,57 @@ impl VmConfig {
         };
         let full: FullVmConfig =
             serde_json::from_reader(open()).map_err(|e| StartError::VmConfig(e.to_string()))?;
-        Ok(full
-            .models
-            .into_iter()
-            .find(|m| m.name == name)
-            .map(|m| ModelFiles {
-                name: m.name,
-                block_size: m.block_size,
-                tokenizer_json: m.tokenizer_json.into_bytes(),
-                tokenizer_config_json: m.tokenizer_config_json.into_bytes(),
-            }))
+        let Some(m) = full.models.into_iter().find(|m| m.name == name) else {
+            return Ok(None);
+        };
+        let tokenizer_json = match (m.tokenizer_json, m.tokenizer_packed) {
+            (Some(json), None) => json.into_bytes(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    StartError::VmConfig(format!("model {name:?}: tokenizer_packed: {e}"))
+                })?,
+            _ => {
+                return Err(StartError::VmConfig(format!(
+                    "model {name:?}: give exactly one of tokenizer_json and tokenizer_packed"
+                )))
+            }
+        };
+        Ok(Some(ModelFiles {
+            name: m.name,
+            block_size: m.block_size,
+            tokenizer_json,
+            tokenizer_config_json: m.tokenizer_config_json.into_bytes(),
+        }))
     }
+}
+
+/// One model of a static VM configuration, as [`VmConfig`] reads it: the tokenizer packed
+/// (`tokenizer_packed`, base64) when it is a BPE model, else its canonical JSON (else the file
+/// as given). `kvgate-sync vm-config` and the test stacks write it.
+pub fn vm_config_model(
+    name: &str,
+    block_size: u32,
+    tokenizer_json: &[u8],
+    tokenizer_config_json: &str,
+) -> serde_json::Value {
+    let (key, value) = match kvgate_prompt::pack_tokenizer(tokenizer_json) {
+        Ok(p) => (
+            "tokenizer_packed",
+            base64::engine::general_purpose::STANDARD.encode(p),
+        ),
+        Err(_) => (
+            "tokenizer_json",
+            kvgate_prompt::canonical_json(tokenizer_json)
+                .unwrap_or_else(|_| String::from_utf8_lossy(tokenizer_json).into_owned()),
+        ),
+    };
+    let mut model = serde_json::Map::new();
+    model.insert("name".into(), name.into());
+    model.insert("block_size".into(), block_size.into());
+    model.insert(key.into(), value.into());
+    model.insert("tokenizer_config_json".into(), tokenizer_config_json.into());
+    serde_json::Value::Object(model)
 }
 
 /// Model files as stored in shared data (postcard [`ModelFiles`]), read in place.

@@ -20,9 +20,10 @@ pub mod tokenize;
 pub use conversation::Compat;
 pub use error::{ApiError, Disposition};
 pub use request::{Endpoint, Limits, Request, RequestError};
-pub use template::{ChatTemplate, ContentFormat, TemplateError, TemplateOptions};
+pub use template::{ChatTemplate, ContentFormat, TemplateError, TemplateOptions, ToolsCacheStats};
 pub use tokenize::{
-    canonical_json, CacheConfig, CacheStats, EncodeOptions, PromptTokenizer, TokenizeError,
+    canonical_json, is_packed, pack_tokenizer, CacheConfig, CacheStats, EncodeOptions,
+    PromptTokenizer, TokenizeError,
 };
 
 use serde_json::{Map, Value};
@@ -332,10 +333,10 @@ impl ModelPrompt {
     /// Renders a chat request to its prompt text.
     pub fn render(&self, chat: &ChatRequest, now_unix_ms: u64) -> Result<String, PromptError> {
         let now_unix_secs = i64::try_from(now_unix_ms / 1000).unwrap_or(i64::MAX);
-        let input = conversation::render_input(
+        let input = conversation::render_input_cached(
             chat,
             self.options.compat,
-            self.template.content_format(),
+            &self.template,
             &self.options.default_chat_template_kwargs,
             now_unix_secs,
         )?;

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use kvgate_prompt::request::{self, Payload};
 use kvgate_prompt::tokenize::{Encoded, MAX_WORD_BYTES};
 use kvgate_prompt::{
-    canonical_json, CacheConfig, Compat, EncodeOptions, Endpoint, Limits, ModelPrompt,
-    PromptOptions, PromptTokenizer,
+    canonical_json, is_packed, pack_tokenizer, CacheConfig, Compat, EncodeOptions, Endpoint,
+    Limits, ModelPrompt, PromptOptions, PromptTokenizer,
 };
 use serde_json::{json, Value};
 
@@ -337,5 +337,28 @@ fn capped_prefix_windows_equal_full_prefixes() {
                 describe("prefix", &text, &full[..cap], &out.ids)
             );
         }
+    }
+}
+
+/// The packed form (what the sidecar and the static configuration ship to the VMs): loads to
+/// a tokenizer with Hugging Face's ids on every fixture, and is far smaller than the JSON.
+#[test]
+fn packed_form_loads_to_the_same_ids() {
+    for model in ["qwen3", "llama3"] {
+        let original = read_model(model, "tokenizer.json");
+        let packed = pack_tokenizer(&original).unwrap();
+        assert!(is_packed(&packed), "{model}");
+        assert!(!is_packed(&original), "{model}");
+        assert!(
+            packed.len() * 2 < original.len(),
+            "{model}: {} bytes",
+            packed.len()
+        );
+        println!(
+            "{model}: tokenizer.json {} bytes, packed {} bytes",
+            original.len(),
+            packed.len()
+        );
+        check_ids(model, &packed);
     }
 }

@@ -379,16 +379,9 @@ pub fn clear_run_files(dir: &Path) -> Result<(), StackError> {
 
 /// VM configuration carrying the model files inline (static mode, no sidecar).
 pub fn static_vm_config(tools: &Tools) -> Result<String, StackError> {
-    let read = |f: &str| std::fs::read_to_string(tools.model_dir.join(f));
-    // The canonical tokenizer.json: each VM that tokenizes loads it without first
-    // converting it through a JSON tree.
-    let tokenizer = read("tokenizer.json")?;
-    let tokenizer = kvgate_prompt::canonical_json(tokenizer.as_bytes()).unwrap_or(tokenizer);
-    Ok(json!({"models": [{
-        "name": MODEL,
-        "block_size": 16,
-        "tokenizer_json": tokenizer,
-        "tokenizer_config_json": read("tokenizer_config.json")?,
-    }]})
-    .to_string())
+    // The packed tokenizer: each VM that tokenizes loads it without a JSON tree.
+    let tokenizer = std::fs::read(tools.model_dir.join("tokenizer.json"))?;
+    let config = std::fs::read_to_string(tools.model_dir.join("tokenizer_config.json"))?;
+    let model = kvgate_engine::vm::vm_config_model(MODEL, 16, &tokenizer, &config);
+    Ok(json!({ "models": [model] }).to_string())
 }

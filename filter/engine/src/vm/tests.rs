@@ -614,6 +614,47 @@ fn static_vm_config_bytes() -> Vec<u8> {
 }
 
 #[test]
+fn a_packed_vm_config_model_loads_to_the_same_prompt_ids() {
+    use base64::Engine as _;
+    let f = files();
+    let packed = kvgate_prompt::pack_tokenizer(&f.tokenizer_json).unwrap();
+    let model = vm_config_model(
+        &f.name,
+        16,
+        &f.tokenizer_json,
+        std::str::from_utf8(&f.tokenizer_config_json).unwrap(),
+    );
+    assert_eq!(
+        model["tokenizer_packed"],
+        base64::engine::general_purpose::STANDARD.encode(&packed)
+    );
+    let raw = serde_json::to_vec(&serde_json::json!({ "models": [model] })).unwrap();
+    let listing = VmConfig::parse(&raw).unwrap();
+    let read = listing.model_files(&f.name).unwrap().unwrap();
+    assert_eq!(read.tokenizer_json, packed);
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "", "workers": workers(2)
+    }))
+    .unwrap();
+    let tokens = |listing: &VmConfig| {
+        let h = FakeHost::at(1_000);
+        let mut vm = Vm::configure(&h, 1, 1, &cfg, listing).unwrap();
+        vm.stream_seen(&h);
+        let body = long_chat("Hello, wörld! 123 你好 🙂");
+        match vm.decide(&h, 1, crate::headers::RoutedPath::Chat, &body, None) {
+            Outcome::Route(r) => {
+                assert_eq!(r.degraded, None);
+                r.prompt_tokens
+            }
+            _ => 0,
+        }
+    };
+    let json = VmConfig::parse(&static_vm_config_bytes()).unwrap();
+    assert!(tokens(&listing) > 100);
+    assert_eq!(tokens(&listing), tokens(&json));
+}
+
+#[test]
 fn vm_config_models_load_lazily_in_the_vm_that_tokenizes_and_memory_is_reported() {
     let h = FakeHost::at(1_000);
     h.set_linear_memory(Some(3 << 20));
@@ -740,6 +781,15 @@ fn bad_configurations_stop_the_vm_with_a_message() {
         VmConfig::parse(br#"{"models": [{"name": "m", "tokenizer_json": "{}"}]}"#),
         Err(StartError::VmConfig(_))
     ));
+    // Exactly one of the two tokenizer forms.
+    for files in [
+        r#""tokenizer_config_json": "{}""#,
+        r#""tokenizer_json": "{}", "tokenizer_packed": "", "tokenizer_config_json": "{}""#,
+    ] {
+        let raw = format!(r#"{{"models": [{{"name": "m", {files}}}]}}"#);
+        let e = VmConfig::parse(raw.as_bytes()).err().unwrap();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+    }
     let e = Vm::configure(&h, 1, 1, b"{\"block_sise\": 16}", &VmConfig::default())
         .err()
         .unwrap();

@@ -22,9 +22,11 @@
 //! file is converted on load, and [`canonical_json`] does that conversion ahead of time.
 
 mod cache;
+mod pack;
 mod split;
 
 pub use cache::{CacheConfig, CacheStats};
+pub use pack::{is_packed, pack as pack_tokenizer};
 pub use split::SegmentationOff;
 
 use cache::SegmentCache;
@@ -141,9 +143,18 @@ impl std::fmt::Debug for PromptTokenizer {
 
 impl PromptTokenizer {
     /// Loads a `tokenizer.json`, canonical (`"version": "2.0"`, see [`canonical_json`]) or
-    /// older. Truncation and padding configured in the file are ignored: the cap is applied
+    /// older, or its packed form ([`pack_tokenizer`]). Truncation and padding configured in the file are ignored: the cap is applied
     /// here, and padding would add ids the worker never sees.
     pub fn from_bytes(tokenizer_json: &[u8], cache: CacheConfig) -> Result<Self, TokenizeError> {
+        let tokenizer = if is_packed(tokenizer_json) {
+            pack::load(tokenizer_json)?
+        } else {
+            Self::read_json(tokenizer_json)?
+        };
+        Self::from_pipeline(tokenizer, cache)
+    }
+
+    fn read_json(tokenizer_json: &[u8]) -> Result<PipelineTokenizer, TokenizeError> {
         let text =
             std::str::from_utf8(tokenizer_json).map_err(|e| TokenizeError::Load(e.to_string()))?;
         // Reading a non-canonical file would fail only after parsing all of it: look first.
@@ -154,8 +165,13 @@ impl PromptTokenizer {
             canonical = canonical_json(tokenizer_json)?;
             canonical.as_str()
         };
-        let tokenizer =
-            tokenizers::from_json(text).map_err(|e| TokenizeError::Load(e.to_string()))?;
+        tokenizers::from_json(text).map_err(|e| TokenizeError::Load(e.to_string()))
+    }
+
+    fn from_pipeline(
+        tokenizer: PipelineTokenizer,
+        cache: CacheConfig,
+    ) -> Result<Self, TokenizeError> {
         // Some pipelines load but cannot run in this build (a `Split` regex that is not one of
         // the GPT-family patterns the tokenizer runs natively): refuse them here, with the
         // reason, rather than on every request.
