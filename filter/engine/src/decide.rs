@@ -280,15 +280,14 @@ impl Engine {
             } else {
                 let o = self.index.overlap(&p.hashes.sequence);
                 if self.cfg.router.predicted_ttl_ms.is_some() {
-                    self.approx.expire(input.now_ms);
-                    merge_max(o, self.approx.overlap(&p.hashes.sequence))
+                    merge_max(o, self.approx.overlap_at(&p.hashes.sequence, input.now_ms))
                 } else {
                     o
                 }
             }
         } else {
-            self.approx.expire(input.now_ms);
-            self.approx.overlap(&p.hashes.sequence)
+            // Expired predictions are skipped here and swept by the tick.
+            self.approx.overlap_at(&p.hashes.sequence, input.now_ms)
         };
         p.timings.hash_us = us(s);
         Ok(p)

@@ -104,7 +104,8 @@ impl Engine {
             Some(ttl) if cfg.gateway.sidecar_cluster.is_some() && cfg.router.use_kv_events => ttl,
             _ => cfg.router.approx_ttl_ms,
         };
-        let approx = ApproxIndex::new(ttl, cfg.router.approx_max_entries);
+        let mut approx = ApproxIndex::new(ttl, cfg.router.approx_max_entries);
+        approx.set_prune_target_ratio(cfg.router.approx_prune_target_ratio);
         let fleet = Fleet::new(cfg.gateway.workers.clone());
         Engine {
             cfg,

@@ -79,6 +79,9 @@ impl Engine {
 
     /// Expires bookings older than the configured TTL (lost `on_log` calls).
     pub fn expire(&mut self, now_ms: u64) -> bool {
+        // Expired predictions are ignored by queries; the sweep that drops them runs here,
+        // on the tick, never in a request's path.
+        self.approx.expire_when_worth_it(now_ms);
         !self
             .book
             .expire(now_ms, self.cfg.router.active_request_ttl_ms)

@@ -17,7 +17,7 @@ impl Engine {
 
     /// Records a prediction of this VM and queues it for the other VMs.
     pub(crate) fn predict(&mut self, p: Prediction) {
-        self.approx.record(p.worker, &p.sequence, p.at_ms);
+        self.approx.record_lazily(p.worker, &p.sequence, p.at_ms);
         self.predictions_out.push(p);
     }
 
@@ -58,7 +58,8 @@ impl Engine {
                     continue;
                 };
                 if let Ok(p) = postcard::from_bytes::<Prediction>(&bytes) {
-                    self.approx.record(p.worker, &p.sequence, p.at_ms.min(now));
+                    self.approx
+                        .record_lazily(p.worker, &p.sequence, p.at_ms.min(now));
                 }
             }
             *seen = head;

@@ -55,6 +55,7 @@ pub const KEYS: &[Key] = &[
     key!("router_prefill_decay", ["KVGATE_ROUTER_PREFILL_DECAY"], Bool, "true", "With router_track_prefill_tokens: count a worker's booked prefill as still queued only for the part its prefill rate (learned from when its booked prefills finish) says has not run yet; until it has finished 3 prefills, all of it counts (no Dynamo equivalent)."),
     key!("router_ttl_secs", ["DYN_ROUTER_TTL_SECS"], Float, "120", "Approximate mode: how long a predicted block stays in the index."),
     key!("router_max_tree_size", ["DYN_ROUTER_MAX_TREE_SIZE"], UInt, "1048576", "Approximate mode: most predicted (worker, block) entries kept."),
+    key!("router_prune_target_ratio", ["DYN_ROUTER_PRUNE_TARGET_RATIO"], Float, "0.8", "Approximate mode: a full index drops its oldest predictions down to this share of router_max_tree_size (0..1)."),
     key!("router_predicted_ttl_secs", ["DYN_ROUTER_PREDICTED_TTL_SECS"], Float, "unset", "With KV events: also predict blocks from routing decisions for this long (covers the event delay)."),
     key!("active_request_ttl_secs", ["KVGATE_ACTIVE_REQUEST_TTL_SECS"], Float, "300", "Bookkeeping of a request nobody freed expires after this long."),
     key!("admission_control", ["DYN_ADMISSION_CONTROL"], Str, "none", "`token_capacity` turns on the busy thresholds below with Dynamo's token-capacity defaults (1.0, 10000000, 10.0)."),

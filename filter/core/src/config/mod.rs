@@ -73,6 +73,7 @@ pub struct RawConfig {
     pub router_prefill_decay: Option<bool>,
     pub router_ttl_secs: Option<f64>,
     pub router_max_tree_size: Option<u64>,
+    pub router_prune_target_ratio: Option<f64>,
     pub router_predicted_ttl_secs: Option<f64>,
     pub active_request_ttl_secs: Option<f64>,
     pub admission_control: Option<String>,

@@ -37,6 +37,10 @@ fn out_of_range_values_name_the_key() {
             "active_decode_blocks_threshold",
         ),
         (r#"{"block_size": 0}"#, "block_size"),
+        (
+            r#"{"router_prune_target_ratio": 1.5}"#,
+            "router_prune_target_ratio",
+        ),
         (r#"{"fail_policy": "maybe"}"#, "fail_policy"),
         (r#"{"overload_status": 200}"#, "overload_status"),
         (

@@ -1,6 +1,7 @@
 //! Raw optional values → validated, typed configuration with defaults applied.
 
 use super::{ConfigError, RawConfig};
+use crate::index::DEFAULT_PRUNE_TARGET_RATIO;
 use crate::workers::WorkerInfo;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -117,6 +118,8 @@ pub struct RouterConfig {
     pub approx_ttl_ms: u64,
     /// Approximate-mode size bound.
     pub approx_max_entries: usize,
+    /// Share of the bound a full approximate index prunes down to.
+    pub approx_prune_target_ratio: f64,
     /// Predict-on-route TTL in ms with KV events (None = off).
     pub predicted_ttl_ms: Option<u64>,
     /// Expiry of unfreed bookkeeping, ms.
@@ -405,6 +408,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             1,
             1 << 32,
         )? as usize,
+        approx_prune_target_ratio: fraction(
+            "router_prune_target_ratio",
+            raw.router_prune_target_ratio,
+        )?
+        .unwrap_or(DEFAULT_PRUNE_TARGET_RATIO),
         predicted_ttl_ms: predicted,
         active_request_ttl_ms: secs_to_ms(
             "active_request_ttl_secs",

@@ -16,9 +16,11 @@
 //!   prediction lives at most 1/64 of the TTL longer than asked) and stored as a
 //!   16-bit count of quanta from a moving base. A histogram of rows per expiry time
 //!   says when something is due and, when the table is full, below which time the
-//!   oldest rows lie; expiring or pruning is then one sweep over the table, which
-//!   happens at most once per quantum for expiry and once per
-//!   `max × (1 − prune target ratio)` new rows for pruning.
+//!   oldest rows lie; expiring or pruning is then one sweep over the table. Pruning
+//!   sweeps once per `max × (1 − prune target ratio)` new rows. The filter records and
+//!   queries lazily (`record_lazily`, `overlap_at` skip expired rows without sweeping)
+//!   and sweeps expired rows from its tick once they are an eighth of the table, so no
+//!   request waits for an expiry sweep.
 
 use super::prefix::OverlapScores;
 use super::slots::{SlotSet, SlotTable};
@@ -39,6 +41,8 @@ const LOAD_NUM: usize = 9;
 const LOAD_DEN: usize = 10;
 /// Smallest allocated table.
 const MIN_HOMES: usize = 64;
+/// Below this many rows a sweep is cheap: expiry sweeps whenever something is due.
+const SMALL_TABLE: u64 = 4096;
 
 fn pack(until: u16, slot: u16) -> u32 {
     (u32::from(until) << 16) | u32::from(slot)
@@ -129,14 +133,16 @@ impl Table {
         None
     }
 
-    /// The slots holding `key`.
-    fn holders(&self, key: u64) -> impl Iterator<Item = u16> + '_ {
+    /// The slots holding `key` whose stored expiry is at least `alive_from`.
+    fn holders(&self, key: u64, alive_from: u32) -> impl Iterator<Item = u16> + '_ {
         let mut next = self.first(key);
-        std::iter::from_fn(move || {
+        std::iter::from_fn(move || loop {
             let i = next?;
             let (_, meta) = self.row(i).filter(|(k, _)| *k == key)?;
             next = Some(i + 1);
-            Some(slot_of(meta))
+            if u32::from(until_of(meta)) >= alive_from {
+                return Some(slot_of(meta));
+            }
         })
     }
 
@@ -335,18 +341,44 @@ impl ApproxIndex {
     /// ones). Re-recording a pair keeps the later of its two expiry times.
     pub fn record(&mut self, worker: WorkerKey, sequence: &[u64], now_ms: u64) -> Vec<IndexDelta> {
         let mut deltas = self.expire(now_ms);
+        self.record_unexpired(worker, sequence, now_ms, &mut deltas);
+        deltas
+    }
+
+    /// [`Self::record`] without expiring first (no sweep in a request's path): pairs that
+    /// expired but were not swept yet stay until [`Self::expire`] runs and are refreshed
+    /// in place; [`Self::overlap_at`] ignores them meanwhile. The deltas it returns omit
+    /// those refreshes.
+    pub fn record_lazily(
+        &mut self,
+        worker: WorkerKey,
+        sequence: &[u64],
+        now_ms: u64,
+    ) -> Vec<IndexDelta> {
+        let mut deltas = Vec::new();
+        self.record_unexpired(worker, sequence, now_ms, &mut deltas);
+        deltas
+    }
+
+    fn record_unexpired(
+        &mut self,
+        worker: WorkerKey,
+        sequence: &[u64],
+        now_ms: u64,
+        deltas: &mut Vec<IndexDelta>,
+    ) {
         if sequence.is_empty() {
-            return deltas;
+            return;
         }
         let Ok(slot) = u16::try_from(self.slots.intern(worker)) else {
             self.slots.release(&worker);
-            return deltas;
+            return;
         };
         if slot == EMPTY {
             self.slots.release(&worker);
-            return deltas;
+            return;
         }
-        let until = self.stored_until(now_ms.saturating_add(self.ttl_ms), &mut deltas);
+        let until = self.stored_until(now_ms.saturating_add(self.ttl_ms), deltas);
         for &seq in sequence {
             let (i, found) = self.table.find(seq, slot);
             if found {
@@ -362,7 +394,7 @@ impl ApproxIndex {
                 continue;
             }
             if self.table.rows >= self.max_entries {
-                self.prune(&mut deltas);
+                self.prune(deltas);
             }
             let crowded = (self.table.rows + 1) * LOAD_DEN > self.table.homes * LOAD_NUM;
             if self.table.homes == 0 || (crowded && self.table.homes < self.max_homes) {
@@ -377,7 +409,30 @@ impl ApproxIndex {
             }
             deltas.push(IndexDelta::Insert { worker, seq });
         }
-        deltas
+    }
+
+    /// Sweeps the expired pairs out once they are at least an eighth of the table (or the
+    /// table is small): a sweep passes over the whole table, so it is amortised over many
+    /// expiries; queries through [`Self::overlap_at`] ignore expired pairs meanwhile.
+    /// Returns whether it swept.
+    pub fn expire_when_worth_it(&mut self, now_ms: u64) -> bool {
+        let alive_from = self.alive_from(now_ms);
+        let due: u64 = match u16::try_from(alive_from) {
+            Ok(a) => self.by_until.range(..a).map(|(_, &n)| u64::from(n)).sum(),
+            Err(_) => self.by_until.values().map(|&n| u64::from(n)).sum(),
+        };
+        let rows = self.table.rows as u64;
+        if due == 0 || (rows >= SMALL_TABLE && due * 8 < rows) {
+            return false;
+        }
+        self.expire(now_ms);
+        true
+    }
+
+    /// The lowest stored expiry of a pair still alive at `now_ms`.
+    fn alive_from(&self, now_ms: u64) -> u32 {
+        let now = now_ms / self.quantum_ms;
+        (now.saturating_sub(self.base) + 1).min(1 << 16) as u32
     }
 
     /// Drops predictions that expired at or before `now_ms`.
@@ -420,15 +475,27 @@ impl ApproxIndex {
         self.slots.release(&worker);
     }
 
-    /// Overlap of a request against the predictions (expire first for exactness).
+    /// Overlap of a request against the predictions (expire first for exactness, or use
+    /// [`Self::overlap_at`]).
     pub fn overlap(&self, sequence: &[u64]) -> OverlapScores {
+        self.overlap_from(sequence, 0)
+    }
+
+    /// Overlap of a request against the predictions still alive at `now_ms`, whether or
+    /// not the expired ones were swept (the per-worker totals used as tie-breaker still
+    /// count unswept ones).
+    pub fn overlap_at(&self, sequence: &[u64], now_ms: u64) -> OverlapScores {
+        self.overlap_from(sequence, self.alive_from(now_ms))
+    }
+
+    fn overlap_from(&self, sequence: &[u64], alive_from: u32) -> OverlapScores {
         let mut out = OverlapScores::default();
         let mut iter = sequence.iter();
         let Some(&first) = iter.next() else {
             return out;
         };
         let mut alive = SlotSet::default();
-        for s in self.table.holders(first) {
+        for s in self.table.holders(first, alive_from) {
             alive.insert(u32::from(s));
         }
         if alive.is_empty() {
@@ -437,7 +504,7 @@ impl ApproxIndex {
         let mut depth: u32 = 1;
         for &seq in iter {
             let mut next = SlotSet::default();
-            for s in self.table.holders(seq) {
+            for s in self.table.holders(seq, alive_from) {
                 next.insert(u32::from(s));
             }
             let d = depth;

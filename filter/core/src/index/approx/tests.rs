@@ -44,6 +44,42 @@ fn predictions_expire_and_refresh() {
 }
 
 #[test]
+fn lazy_records_and_queries_skip_expired_pairs_until_a_sweep_is_worth_it() {
+    let mut a = ApproxIndex::new(64_000, 1 << 20);
+    let q = a.quantum_ms();
+    // A large table: 8,192 pairs that expire at 64 s, 16 that live longer.
+    let old: Vec<u64> = (0..8192).collect();
+    a.record_lazily(w(1), &old, 0);
+    a.record_lazily(w(2), &[1, 2], 0);
+    a.record_lazily(w(2), &[100_000, 100_001], 40_000);
+    assert_eq!(a.overlap_at(&[0, 1, 2], 63_000).of(&w(1)), 3);
+    // Expired at 64 s (+ at most one quantum): queries no longer see them, unswept.
+    let later = 64_000 + q;
+    assert_eq!(a.overlap_at(&[0, 1, 2], later).of(&w(1)), 0);
+    assert_eq!(a.overlap_at(&[1, 2], later).of(&w(2)), 0);
+    assert_eq!(a.overlap_at(&[100_000, 100_001], later).of(&w(2)), 2);
+    assert_eq!(a.index().entries(), 8196, "nothing swept yet");
+    // A lazy record of an expired pair refreshes it in place.
+    a.record_lazily(w(1), &[0], later);
+    assert_eq!(a.overlap_at(&[0], later).of(&w(1)), 1);
+    // The sweep: worth it (almost all of the table is due); it drops only the expired.
+    assert!(a.expire_when_worth_it(later));
+    assert_eq!(a.index().entries(), 3);
+    assert!(a.index().contains(&w(1), 0));
+    assert!(!a.expire_when_worth_it(later), "nothing due");
+
+    // Few due pairs in a large table: not worth a sweep yet, and still invisible.
+    let mut b = ApproxIndex::new(64_000, 1 << 20);
+    b.record_lazily(w(1), &(0..8192).collect::<Vec<u64>>(), 10_000);
+    b.record_lazily(w(2), &[5, 6], 0);
+    assert!(!b.expire_when_worth_it(64_000 + q));
+    assert_eq!(b.overlap_at(&[5, 6], 64_000 + q).of(&w(2)), 0);
+    assert_eq!(b.index().entries(), 8194);
+    assert!(b.expire_when_worth_it(80_000 + q));
+    assert_eq!(b.index().entries(), 0);
+}
+
+#[test]
 fn an_older_record_does_not_shorten_a_prediction() {
     let mut a = ApproxIndex::new(6400, 100);
     a.record(w(1), &[1], 1000);
@@ -168,7 +204,7 @@ impl ApproxView<'_> {
     fn holders_of(&self, seq: u64) -> Vec<WorkerKey> {
         self.a
             .table
-            .holders(seq)
+            .holders(seq, 0)
             .filter_map(|s| self.a.slots.key(u32::from(s)))
             .collect()
     }
