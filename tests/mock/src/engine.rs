@@ -361,23 +361,35 @@ impl Drop for Engine {
     }
 }
 
-/// The pass loop of one rank.
+/// The pass loop of one rank. Passes run back to back in simulated time: the next one
+/// starts where the last ended (or when a request arrives at an idle rank), and the task
+/// sleeps until that end on the wall clock. Planning each pass at "now" instead would add
+/// this task's wake-up latency — multiplied by the speedup — to every pass, and queueing
+/// would grow with the machine's load rather than with the model's.
 async fn drive(rank: Arc<Rank>, clock: Arc<WallClock>) {
+    let mut end_ms = 0.0f64;
     loop {
         let planned = {
             let mut st = rank.lock();
             run_clears(&mut st);
-            st.sched
-                .has_work()
-                .then(|| (st.sched.step(clock.now_ms()), tokio::time::Instant::now()))
+            st.sched.has_work().then(|| {
+                // Never start in the future (arrivals are stamped with the wall clock).
+                let start = st.sched.next_start_ms(end_ms).min(clock.now_ms());
+                st.sched.step(start)
+            })
         };
-        let Some((result, started)) = planned else {
+        let Some(result) = planned else {
             rank.wake.notified().await;
             continue;
         };
         if result.duration_ms > 0.0 {
-            tokio::time::sleep_until(started + clock.wall_duration(result.duration_ms)).await;
+            end_ms = result.end_ms;
+            let at = tokio::time::Instant::from_std(clock.instant_at(end_ms));
+            tokio::time::sleep_until(at).await;
         } else {
+            // Nothing could run (a request not arrived yet in simulated time, or the pool
+            // full): look again from now.
+            end_ms = end_ms.max(clock.now_ms());
             tokio::task::yield_now().await;
         }
         let mut st = rank.lock();

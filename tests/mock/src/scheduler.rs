@@ -17,7 +17,8 @@
 //!    committed to the prefix cache and finished sequences release their blocks.
 //!
 //! The scheduler never reads a clock: `step(now_ms)` returns the pass duration and the
-//! tokens stamped with the pass's end time; the driver sleeps and delivers them.
+//! tokens stamped with the pass's end time; the driver sleeps and delivers them. A request
+//! is admitted only by a pass starting at or after its arrival.
 
 use super::cache::{BlockCache, CacheFull};
 use super::sequence::{Filler, NewRequest, Phase, SeqId, Sequence};
@@ -264,6 +265,21 @@ impl Scheduler {
         !self.running.is_empty() || !self.waiting.is_empty()
     }
 
+    /// When the next pass starts in simulated time, given that the previous one ended at
+    /// `prev_end_ms`: right then while sequences are running (passes run back to back),
+    /// else when the first waiting request arrived, if later.
+    pub fn next_start_ms(&self, prev_end_ms: f64) -> f64 {
+        if !self.running.is_empty() {
+            return prev_end_ms;
+        }
+        let first = self
+            .waiting
+            .front()
+            .and_then(|id| self.seqs.get(id))
+            .map_or(prev_end_ms, |s| s.req.arrival_ms);
+        prev_end_ms.max(first)
+    }
+
     /// Clears the prefix cache (queues `Cleared`).
     pub fn clear_cache(&mut self) {
         self.cache.clear();
@@ -311,7 +327,7 @@ impl Scheduler {
         let mut budget = self.cfg.max_num_batched_tokens;
         let mut plan: Vec<(SeqId, Work)> = Vec::new();
         self.plan_running(&mut budget, &mut plan, &mut res.preempted);
-        self.plan_admissions(&mut budget, &mut plan);
+        self.plan_admissions(now_ms, &mut budget, &mut plan);
         if plan.is_empty() {
             (res.events, res.event_tokens) =
                 self.cache.drain_events_with_tokens().into_iter().unzip();
@@ -401,7 +417,7 @@ impl Scheduler {
         }
     }
 
-    fn plan_admissions(&mut self, budget: &mut usize, plan: &mut Vec<(SeqId, Work)>) {
+    fn plan_admissions(&mut self, now_ms: f64, budget: &mut usize, plan: &mut Vec<(SeqId, Work)>) {
         let bs = self.cfg.block_size;
         let limit = self.block_limit();
         while *budget > 0 && self.running.len() < self.cfg.max_num_seqs {
@@ -412,6 +428,11 @@ impl Scheduler {
                 self.waiting.pop_front();
                 continue;
             };
+            // Not arrived yet in simulated time (the pass started before it was
+            // received): the queue is in arrival order, so none behind it has either.
+            if seq.req.arrival_ms > now_ms {
+                break;
+            }
             let target = seq.tokens.len();
             let hashes = seq.sequence_hashes(target / bs, bs);
             let max_hit = target.saturating_sub(1) / bs;

@@ -340,3 +340,30 @@ fn random_load_is_consistent() {
         assert_eq!(s.cache().active_blocks(), 0);
     }
 }
+
+/// Passes run back to back in simulated time: a pass never admits a request that arrives
+/// after it starts, and the next start is the previous end while sequences run, or the
+/// first arrival when idle (so a late wake-up of the driver adds nothing to queueing).
+#[test]
+fn passes_start_back_to_back_and_admit_only_arrived_requests() {
+    let mut s = Scheduler::new(cfg(1000), 0, filler());
+    assert!(close(s.next_start_ms(5.0), 5.0));
+    s.submit(req(1, prompt(1, 100), 4, 10.0)).unwrap();
+    // Idle: the next pass starts at the arrival.
+    assert!(close(s.next_start_ms(5.0), 10.0));
+    // A pass planned before the arrival admits nothing.
+    let early = s.step(5.0);
+    assert!(early.outputs.is_empty() && close(early.duration_ms, 0.0));
+    let r = s.step(s.next_start_ms(5.0));
+    let first = r.outputs[0].first.unwrap();
+    assert!(close(first.sim_ttft_ms, prefill_ms(100)));
+    // Running: the next pass starts where this one ended, whatever the wall clock says.
+    s.submit(req(2, prompt(500, 50), 4, r.end_ms + 3.0))
+        .unwrap();
+    assert!(close(s.next_start_ms(r.end_ms), r.end_ms));
+    let next = s.step(r.end_ms);
+    assert!(
+        next.outputs.iter().all(|o| o.id == 1),
+        "request 2 arrives after this pass starts"
+    );
+}

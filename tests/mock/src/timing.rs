@@ -88,6 +88,11 @@ impl WallClock {
     pub fn wall_duration(&self, sim_ms: f64) -> std::time::Duration {
         std::time::Duration::from_secs_f64((sim_ms / self.speedup).max(0.0) / 1000.0)
     }
+
+    /// The wall-clock instant of simulated time `sim_ms`.
+    pub fn instant_at(&self, sim_ms: f64) -> Instant {
+        self.origin + self.wall_duration(sim_ms)
+    }
 }
 
 impl Clock for WallClock {
