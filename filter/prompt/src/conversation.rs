@@ -17,11 +17,17 @@
 //! `Compat::HuggingFace` is `apply_chat_template` on the messages as sent: the same content
 //! rules, but every known field kept for every role, arguments and tools untouched. The golden
 //! vectors were made that way.
+//!
+//! [`render_input_cached`] is the same conversion with the `tools` variable taken from the
+//! template's tools cache, keyed by the conversion and the tools' exact JSON text: an unchanged
+//! tools list is neither parsed nor converted again (see `template::tools_cache`).
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::request::{ChatRequest, Content, Message, RequestError};
-use crate::template::{ContentFormat, RenderInput};
+use crate::request::{ChatRequest, Content, Message, RequestError, Tools};
+use crate::template::{ChatTemplate, ContentFormat, RenderInput, ToolsEntry};
 
 /// Whose request → template conversion to reproduce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,23 +47,87 @@ pub fn render_input(
     default_kwargs: &Map<String, Value>,
     now_unix_secs: i64,
 ) -> Result<RenderInput, RequestError> {
-    let messages = chat
-        .messages
+    let messages = messages_value(chat, compat, format)?;
+    let tools = match &chat.tools {
+        None => Value::Null,
+        Some(tools) => tools_value(tools, compat)?,
+    };
+    build(chat, default_kwargs, now_unix_secs, messages, tools, None)
+}
+
+/// [`render_input`] with the tools from `template`'s tools cache (the rendered text is the
+/// same; unless a `chat_template_kwargs` entry replaces `tools`, then nothing is cached).
+pub fn render_input_cached(
+    chat: &ChatRequest,
+    compat: Compat,
+    template: &ChatTemplate,
+    default_kwargs: &Map<String, Value>,
+    now_unix_secs: i64,
+) -> Result<RenderInput, RequestError> {
+    let format = template.content_format();
+    let overridden = default_kwargs.contains_key("tools")
+        || chat
+            .chat_template_kwargs
+            .as_ref()
+            .is_some_and(|k| k.contains_key("tools"));
+    let Some(tools) = chat.tools.as_ref().filter(|_| !overridden) else {
+        return render_input(chat, compat, format, default_kwargs, now_unix_secs);
+    };
+    let messages = messages_value(chat, compat, format)?;
+    let tag = match compat {
+        Compat::Vllm => 'v',
+        Compat::HuggingFace => 'h',
+    };
+    let mut key = String::with_capacity(tools.json().len() + 1);
+    key.push(tag);
+    key.push_str(tools.json());
+    let entry = template.tools_entry(&key, || tools_value(tools, compat))?;
+    // `Null` keeps the variable's place; the render uses the entry instead.
+    build(
+        chat,
+        default_kwargs,
+        now_unix_secs,
+        messages,
+        Value::Null,
+        Some(entry),
+    )
+}
+
+fn messages_value(
+    chat: &ChatRequest,
+    compat: Compat,
+    format: ContentFormat,
+) -> Result<Vec<Value>, RequestError> {
+    chat.messages
         .iter()
         .enumerate()
         .map(|(i, m)| message_value(i, m, compat, format))
-        .collect::<Result<Vec<_>, _>>()?;
-    let tools = match (&chat.tools, compat) {
-        (None, _) => Value::Null,
-        (Some(tools), Compat::HuggingFace) => Value::Array(tools.clone()),
-        (Some(tools), Compat::Vllm) => Value::Array(
+        .collect()
+}
+
+/// The `tools` variable: as sent (HF) or through vLLM's model.
+fn tools_value(tools: &Tools, compat: Compat) -> Result<Value, RequestError> {
+    let tools = tools.values()?;
+    Ok(match compat {
+        Compat::HuggingFace => Value::Array(tools),
+        Compat::Vllm => Value::Array(
             tools
                 .iter()
                 .enumerate()
                 .map(|(i, t)| vllm_tool(i, t))
                 .collect::<Result<_, _>>()?,
         ),
-    };
+    })
+}
+
+fn build(
+    chat: &ChatRequest,
+    default_kwargs: &Map<String, Value>,
+    now_unix_secs: i64,
+    messages: Vec<Value>,
+    tools: Value,
+    tools_entry: Option<Arc<ToolsEntry>>,
+) -> Result<RenderInput, RequestError> {
     let mut vars = Map::new();
     vars.insert(
         "add_generation_prompt".into(),
@@ -86,6 +156,7 @@ pub fn render_input(
     vars.insert("messages".into(), Value::Array(messages));
     Ok(RenderInput {
         vars,
+        tools: tools_entry,
         continue_final_message,
         now_unix_secs,
     })

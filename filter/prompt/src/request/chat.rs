@@ -8,8 +8,10 @@
 //! tokens the model's processor expands a picture into, so it cannot produce the true token
 //! ids. Forwarding without a routing hint is safe; guessing would poison the prefix index.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::top::RawTools;
 use super::{invalid_type, missing, take_bool, take_object, Limits, RequestError};
 
 /// A `/v1/chat/completions` request's prompt-relevant fields.
@@ -17,8 +19,8 @@ use super::{invalid_type, missing, take_bool, take_object, Limits, RequestError}
 pub struct ChatRequest {
     /// The conversation (at least one message).
     pub messages: Vec<Message>,
-    /// `tools`, each an object, kept as sent (key order preserved).
-    pub tools: Option<Vec<Value>>,
+    /// `tools`: an array of objects, kept as its exact JSON text.
+    pub tools: Option<Tools>,
     /// `documents` (RAG templates), kept as sent.
     pub documents: Option<Vec<Value>>,
     /// `chat_template_kwargs`, merged into the template's top-level variables.
@@ -46,6 +48,72 @@ pub struct Message {
     pub reasoning: Option<String>,
 }
 
+/// A request's `tools`: a JSON array of objects, kept as the exact text of each object as
+/// sent (so that an unchanged tools list is recognised byte for byte) and parsed only when
+/// needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tools {
+    json: String,
+    len: usize,
+}
+
+impl Tools {
+    /// Checks the items are objects; keeps them as one JSON array.
+    fn from_items(items: &[&RawValue]) -> Result<Tools, RequestError> {
+        if let Some(i) = items.iter().position(|t| !t.get().starts_with('{')) {
+            return Err(invalid_type(&format!("tools[{i}]"), "an object"));
+        }
+        let mut json =
+            String::with_capacity(items.iter().map(|t| t.get().len() + 1).sum::<usize>() + 2);
+        json.push('[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(item.get());
+        }
+        json.push(']');
+        Ok(Tools {
+            json,
+            len: items.len(),
+        })
+    }
+
+    /// Tools from JSON values (each must be an object).
+    pub fn from_values(tools: &[Value]) -> Result<Tools, RequestError> {
+        let raw = tools
+            .iter()
+            .map(serde_json::value::to_raw_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RequestError::InvalidJson {
+                reason: e.to_string(),
+            })?;
+        Tools::from_items(&raw.iter().map(|r| &**r).collect::<Vec<_>>())
+    }
+
+    /// The array's JSON text: the objects as sent, joined by `,` in `[…]`.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// How many tools there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the array is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The tools as JSON objects (key order preserved).
+    pub fn values(&self) -> Result<Vec<Value>, RequestError> {
+        serde_json::from_str(&self.json).map_err(|e| RequestError::InvalidJson {
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// A message's `content`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Content {
@@ -61,6 +129,7 @@ pub enum Content {
 
 pub(super) fn parse_chat(
     map: &mut Map<String, Value>,
+    tools: RawTools<'_>,
     limits: &Limits,
 ) -> Result<ChatRequest, RequestError> {
     if map.get("chat_template").is_some_and(|v| !v.is_null()) {
@@ -91,7 +160,11 @@ pub(super) fn parse_chat(
         .map(|(i, m)| parse_message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let tools = take_object_array(map, "tools")?;
+    let tools = match tools {
+        RawTools::Absent => None,
+        RawTools::Items(items) => Some(Tools::from_items(&items)?),
+        RawTools::NotAnArray => return Err(invalid_type("tools", "an array")),
+    };
     if let Some(tools) = &tools {
         if tools.len() > limits.max_tools {
             return Err(RequestError::TooManyItems {

@@ -2,12 +2,15 @@
 //!
 //! Only what the prompt depends on is interpreted (messages, tools, template switches, the
 //! completion prompt) plus the few fields a router uses (`model`, `stream`, `max_tokens`,
-//! `nvext`). Everything else in the body is ignored. Parsing never panics, whatever the bytes.
+//! `nvext`). Everything else in the body is skipped in the one parsing pass, without building
+//! a tree for it; `tools` is validated and kept as its exact JSON text (see [`Tools`]).
+//! Parsing never panics, whatever the bytes.
 
 mod chat;
 mod error;
+mod top;
 
-pub use chat::{ChatRequest, Content, Message};
+pub use chat::{ChatRequest, Content, Message, Tools};
 pub use error::RequestError;
 
 use serde_json::{Map, Value};
@@ -129,12 +132,10 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<Request
         });
     }
     prescan(body, limits)?;
-    let value: Value = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson {
-        reason: e.to_string(),
-    })?;
-    let Value::Object(mut map) = value else {
-        return Err(RequestError::NotAnObject);
-    };
+    let top::TopLevel {
+        fields: mut map,
+        tools,
+    } = top::parse(body)?;
 
     let model = match map.remove("model") {
         Some(Value::String(s)) => s,
@@ -149,7 +150,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<Request
     let add_special_tokens = take_bool(&mut map, "add_special_tokens")?;
 
     let payload = match endpoint {
-        Endpoint::ChatCompletions => Payload::Chat(chat::parse_chat(&mut map, limits)?),
+        Endpoint::ChatCompletions => Payload::Chat(chat::parse_chat(&mut map, tools, limits)?),
         Endpoint::Completions => Payload::Completion(parse_completion(&mut map)?),
     };
     Ok(Request {
@@ -241,40 +242,40 @@ fn token_ids(items: &[Value], param: &str) -> Result<Vec<u32>, RequestError> {
         .collect()
 }
 
-/// True if `body` nests arrays/objects deeper than `max` (strings are skipped, escapes honoured).
-/// A cheap pre-pass so that a hostile body is refused before any tree is built.
 /// One linear pass over the raw body before it is parsed, so hostile bodies are refused
 /// before they cost a JSON tree: nesting deeper than `max_json_depth`, and a top-level
 /// `messages` array with more than `max_messages` objects (each would be parsed first).
+/// Strings are skipped (escapes honoured) eight bytes at a time.
 fn prescan(body: &[u8], limits: &Limits) -> Result<(), RequestError> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    // Where the last string at depth 1 started (a candidate key) and whether it was
-    // `"messages"`; then whether the array now open at depth 2 is that key's value.
-    let mut string_start = 0usize;
+    // Whether the last string at depth 1 (a candidate key) was `"messages"`; then whether
+    // the array now open at depth 2 is that key's value.
     let mut key_is_messages = false;
     let mut in_messages = false;
     let mut messages = 0usize;
-    for (i, &b) in body.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-                if depth == 1 {
-                    key_is_messages = body.get(string_start..i) == Some(b"messages".as_slice());
+    let mut i = 0usize;
+    while let Some(&b) = body.get(i) {
+        i += 1;
+        if b == b'"' {
+            // Skip the string: to its closing quote, stepping over escapes.
+            let string_start = i;
+            loop {
+                let Some(at) = next_quote_or_backslash(body, i) else {
+                    return Ok(()); // unterminated: the parser will say so
+                };
+                if body.get(at) == Some(&b'\\') {
+                    i = at + 2;
+                    continue;
                 }
+                if depth == 1 {
+                    key_is_messages = body.get(string_start..at) == Some(b"messages".as_slice());
+                }
+                i = at + 1;
+                break;
             }
             continue;
         }
         match b {
-            b'"' => {
-                in_string = true;
-                string_start = i + 1;
-            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limits.max_json_depth {
@@ -307,6 +308,34 @@ fn prescan(body: &[u8], limits: &Limits) -> Result<(), RequestError> {
         }
     }
     Ok(())
+}
+
+/// Index of the first `"` or `\` in `bytes` from `from` on, eight bytes at a time (string
+/// contents are most of a body).
+fn next_quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Nonzero iff some byte of `w` equals `b` (the classic exact "has zero byte" test).
+    let has = |w: u64, b: u8| {
+        let x = w ^ ONES.wrapping_mul(u64::from(b));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut i = from;
+    while let Some(chunk) = bytes
+        .get(i..i + 8)
+        .and_then(|c| <[u8; 8]>::try_from(c).ok())
+    {
+        let w = u64::from_le_bytes(chunk);
+        if has(w, b'"') | has(w, b'\\') != 0 {
+            break;
+        }
+        i += 8;
+    }
+    bytes
+        .get(i..)?
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+        .map(|p| i + p)
 }
 
 pub(crate) fn missing(param: &str) -> RequestError {

@@ -457,3 +457,81 @@ fn too_many_messages_are_refused_before_the_body_is_parsed() {
         "array_above_max_length"
     );
 }
+
+/// The byte-at-a-time prescan the word-at-a-time one replaced: the reference it must equal.
+fn prescan_reference(body: &[u8], limits: &Limits) -> Result<(), RequestError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut string_start, mut key_is_messages, mut in_messages, mut messages) =
+        (0usize, false, false, 0usize);
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                if depth == 1 {
+                    key_is_messages = body.get(string_start..i) == Some(b"messages".as_slice());
+                }
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limits.max_json_depth {
+                    return Err(RequestError::TooDeep {
+                        limit: limits.max_json_depth,
+                    });
+                }
+                if depth == 2 && b == b'[' && key_is_messages {
+                    in_messages = true;
+                } else if depth == 3 && in_messages && b == b'{' {
+                    messages += 1;
+                    if messages > limits.max_messages {
+                        return Err(RequestError::TooManyItems {
+                            param: "messages",
+                            count: messages,
+                            limit: limits.max_messages,
+                        });
+                    }
+                }
+                key_is_messages = false;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth < 2 {
+                    in_messages = false;
+                }
+            }
+            b',' if depth == 1 => key_is_messages = false,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Bodies made of JSON punctuation, quotes, backslashes, `messages` keys and text, so
+    /// strings, escapes, nesting and keys land at every offset of the 8-byte words.
+    #[test]
+    fn prescan_equals_the_byte_reference(
+        tokens in prop::collection::vec(prop::sample::select(vec![
+            "[", "]", "{", "}", ",", ":", "\"", "\\", "\\\"", "\"messages\"",
+            "\"messages\": [{", "abcdefgh", "é", " ", "\n",
+        ]), 0..80),
+        depth in 1usize..6,
+        max_messages in 0usize..4,
+    ) {
+        let body = tokens.concat().into_bytes();
+        let limits = Limits { max_json_depth: depth, max_messages, ..Limits::default() };
+        prop_assert_eq!(prescan(&body, &limits), prescan_reference(&body, &limits));
+    }
+}

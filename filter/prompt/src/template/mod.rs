@@ -12,8 +12,10 @@
 mod pyjson;
 mod source;
 mod strftime;
+mod tools_cache;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
@@ -21,9 +23,16 @@ use serde_json::{Map, Value as Json};
 
 use crate::error::{ApiError, Disposition};
 use source::{detect_content_format, rewrite_generation_tags};
+use tools_cache::{EntryRef, ToolsCache};
+pub use tools_cache::{
+    ToolsCacheStats, ToolsEntry, MAX_BYTES as TOOLS_CACHE_MAX_BYTES,
+    MAX_ENTRIES as TOOLS_CACHE_MAX_ENTRIES,
+};
 
 /// Variable under which the caller's clock reading reaches `strftime_now`.
 const NOW_VAR: &str = "__kvgate_now_unix_secs";
+/// Variable under which a render's cached tools entry reaches the `tojson` filter.
+const TOOLS_VAR: &str = "__kvgate_tools_entry";
 /// Appended to the final message for `continue_final_message`, as transformers does.
 const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
 
@@ -132,11 +141,14 @@ impl ApiError for TemplateError {
 }
 
 /// What a render needs beyond the template: the top-level variables and the clock.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RenderInput {
     /// Top-level variables: `messages`, `tools`, `documents`, `add_generation_prompt` and the
     /// chat_template_kwargs, already merged (see `conversation`).
     pub vars: Map<String, Json>,
+    /// The `tools` variable from the template's tools cache ([`ChatTemplate::tools_entry`]);
+    /// when set it replaces `vars["tools"]` (which then only keeps the variables' order).
+    pub tools: Option<Arc<ToolsEntry>>,
     /// Render the final message open-ended (no end-of-turn), as HF's `continue_final_message`.
     pub continue_final_message: bool,
     /// The caller's wall clock, for `strftime_now` (UTC).
@@ -150,6 +162,8 @@ pub struct ChatTemplate {
     special_tokens: Map<String, Json>,
     content_format: ContentFormat,
     sources: Vec<Arc<str>>,
+    tools_cache: Mutex<ToolsCache>,
+    dump_hits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -266,7 +280,31 @@ impl ChatTemplate {
             special_tokens,
             content_format,
             sources,
+            tools_cache: Mutex::new(ToolsCache::new()),
+            dump_hits: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The tools list cached under `key`, else the one `make` returns, converted and kept for
+    /// the next requests. The caller guarantees that equal keys mean equal JSON (e.g. the key
+    /// is the exact text the JSON is derived from); keys are compared in full.
+    pub fn tools_entry<E>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<Json, E>,
+    ) -> Result<Arc<ToolsEntry>, E> {
+        self.tools_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(key, make)
+    }
+
+    /// Cumulative counters of the tools cache.
+    pub fn tools_cache_stats(&self) -> ToolsCacheStats {
+        self.tools_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats(self.dump_hits.load(Ordering::Relaxed))
     }
 
     /// The content format messages must be given in (configured, or detected).
@@ -304,10 +342,11 @@ impl ChatTemplate {
     pub fn render(&self, input: RenderInput) -> Result<String, TemplateError> {
         let RenderInput {
             mut vars,
+            tools,
             continue_final_message,
             now_unix_secs,
         } = input;
-        let has_tools = vars.get("tools").is_some_and(|t| !t.is_null());
+        let has_tools = tools.is_some() || vars.get("tools").is_some_and(|t| !t.is_null());
         let name = self.select(has_tools)?;
         let final_text = if continue_final_message {
             Some(self.tag_final_message(name, &mut vars)?)
@@ -325,9 +364,34 @@ impl ChatTemplate {
             .env
             .get_template(name)
             .map_err(|e| TemplateError::Render(e.to_string()))?;
-        let rendered = template
-            .render(Value::from(minijinja::value::Serde(&vars)))
-            .map_err(map_render_error)?;
+        let context = match tools {
+            None => Value::from(minijinja::value::Serde(&vars)),
+            Some(entry) => {
+                // The same map as above, but `tools` is the cached entry's value.
+                let mut map: indexmap::IndexMap<Value, Value> =
+                    indexmap::IndexMap::with_capacity(vars.len() + 2);
+                if !vars.contains_key("tools") {
+                    map.insert(Value::from("tools"), entry.value().clone());
+                }
+                for (k, v) in &vars {
+                    let v = if k == "tools" {
+                        entry.value().clone()
+                    } else {
+                        Value::from(minijinja::value::Serde(v))
+                    };
+                    map.insert(Value::from(k.as_str()), v);
+                }
+                map.insert(
+                    Value::from(TOOLS_VAR),
+                    Value::from_object(EntryRef {
+                        entry,
+                        dump_hits: self.dump_hits.clone(),
+                    }),
+                );
+                Value::from_object(map)
+            }
+        };
+        let rendered = template.render(context).map_err(map_render_error)?;
         match final_text {
             Some(final_text) => cut_at_tag(rendered, &final_text),
             None => Ok(rendered),

@@ -9,10 +9,13 @@
 use std::fmt::Write as _;
 
 use minijinja::value::{from_args, Kwargs, Rest, ValueKind, ValueOrKwargs};
-use minijinja::{Error, ErrorKind, Value};
+use minijinja::{Error, ErrorKind, State, Value};
+
+use super::tools_cache::EntryRef;
+use super::TOOLS_VAR;
 
 /// `json.dumps` settings, as HF's `tojson` filter exposes them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct DumpOptions {
     pub ensure_ascii: bool,
     /// `None`: everything on one line; `Some(unit)`: newline plus `unit` per level.
@@ -35,8 +38,35 @@ impl Default for DumpOptions {
 }
 
 /// The `tojson` filter: `tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False)`,
-/// positional or keyword, like HF's Python function.
-pub(crate) fn tojson_filter(value: &Value, args: Rest<ValueOrKwargs>) -> Result<String, Error> {
+/// positional or keyword, like HF's Python function. A list or object of the render's cached
+/// tools list (see `tools_cache`) is dumped once per set of options and then looked up.
+pub(crate) fn tojson_filter(
+    state: &State,
+    value: &Value,
+    args: Rest<ValueOrKwargs>,
+) -> Result<Value, Error> {
+    let opts = dump_options(args)?;
+    let dump = || {
+        let mut out = String::new();
+        dumps(value, &opts, 0, &mut out)?;
+        Ok(out)
+    };
+    if matches!(value.kind(), ValueKind::Map | ValueKind::Seq) {
+        if let Some(cached) = state.lookup(TOOLS_VAR) {
+            if let Some(entry) = cached.downcast_object_ref::<EntryRef>() {
+                let (text, remembered) = entry.entry.dump(value, &opts, dump)?;
+                if remembered {
+                    entry.count_hit();
+                }
+                return Ok(Value::from(text));
+            }
+        }
+    }
+    Ok(Value::from(dump()?))
+}
+
+/// The `json.dumps` options of a `tojson` call.
+fn dump_options(args: Rest<ValueOrKwargs>) -> Result<DumpOptions, Error> {
     let args = args.into_values();
     let (positional, kwargs): (&[Value], Kwargs) = from_args(&args)?;
     if positional.len() > 4 {
@@ -71,9 +101,7 @@ pub(crate) fn tojson_filter(value: &Value, args: Rest<ValueOrKwargs>) -> Result<
             _ => return Err(type_error("separators must be a pair of strings")),
         }
     }
-    let mut out = String::new();
-    dumps(value, &opts, 0, &mut out)?;
-    Ok(out)
+    Ok(opts)
 }
 
 fn indent_unit(indent: &Value) -> Result<String, Error> {

@@ -23,6 +23,7 @@ fn vars(v: Json) -> Map<String, Json> {
 fn render(src: &str, ctx: Json) -> Result<String, TemplateError> {
     tmpl(src).render(RenderInput {
         vars: vars(ctx),
+        tools: None,
         continue_final_message: false,
         now_unix_secs: 1_721_997_296, // 2024-07-26 12:34:56 UTC
     })
@@ -191,6 +192,7 @@ fn continue_final_message_cuts_after_the_content() {
     let out = t
         .render(RenderInput {
             vars: vars(json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The answer is"}]})),
+            tools: None,
             continue_final_message: true,
             now_unix_secs: 0,
         })
@@ -199,6 +201,7 @@ fn continue_final_message_cuts_after_the_content() {
     let parts = t
         .render(RenderInput {
             vars: vars(json!({"messages": [{"role": "assistant", "content": [{"type": "text", "text": "So"}]}]})),
+            tools: None,
             continue_final_message: true,
             now_unix_secs: 0,
         })
@@ -210,6 +213,7 @@ fn continue_final_message_cuts_after_the_content() {
     let err = t
         .render(RenderInput {
             vars: vars(json!({"messages": [{"role": "assistant"}]})),
+            tools: None,
             continue_final_message: true,
             now_unix_secs: 0,
         })
