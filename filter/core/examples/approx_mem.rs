@@ -1,7 +1,8 @@
 //! Memory and speed probe of the approximate-mode index ([`kvgate_core::index::ApproxIndex`]):
 //! fills it past Dynamo's default cap (`router_max_tree_size` = 1,048,576 (worker, block)
 //! pairs) with synthetic records and prints the heap it holds (live and peak, through a
-//! counting allocator), bytes per pair, and the mean time of `record` and `overlap`.
+//! counting allocator), bytes per pair, and the mean time of `record_lazily` (with the tick's `expire_when_worth_it`) and
+//! `overlap`.
 //! Run: `cargo run --release -p kvgate-core --example approx_mem [RECORDS BLOCKS WORKERS]`
 //! (defaults 10000 128 4). The same source measures what one filter VM pays when built
 //! for wasm32-wasip1 and run under `node tests/tools/wasm-bench.mjs`, but only from a
@@ -88,9 +89,10 @@ fn main() {
             });
         }
         let t = Instant::now();
-        let deltas = idx.record(WorkerKey::new(r % workers, 0), &seqs, r);
+        // The filter's path: lazy records, and the tick's sweep when worth it.
+        idx.record_lazily(WorkerKey::new(r % workers, 0), &seqs, r);
+        idx.expire_when_worth_it(r);
         record_ns += t.elapsed().as_nanos();
-        std::hint::black_box(deltas);
         if r % 97 == 0 {
             kept.push(seqs.clone());
         }

@@ -247,12 +247,19 @@ impl Table {
 
     /// Rebuilds with `homes` home positions (rows keep their order).
     fn resize(&mut self, homes: usize) {
+        // Rows can run on past the last home; room for that is reserved now, so pushing
+        // one never doubles a vector of a million rows.
+        let room = homes + homes / 64 + 64;
+        let mut keys = Vec::with_capacity(room);
+        keys.resize(homes, 0);
+        let mut meta = Vec::with_capacity(room);
+        meta.resize(homes, EMPTY_ROW);
         let old = std::mem::replace(
             self,
             Table {
                 homes,
-                keys: vec![0; homes],
-                meta: vec![EMPTY_ROW; homes],
+                keys,
+                meta,
                 rows: self.rows,
                 distinct: self.distinct,
             },
@@ -271,6 +278,18 @@ impl Table {
                 *m = meta;
             }
             write = to + 1;
+        }
+    }
+}
+
+/// Where index changes go: collected for the caller, or not at all (the filter's lazy path
+/// uses none, and a prune at the cap would collect hundreds of thousands).
+struct Deltas<'a>(Option<&'a mut Vec<IndexDelta>>);
+
+impl Deltas<'_> {
+    fn push(&mut self, d: IndexDelta) {
+        if let Some(v) = self.0.as_mut() {
+            v.push(d);
         }
     }
 }
@@ -341,23 +360,16 @@ impl ApproxIndex {
     /// ones). Re-recording a pair keeps the later of its two expiry times.
     pub fn record(&mut self, worker: WorkerKey, sequence: &[u64], now_ms: u64) -> Vec<IndexDelta> {
         let mut deltas = self.expire(now_ms);
-        self.record_unexpired(worker, sequence, now_ms, &mut deltas);
+        self.record_unexpired(worker, sequence, now_ms, &mut Deltas(Some(&mut deltas)));
         deltas
     }
 
     /// [`Self::record`] without expiring first (no sweep in a request's path): pairs that
     /// expired but were not swept yet stay until [`Self::expire`] runs and are refreshed
-    /// in place; [`Self::overlap_at`] ignores them meanwhile. The deltas it returns omit
-    /// those refreshes.
-    pub fn record_lazily(
-        &mut self,
-        worker: WorkerKey,
-        sequence: &[u64],
-        now_ms: u64,
-    ) -> Vec<IndexDelta> {
-        let mut deltas = Vec::new();
-        self.record_unexpired(worker, sequence, now_ms, &mut deltas);
-        deltas
+    /// in place; [`Self::overlap_at`] ignores them meanwhile. No deltas are collected (a
+    /// prune would collect one per dropped pair, hundreds of thousands at the cap).
+    pub fn record_lazily(&mut self, worker: WorkerKey, sequence: &[u64], now_ms: u64) {
+        self.record_unexpired(worker, sequence, now_ms, &mut Deltas(None));
     }
 
     fn record_unexpired(
@@ -365,7 +377,7 @@ impl ApproxIndex {
         worker: WorkerKey,
         sequence: &[u64],
         now_ms: u64,
-        deltas: &mut Vec<IndexDelta>,
+        deltas: &mut Deltas<'_>,
     ) {
         if sequence.is_empty() {
             return;
@@ -398,7 +410,13 @@ impl ApproxIndex {
             }
             let crowded = (self.table.rows + 1) * LOAD_DEN > self.table.homes * LOAD_NUM;
             if self.table.homes == 0 || (crowded && self.table.homes < self.max_homes) {
-                let grown = (self.table.homes * 2).clamp(MIN_HOMES, self.max_homes);
+                // Doubling, but straight to the cap's size once the next doubling would pass
+                // it: the old and new arrays coexist while rows move, and Wasm memory keeps
+                // that peak (at most 1.5 × the final table instead of up to 2 ×).
+                let mut grown = (self.table.homes * 2).clamp(MIN_HOMES, self.max_homes);
+                if grown.saturating_mul(2) > self.max_homes {
+                    grown = self.max_homes;
+                }
                 self.table.resize(grown);
             }
             let (i, _) = self.table.find(seq, slot);
@@ -425,7 +443,7 @@ impl ApproxIndex {
         if due == 0 || (rows >= SMALL_TABLE && due * 8 < rows) {
             return false;
         }
-        self.expire(now_ms);
+        self.expire_into(now_ms, &mut Deltas(None));
         true
     }
 
@@ -438,6 +456,11 @@ impl ApproxIndex {
     /// Drops predictions that expired at or before `now_ms`.
     pub fn expire(&mut self, now_ms: u64) -> Vec<IndexDelta> {
         let mut deltas = Vec::new();
+        self.expire_into(now_ms, &mut Deltas(Some(&mut deltas)));
+        deltas
+    }
+
+    fn expire_into(&mut self, now_ms: u64, deltas: &mut Deltas<'_>) {
         let now = now_ms / self.quantum_ms;
         let due = match self.by_until.first_key_value() {
             Some((&first, _)) => self.base + u64::from(first) <= now,
@@ -446,9 +469,8 @@ impl ApproxIndex {
         if due {
             // Every row with base + until <= now, i.e. until < now - base + 1.
             let below = (now - self.base + 1).min(1 << 16) as u32;
-            self.sweep(below, 0, &mut deltas);
+            self.sweep(below, 0, deltas);
         }
-        deltas
     }
 
     /// Forgets every prediction for `worker` (no deltas: callers clear the worker).
@@ -560,7 +582,7 @@ impl ApproxIndex {
 
     /// The stored form of expiry time `until_ms` (rounded up to the quantum), moving the
     /// base forward first if it does not fit in 16 bits.
-    fn stored_until(&mut self, until_ms: u64, deltas: &mut Vec<IndexDelta>) -> u16 {
+    fn stored_until(&mut self, until_ms: u64, deltas: &mut Deltas<'_>) -> u16 {
         let q = until_ms.div_ceil(self.quantum_ms);
         if q < self.base {
             return 0;
@@ -591,7 +613,7 @@ impl ApproxIndex {
     }
 
     /// Makes room for one more pair: drops the oldest pairs down to the prune target.
-    fn prune(&mut self, deltas: &mut Vec<IndexDelta>) {
+    fn prune(&mut self, deltas: &mut Deltas<'_>) {
         let mut need = self.table.rows.saturating_sub(self.prune_to) as u64;
         let mut below = 1u32 << 16;
         let mut ties = 0usize;
@@ -608,7 +630,7 @@ impl ApproxIndex {
 
     /// Drops every row that expires before `below` (stored units) and the first `ties`
     /// rows, in table order, that expire at `below`.
-    fn sweep(&mut self, below: u32, mut ties: usize, deltas: &mut Vec<IndexDelta>) {
+    fn sweep(&mut self, below: u32, mut ties: usize, deltas: &mut Deltas<'_>) {
         let slots = &self.slots;
         let counts = &mut self.counts;
         let mut tied = 0u32;
