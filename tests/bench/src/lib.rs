@@ -10,7 +10,10 @@
 //! Phases, each reported in `target/bench/report.json` (see [`report`]):
 //! 1. **Quality** ([`quality`]): one trace ([`trace`]: Mooncake JSONL, ShareGPT JSON,
 //!    MT-bench JSONL) is replayed through the real stack once per policy ([`policy`]), on
-//!    the same mock engines, their caches cleared in between. Driver-side policies
+//!    the same mock engines, their caches cleared in between; then, on a fleet of 8
+//!    engines at the same load per engine, the few policies the real-vs-virtual agreement
+//!    needs ([`BenchConfig::real_runs`]). Each replay set is compared with virtual-time
+//!    replays of the same traffic ([`sweep::agreement`]). Driver-side policies
 //!    (`round_robin`, `random`, `least_load`, `char_prefix`, `oracle`) pick the worker
 //!    themselves and send the pick through a plain Envoy (`override_host` honours
 //!    `x-gateway-destination-endpoint`); `kvgate_approx` and `kvgate_events` go through
@@ -131,11 +134,17 @@ pub struct BenchConfig {
     pub out_dir: PathBuf,
     /// Logs and rendered configs of the processes.
     pub work_dir: PathBuf,
-    /// Mock engines.
-    pub workers: usize,
+    /// Mock-engine counts of the real-stack replays: the first runs every policy of
+    /// `policies`, each further one those of `real_policies_extra` (see
+    /// [`BenchConfig::real_runs`]).
+    pub real_workers: Vec<usize>,
+    /// The policies replayed on the real stack with the engine counts after the first.
+    pub real_policies_extra: Vec<policy::PolicyKind>,
     /// Engine time scale (`mock-worker --speedup`): the trace is replayed this much faster.
     pub speedup: f64,
-    /// Arrival-rate multiplier on top of the trace's own rate (2 = twice the traffic).
+    /// Arrival-rate multiplier on top of the trace's own rate (2 = twice the traffic),
+    /// given for `sweep.reference_workers` engines: with N engines the real stack replays
+    /// at this × N / `sweep.reference_workers` (the same load per engine).
     pub load: f64,
     /// Mooncake traces: trace seconds skipped before the replayed window.
     pub trace_start: f64,
@@ -184,7 +193,8 @@ impl BenchConfig {
             trace: trace.to_path_buf(),
             out_dir: out_dir.to_path_buf(),
             work_dir: out_dir.join("run"),
-            workers: 4,
+            real_workers: vec![4, 8],
+            real_policies_extra: REAL_POLICIES_EXTRA.to_vec(),
             speedup: 10.0,
             load: 1.0,
             trace_start: 0.0,
@@ -210,7 +220,17 @@ impl BenchConfig {
     }
 }
 
-/// NATS, the mock engines and the sidecar, shared by every phase.
+/// The policies the real stack replays with its engine counts after the first: enough for
+/// the real-vs-virtual agreement to show the filter, with and without KV events, matches
+/// its virtual-time model next to a driver-side baseline.
+pub const REAL_POLICIES_EXTRA: [policy::PolicyKind; 3] = [
+    policy::PolicyKind::RoundRobin,
+    policy::PolicyKind::KvgateApprox,
+    policy::PolicyKind::KvgateEvents,
+];
+
+/// NATS, the mock engines and the sidecar of one real-stack replay set (the first is also
+/// the sidecar phase's).
 pub struct Fleet {
     /// nats-server.
     pub nats: Nats,
@@ -227,11 +247,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts NATS, `cfg.workers` engines and the sidecar.
-    pub fn start(cfg: &BenchConfig, tools: &Tools) -> Result<Fleet> {
-        std::fs::create_dir_all(&cfg.work_dir)?;
-        let nats = Nats::start(tools, &cfg.work_dir)?;
-        let request_log = cfg.work_dir.join("engine-requests.jsonl");
+    /// Starts NATS, `workers` engines and the sidecar, their logs and files under `dir`
+    /// (one directory per fleet: NATS' store, the request log and the logs are per fleet;
+    /// ports are free ones).
+    pub fn start(cfg: &BenchConfig, tools: &Tools, workers: usize, dir: &Path) -> Result<Fleet> {
+        std::fs::create_dir_all(dir)?;
+        let nats = Nats::start(tools, dir)?;
+        let request_log = dir.join("engine-requests.jsonl");
         let args: Vec<String> = vec![
             "--request-log".into(),
             request_log.display().to_string(),
@@ -244,13 +266,13 @@ impl Fleet {
             "--default-max-tokens".into(),
             cfg.max_output_tokens.to_string(),
         ];
-        let mut workers = Vec::new();
-        for id in 1..=cfg.workers as u64 {
-            workers.push(Worker::start(tools, &cfg.work_dir, id, &args)?);
+        let mut engines = Vec::new();
+        for id in 1..=workers.max(1) as u64 {
+            engines.push(Worker::start(tools, dir, id, &args)?);
         }
         let sidecar = Sidecar::start(
             tools,
-            &cfg.work_dir,
+            dir,
             &[
                 "--nats-url".into(),
                 nats.url(),
@@ -260,10 +282,10 @@ impl Fleet {
         )?;
         Ok(Fleet {
             nats,
-            workers,
+            workers: engines,
             sidecar,
             tools: tools.clone(),
-            dir: cfg.work_dir.clone(),
+            dir: dir.to_path_buf(),
             request_log,
         })
     }
@@ -346,6 +368,7 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
     let mut report = report::Report::new(cfg, machine);
     let trace = trace::load(&cfg.trace, &cfg.trace_options())?;
     report.trace = trace.summary();
+    let runs = cfg.real_runs();
     eprintln!(
         "kvgate-bench: {} ({}: {} requests in {} sessions, {:.0} trace-s); starting NATS, kvgate-sync and {} mock engines ...",
         cfg.trace.display(),
@@ -353,7 +376,7 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
         trace.requests(),
         trace.sessions.len(),
         trace.span_ms / 1000.0,
-        cfg.workers
+        cfg.workers()
     );
     let mut phase = std::time::Instant::now();
     let mut lap = |name: &str, report: &mut report::Report| {
@@ -363,13 +386,16 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
         );
         phase = std::time::Instant::now();
     };
-    let files = if cfg.run_sweep {
+    // The kvgate VMs of the sweep and of the agreement's virtual-time replays (which need
+    // a trace with block prompts, as the sweep does).
+    let agreement = cfg.run_quality && sweep::replayable(&trace);
+    let files = if cfg.run_sweep || agreement {
         Some(sweep::model_files(&tools.model_dir)?)
     } else {
         None
     };
     let mut swept = None;
-    if let Some(files) = &files {
+    if let (true, Some(files)) = (cfg.run_sweep, &files) {
         let mut opts = cfg.trace_options();
         opts.max_seconds = Some(cfg.sweep.trace_seconds).filter(|s| *s > 0.0);
         opts.max_requests = None;
@@ -387,36 +413,66 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
         cancel.check()?;
         lap("sweep", &mut report);
     }
-    let fleet = if cfg.run_quality || cfg.run_sidecar {
-        let f = Fleet::start(cfg, &tools)?;
+    let fleet = if (cfg.run_quality && !runs.is_empty()) || cfg.run_sidecar {
+        let f = Fleet::start(cfg, &tools, cfg.workers(), &cfg.work_dir)?;
         lap("start", &mut report);
         Some(f)
     } else {
         None
     };
     if let (true, Some(fleet)) = (cfg.run_quality, &fleet) {
-        let mut q = quality::run(cfg, fleet, &trace, &rt, cancel)?;
-        cancel.check()?;
-        lap("quality", &mut report);
-        if let Some(files) = &files {
-            // The virtual-time replay has no endpoint picker: it models the filter.
-            let replayed: Vec<quality::PolicyResult> = q
-                .policies
-                .iter()
-                .filter(|p| policy::PolicyKind::parse(&p.name).is_some_and(|k| !k.via_picker()))
-                .cloned()
-                .collect();
-            q.agreement = sweep::agreement(
-                &cfg.sweep,
-                &trace,
-                &replayed,
-                cfg.workers,
-                cfg.load,
-                cfg.num_gpu_blocks,
-                cfg.seed,
-                files,
-                cancel,
-            )?;
+        let mut q = quality::report(cfg);
+        for (i, run) in runs.iter().enumerate() {
+            let own;
+            let f = if i == 0 {
+                fleet
+            } else {
+                // A fleet of its own, dropped once its replays are done.
+                eprintln!(
+                    "kvgate-bench: real stack with {} engines at load ×{} ({}) ...",
+                    run.workers,
+                    run.load,
+                    run.policies
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                own = Fleet::start(
+                    cfg,
+                    &tools,
+                    run.workers,
+                    &cfg.work_dir.join(format!("engines-{}", run.workers)),
+                )?;
+                &own
+            };
+            q.policies
+                .extend(quality::run(cfg, run, f, &trace, &rt, cancel)?);
+            cancel.check()?;
+            lap(&quality_phase(i, run), &mut report);
+        }
+        if let (true, Some(files)) = (agreement, &files) {
+            for run in &runs {
+                // The virtual-time replay has no endpoint picker: it models the filter.
+                let replayed: Vec<quality::PolicyResult> = q
+                    .policies
+                    .iter()
+                    .filter(|p| p.workers == run.workers)
+                    .filter(|p| policy::PolicyKind::parse(&p.name).is_some_and(|k| !k.via_picker()))
+                    .cloned()
+                    .collect();
+                q.agreement.extend(sweep::agreement(
+                    &cfg.sweep,
+                    &trace,
+                    &replayed,
+                    run.workers,
+                    run.load,
+                    cfg.num_gpu_blocks,
+                    cfg.seed,
+                    files,
+                    cancel,
+                )?);
+            }
             lap("agreement", &mut report);
         }
         report.quality = Some(q);
@@ -450,7 +506,58 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
     Ok(report)
 }
 
+/// The phase-time key of replay set `i`: `quality` for the first, `quality_<N>` (its
+/// fleet's start included) for the others.
+fn quality_phase(i: usize, run: &quality::RealRun) -> String {
+    if i == 0 {
+        "quality".to_string()
+    } else {
+        format!("quality_{}", run.workers)
+    }
+}
+
 impl BenchConfig {
+    /// Engines of the first real-stack replay set (the sidecar phase's fleet too).
+    pub fn workers(&self) -> usize {
+        self.real_workers
+            .iter()
+            .copied()
+            .find(|&w| w > 0)
+            .unwrap_or(4)
+    }
+
+    /// The real-stack replay sets: the first engine count with every policy of
+    /// `policies`, each further count (repeats and 0 left out) with those of `policies`
+    /// that `real_policies_extra` names (a count left with none is left out); each at
+    /// `load` scaled to its engine count as the sweep scales its loads
+    /// ([`sweep::SweepConfig::scaled`]).
+    pub fn real_runs(&self) -> Vec<quality::RealRun> {
+        let mut out: Vec<quality::RealRun> = Vec::new();
+        for &w in &self.real_workers {
+            if w == 0 || out.iter().any(|r| r.workers == w) {
+                continue;
+            }
+            let policies: Vec<policy::PolicyKind> = if out.is_empty() {
+                self.policies.clone()
+            } else {
+                self.policies
+                    .iter()
+                    .copied()
+                    .filter(|p| self.real_policies_extra.contains(p))
+                    .collect()
+            };
+            if policies.is_empty() {
+                continue;
+            }
+            out.push(quality::RealRun {
+                workers: w,
+                load: self.sweep.scaled(self.load, w),
+                policies,
+            });
+        }
+        out
+    }
+
     /// How to cut the trace.
     pub fn trace_options(&self) -> trace::TraceOptions {
         trace::TraceOptions {
@@ -462,5 +569,57 @@ impl BenchConfig {
             think_ms: self.think_ms,
             seed: self.seed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use policy::PolicyKind;
+
+    /// The first engine count replays every policy; the next ones the extra set (of the
+    /// policies asked for), at the load scaled per engine as the sweep scales its loads.
+    #[test]
+    fn real_runs_scale_the_load_and_reduce_the_later_counts() {
+        let mut cfg = BenchConfig::new(Path::new("t.jsonl"), Path::new("out"));
+        let runs = cfg.real_runs();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[0].workers, runs[0].load, runs[0].policies.as_slice()),
+            (4, 1.0, PolicyKind::LIVE.as_slice())
+        );
+        assert_eq!(
+            (runs[1].workers, runs[1].load, runs[1].policies.as_slice()),
+            (8, 2.0, REAL_POLICIES_EXTRA.as_slice())
+        );
+        assert_eq!(runs[1].load, cfg.sweep.loads_for(8)[0] * cfg.load);
+
+        cfg.load = 1.5;
+        cfg.real_workers = vec![2, 2, 0, 4, 8];
+        cfg.sweep.reference_workers = 2;
+        cfg.policies = vec![PolicyKind::Epp, PolicyKind::KvgateEvents];
+        let runs = cfg.real_runs();
+        let got: Vec<(usize, f64, Vec<PolicyKind>)> = runs
+            .into_iter()
+            .map(|r| (r.workers, r.load, r.policies))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, 1.5, vec![PolicyKind::Epp, PolicyKind::KvgateEvents]),
+                (4, 3.0, vec![PolicyKind::KvgateEvents]),
+                (8, 6.0, vec![PolicyKind::KvgateEvents]),
+            ]
+        );
+        assert_eq!(cfg.workers(), 2);
+
+        // No extra policy: only the first count runs.
+        cfg.real_policies_extra.clear();
+        assert_eq!(cfg.real_runs().len(), 1);
+        cfg.real_workers = vec![0, 8];
+        assert_eq!(cfg.workers(), 8);
+        assert_eq!(cfg.real_runs()[0].workers, 8);
     }
 }

@@ -143,7 +143,19 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     match &report.quality {
         Some(q) if !q.sweep.is_empty() => crate::sweep::plot::panels(q, a, b)?,
         Some(q) if !q.policies.is_empty() => {
-            let names: Vec<String> = q.policies.iter().map(|p| p.name.clone()).collect();
+            // Rows of several engine counts are told apart by theirs.
+            let several = q.policies.iter().any(|p| p.workers != q.workers);
+            let names: Vec<String> = q
+                .policies
+                .iter()
+                .map(|p| {
+                    if several {
+                        format!("{} ({})", p.name, p.workers)
+                    } else {
+                        p.name.clone()
+                    }
+                })
+                .collect();
             grouped_bars(
                 a,
                 "Prefix-cache hit ratio (tokens)",

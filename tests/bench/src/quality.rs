@@ -1,6 +1,12 @@
 //! Routing quality: the trace replayed once per policy through the real stack, on the
 //! same engines, with their caches cleared in between.
 //!
+//! One replay set ([`RealRun`]) per engine count: the first count (`--real-workers`, 4 by
+//! default) runs every policy; each further count (8 by default) runs on a fleet of its own
+//! the few policies the real-vs-virtual agreement needs (`--real-policies-extra`), at the
+//! same load per engine (the load scaled by N / the sweep's reference count, as the sweep
+//! scales its loads).
+//!
 //! Per policy:
 //! 1. wait until every engine is idle, `POST /kvgate/clear` on each (the engines publish
 //!    `Cleared`), wait until the sidecar's index is empty;
@@ -47,6 +53,10 @@ pub struct PolicyResult {
     pub name: String,
     /// `driver`, `filter` or `picker`.
     pub decided_by: String,
+    /// Engines of this replay.
+    pub workers: usize,
+    /// Its arrival-rate multiplier (the trace's rate × this).
+    pub load: f64,
     /// Requests sent.
     pub requests: usize,
     /// Requests that failed (non-200 or broken stream).
@@ -97,20 +107,35 @@ pub struct PolicyResult {
     pub error_samples: Vec<String>,
 }
 
+/// One replay set of the real stack: `policies` on a fleet of `workers` engines at load
+/// `load`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RealRun {
+    /// Engines.
+    pub workers: usize,
+    /// Arrival-rate multiplier.
+    pub load: f64,
+    /// Policies, in run order.
+    pub policies: Vec<PolicyKind>,
+}
+
 /// The quality phase's figures.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct QualityReport {
-    /// Engines.
+    /// Engines of the first real-stack replay set (every policy).
     pub workers: usize,
     /// Engine time scale.
     pub speedup: f64,
-    /// Arrival-rate multiplier.
+    /// Arrival-rate multiplier of the first replay set.
     pub load: f64,
+    /// The real-stack replay sets, in run order (`policies` rows carry their `workers`
+    /// and `load`).
+    pub runs: Vec<RealRun>,
     /// KV pool per engine (16-token blocks).
     pub num_gpu_blocks: usize,
     /// Output-token cap.
     pub max_output_tokens: u32,
-    /// One entry per policy, in run order.
+    /// One entry per policy and replay set, in run order.
     pub policies: Vec<PolicyResult>,
     /// The virtual-time load sweep (`make bench`'s main figures): one point per
     /// (workers, load); see [`crate::sweep`].
@@ -426,6 +451,7 @@ fn bar(cfg: &BenchConfig, len: u64, prefix: &str) -> ProgressBar {
 
 fn result(
     kind: PolicyKind,
+    run: &RealRun,
     records: &[Record],
     before: &[Counters],
     after: &[Counters],
@@ -480,6 +506,8 @@ fn result(
     PolicyResult {
         name: kind.name().to_string(),
         decided_by: kind.decided_by().to_string(),
+        workers: run.workers,
+        load: run.load,
         requests: records.len(),
         errors: errors.len(),
         hit_ratio: round(
@@ -583,22 +611,38 @@ fn start_picker(cfg: &BenchConfig, fleet: &Fleet) -> Result<EppGateway> {
     )
 }
 
-/// Runs the quality phase.
+/// The quality phase's report for `cfg`, with no replay in it yet.
+pub fn report(cfg: &BenchConfig) -> QualityReport {
+    let runs = cfg.real_runs();
+    QualityReport {
+        workers: runs.first().map_or(0, |r| r.workers),
+        speedup: cfg.speedup,
+        load: runs.first().map_or(cfg.load, |r| r.load),
+        runs,
+        num_gpu_blocks: cfg.num_gpu_blocks,
+        max_output_tokens: cfg.max_output_tokens,
+        ..QualityReport::default()
+    }
+}
+
+/// Replays `run` (its policies, at its load) on `fleet` (`run.workers` engines); one
+/// result per policy.
 pub fn run(
     cfg: &BenchConfig,
+    run: &RealRun,
     fleet: &Fleet,
     trace: &Trace,
     rt: &tokio::runtime::Runtime,
     cancel: &Cancel,
-) -> Result<QualityReport> {
+) -> Result<Vec<PolicyResult>> {
     let http = client::client(true)?;
     let ids: Vec<u64> = fleet.workers.iter().map(|w| w.instance_id).collect();
-    let model = if cfg.policies.contains(&PolicyKind::Oracle) {
+    let model = if run.policies.contains(&PolicyKind::Oracle) {
         Some(rt.block_on(LiveModel::start(&fleet.nats.url()))?)
     } else {
         None
     };
-    let tokenizer: Option<Arc<dyn Tokenize>> = if cfg.policies.contains(&PolicyKind::Oracle)
+    let tokenizer: Option<Arc<dyn Tokenize>> = if run.policies.contains(&PolicyKind::Oracle)
         && trace.sessions.iter().any(|s| {
             s.turns
                 .iter()
@@ -610,15 +654,7 @@ pub fn run(
     } else {
         None
     };
-    let mut report = QualityReport {
-        workers: fleet.workers.len(),
-        speedup: cfg.speedup,
-        load: cfg.load,
-        num_gpu_blocks: cfg.num_gpu_blocks,
-        max_output_tokens: cfg.max_output_tokens,
-        policies: Vec::new(),
-        ..QualityReport::default()
-    };
+    let mut results = Vec::new();
     // The same arrivals as the virtual-time replay with seed `cfg.seed`.
     let mut trace = trace.clone();
     let starts: Vec<f64> = trace.sessions.iter().map(|s| s.start_ms).collect();
@@ -629,7 +665,7 @@ pub fn run(
     let trace = &trace;
     let mut baseline: Option<Envoy> = None;
     let total = trace.requests() as u64;
-    for (i, &kind) in cfg.policies.iter().enumerate() {
+    for (i, &kind) in run.policies.iter().enumerate() {
         cancel.check()?;
         let filter_envoy = if kind.via_filter() {
             // Time-based settings follow the engines' time scale: Dynamo's 120 s
@@ -684,7 +720,13 @@ pub fn run(
         let pb = bar(
             cfg,
             total,
-            &format!("{}/{} {}", i + 1, cfg.policies.len(), kind.name()),
+            &format!(
+                "{}×{} {}/{}",
+                run.workers,
+                kind.name(),
+                i + 1,
+                run.policies.len()
+            ),
         );
         let router = kind.via_driver().then(|| {
             Router::new(
@@ -700,7 +742,7 @@ pub fn run(
             kind,
             router,
             endpoints: fleet.endpoints(),
-            compress: (cfg.speedup * cfg.load).max(1e-6),
+            compress: (cfg.speedup * run.load).max(1e-6),
             think_ms: trace.think_ms,
             tokenizer: tokenizer.clone(),
             bar: pb.clone(),
@@ -720,11 +762,19 @@ pub fn run(
         });
         let after = rt.block_on(all_counters(&http, fleet))?;
         write_records(
-            &cfg.work_dir.join(format!("requests-{}.jsonl", kind.name())),
+            &fleet.dir.join(format!("requests-{}.jsonl", kind.name())),
             &records,
         )?;
         let engine_ttft = engine_ttfts(&fleet.request_log, log_from)?;
-        let r = result(kind, &records, &before, &after, cfg.speedup, &engine_ttft);
+        let r = result(
+            kind,
+            run,
+            &records,
+            &before,
+            &after,
+            cfg.speedup,
+            &engine_ttft,
+        );
         pb.finish_with_message(format!(
             "hit {:.1}%  TTFT p50 {:.0} ms p99 {:.0} ms  errors {}",
             r.hit_ratio * 100.0,
@@ -734,7 +784,8 @@ pub fn run(
         ));
         if !cfg.progress || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprintln!(
-                "  {:<14} hit {:>5.1}%  TTFT p50 {:>6.0} ms p99 {:>6.0} ms  errors {}",
+                "  {:>2} engines {:<14} hit {:>5.1}%  TTFT p50 {:>6.0} ms p99 {:>6.0} ms  errors {}",
+                r.workers,
                 r.name,
                 r.hit_ratio * 100.0,
                 r.ttft_p50_ms,
@@ -742,10 +793,10 @@ pub fn run(
                 r.errors
             );
         }
-        report.policies.push(r);
+        results.push(r);
         drop(filter_envoy);
         drop(picker);
     }
     drop(baseline);
-    Ok(report)
+    Ok(results)
 }

@@ -55,7 +55,12 @@ impl Report {
             machine,
             parameters: json!({
                 "trace": cfg.trace.display().to_string(),
-                "workers": cfg.workers,
+                "workers": cfg.real_workers,
+                "real_policies_extra": cfg
+                    .real_policies_extra
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>(),
                 "speedup": cfg.speedup,
                 "load": cfg.load,
                 "trace_seconds": cfg.trace_seconds,
@@ -127,28 +132,50 @@ impl Report {
         );
         if let Some(q) = &self.quality {
             let t = &self.trace;
+            let runs: Vec<String> = q
+                .runs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let which = if i == 0 {
+                        "every policy".to_string()
+                    } else {
+                        r.policies
+                            .iter()
+                            .map(|p| p.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    format!("{} mock engines at load ×{} ({which})", r.workers, r.load)
+                })
+                .collect();
             let _ = writeln!(
                 s,
-                "**Routing quality** — {} `{}`: {} requests over {:.0} trace-seconds (mean prompt {:.0} tokens, infinite-cache hit ceiling {:.1}%), {} mock engines × {} KV blocks, time scale ×{} (load ×{}), output ≤ {} tokens. TTFT is engine-side (admission queue + prefill, from the engines' request logs) in trace ms; e2e is the client's wall ms.\n",
+                "**Routing quality** — {} `{}`: {} requests over {:.0} trace-seconds (mean prompt {:.0} tokens, infinite-cache hit ceiling {:.1}%); {}, the same load per engine; {} KV blocks per engine, time scale ×{}, output ≤ {} tokens. TTFT is engine-side (admission queue + prefill, from the engines' request logs) in trace ms; e2e is the client's wall ms.\n",
                 t.format,
                 Path::new(&t.path).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
                 t.requests,
                 t.span_s,
                 t.mean_input_tokens,
                 t.infinite_cache_hit_ratio * 100.0,
-                q.workers,
+                if runs.is_empty() {
+                    "no replay".to_string()
+                } else {
+                    runs.join("; ")
+                },
                 q.num_gpu_blocks,
                 q.speedup,
-                q.load,
                 q.max_output_tokens,
             );
-            s.push_str("| policy | hit ratio | TTFT p50 | TTFT p99 | e2e p50 (wall) | e2e p99 (wall) | req/s | load max/min | errors |\n");
-            s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            s.push_str("| policy | engines | load | hit ratio | TTFT p50 | TTFT p99 | e2e p50 (wall) | e2e p99 (wall) | req/s | load max/min | errors |\n");
+            s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for p in &q.policies {
                 let _ = writeln!(
                     s,
-                    "| {} | {:.1}% | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
+                    "| {} | {} | ×{} | {:.1}% | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
                     p.name,
+                    p.workers,
+                    p.load,
                     p.hit_ratio * 100.0,
                     p.ttft_p50_ms,
                     p.ttft_p99_ms,
@@ -191,8 +218,9 @@ impl Report {
 }
 
 /// What is wrong with a written report (empty when every expected field is present,
-/// finite and in range). `policies` are the policy names the run was asked for.
-pub fn validate(v: &Value, policies: &[&str]) -> Vec<String> {
+/// finite and in range). `policies` are the (engines, policy name) rows the real-stack
+/// replays were asked for.
+pub fn validate(v: &Value, policies: &[(usize, &str)]) -> Vec<String> {
     let mut bad = Vec::new();
     let mut num =
         |v: &Value, path: &str, lo: f64, hi: f64| match v.pointer(path).and_then(Value::as_f64) {
@@ -222,12 +250,18 @@ pub fn validate(v: &Value, policies: &[&str]) -> Vec<String> {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        for name in policies {
-            let Some(i) = list.iter().position(|p| p["name"] == *name) else {
-                problems.push(format!("quality.policies has no `{name}`"));
+        for &(workers, name) in policies {
+            let Some(i) = list
+                .iter()
+                .position(|p| p["name"] == name && p["workers"] == workers)
+            else {
+                problems.push(format!(
+                    "quality.policies has no `{name}` with {workers} engines"
+                ));
                 continue;
             };
             let p = format!("/quality/policies/{i}");
+            num(v, &format!("{p}/load"), 1e-9, inf);
             num(v, &format!("{p}/hit_ratio"), 0.0, 1.0);
             let p50 = num(v, &format!("{p}/ttft_p50_ms"), 0.0, inf);
             let p99 = num(v, &format!("{p}/ttft_p99_ms"), 0.0, inf);
@@ -256,6 +290,55 @@ pub fn validate(v: &Value, policies: &[&str]) -> Vec<String> {
         }
     }
     bad.extend(problems);
+    bad
+}
+
+/// What is wrong with `quality.agreement`: a row for every (engines, policy) of `rows`
+/// (the real-stack replays the virtual time models: no endpoint picker), with both sides'
+/// TTFT p50 positive, hit ratios in [0, 1], intervals non-negative, seeds ≥ 1 and the
+/// verdicts present. Whether they agree is a measurement, not checked.
+pub fn validate_agreement(v: &Value, rows: &[(usize, &str)]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let list = v
+        .pointer("/quality/agreement")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for &(workers, name) in rows {
+        let Some(a) = list
+            .iter()
+            .find(|a| a["policy"] == name && a["workers"] == workers)
+        else {
+            bad.push(format!(
+                "quality.agreement has no `{name}` with {workers} engines"
+            ));
+            continue;
+        };
+        for (key, lo, hi) in [
+            ("load", 1e-9, f64::INFINITY),
+            ("real_ttft_p50_ms", 1e-9, f64::INFINITY),
+            ("virtual_ttft_p50_ms", 1e-9, f64::INFINITY),
+            ("virtual_ttft_p50_ci95_ms", 0.0, f64::INFINITY),
+            ("real_hit_ratio", 0.0, 1.0),
+            ("virtual_hit_ratio", 0.0, 1.0),
+            ("virtual_hit_ratio_ci95", 0.0, 1.0),
+            ("seeds", 1.0, f64::INFINITY),
+        ] {
+            match a[key].as_f64() {
+                Some(x) if x.is_finite() && x >= lo && x <= hi => {}
+                _ => bad.push(format!(
+                    "quality.agreement `{name}` with {workers} engines: {key} missing or outside [{lo}, {hi}]"
+                )),
+            }
+        }
+        for key in ["agree_ttft", "agree_hit", "agree"] {
+            if !a[key].is_boolean() {
+                bad.push(format!(
+                    "quality.agreement `{name}` with {workers} engines: {key} missing"
+                ));
+            }
+        }
+    }
     bad
 }
 
@@ -624,29 +707,87 @@ mod tests {
             ..MachineInfo::default()
         };
         let mut r = Report::new(&cfg, machine);
+        let row = |workers: usize, load: f64| PolicyResult {
+            name: "round_robin".into(),
+            workers,
+            load,
+            requests: 3,
+            hit_ratio: 0.5,
+            ttft_p50_ms: 1.0,
+            ttft_p99_ms: 2.0,
+            e2e_p99_ms: 3.0,
+            throughput_rps: 1.0,
+            ..PolicyResult::default()
+        };
         r.quality = Some(QualityReport {
-            policies: vec![PolicyResult {
-                name: "round_robin".into(),
-                requests: 3,
-                hit_ratio: 0.5,
-                ttft_p50_ms: 1.0,
-                ttft_p99_ms: 2.0,
-                e2e_p99_ms: 3.0,
-                throughput_rps: 1.0,
-                ..PolicyResult::default()
-            }],
+            runs: cfg.real_runs(),
+            policies: vec![row(4, 1.0), row(8, 2.0)],
             ..QualityReport::default()
         });
         let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(validate(&v, &["round_robin"]), Vec::<String>::new());
-        assert_eq!(validate(&v, &["round_robin", "oracle"]).len(), 1);
-        assert!(r.markdown().contains("| round_robin | 50.0% |"));
+        assert_eq!(
+            validate(&v, &[(4, "round_robin"), (8, "round_robin")]),
+            Vec::<String>::new()
+        );
+        assert_eq!(validate(&v, &[(4, "round_robin"), (4, "oracle")]).len(), 1);
+        // A row of another engine count does not stand in for the one asked for.
+        assert_eq!(validate(&v, &[(2, "round_robin")]).len(), 1);
+        let md = r.markdown();
+        assert!(md.contains("| round_robin | 4 | ×1 | 50.0% |"), "{md}");
+        assert!(md.contains("| round_robin | 8 | ×2 | 50.0% |"), "{md}");
+        assert!(
+            md.contains("4 mock engines at load ×1 (every policy); 8 mock engines at load ×2 (round_robin, kvgate_approx, kvgate_events)"),
+            "{md}"
+        );
         if let Some(q) = r.quality.as_mut() {
-            q.policies[0].hit_ratio = 1.5;
-            q.policies[0].errors = 1;
+            q.policies[1].hit_ratio = 1.5;
+            q.policies[1].errors = 1;
         }
         let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(validate(&v, &["round_robin"]).len(), 2);
+        assert_eq!(validate(&v, &[(4, "round_robin")]), Vec::<String>::new());
+        assert_eq!(validate(&v, &[(8, "round_robin")]).len(), 2);
+    }
+
+    /// Agreement rows: one per (engines, policy) asked for, with both sides' figures.
+    #[test]
+    fn validate_agreement_needs_every_engine_count() {
+        use crate::quality::Agreement;
+        let cfg = BenchConfig::new(Path::new("t.jsonl"), Path::new("out"));
+        let mut r = Report::new(&cfg, MachineInfo::default());
+        let row = |workers: usize, load: f64| Agreement {
+            policy: "kvgate_events".into(),
+            workers,
+            load,
+            real_ttft_p50_ms: 160.0,
+            virtual_ttft_p50_ms: 150.0,
+            virtual_ttft_p50_ci95_ms: 12.0,
+            real_hit_ratio: 0.14,
+            virtual_hit_ratio: 0.13,
+            virtual_hit_ratio_ci95: 0.01,
+            seeds: 3,
+            agree_ttft: true,
+            agree_hit: true,
+            agree: true,
+        };
+        r.quality = Some(QualityReport {
+            agreement: vec![row(4, 1.0), row(8, 2.0)],
+            ..QualityReport::default()
+        });
+        let check = |r: &Report, rows: &[(usize, &str)]| {
+            validate_agreement(&serde_json::to_value(r).unwrap(), rows)
+        };
+        let both = [(4, "kvgate_events"), (8, "kvgate_events")];
+        assert_eq!(check(&r, &both), Vec::<String>::new());
+        assert_eq!(check(&r, &[(8, "round_robin")]).len(), 1);
+        let q = r.quality.as_mut().unwrap();
+        q.agreement.truncate(1);
+        assert_eq!(check(&r, &both).len(), 1);
+        let q = r.quality.as_mut().unwrap();
+        q.agreement[0].virtual_ttft_p50_ms = 0.0;
+        q.agreement[0].real_hit_ratio = 1.2;
+        assert_eq!(check(&r, &both[..1]).len(), 2);
+        let md = r.markdown();
+        assert!(md.contains("| kvgate_events | 4 | ×1 | 160 |"), "{md}");
     }
 
     /// The overhead part: a complete body passes; a missing load level, a failed request,

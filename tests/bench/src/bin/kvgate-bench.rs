@@ -1,5 +1,5 @@
-//! `make bench`: routing quality on a real trace (seven policies on the same mock
-//! engines), the gateway's overhead against plain Envoy, and the sidecar's ingest rate
+//! `make bench`: routing quality on a real trace (seven policies on the same 4 mock
+//! engines, three of them again on 8), the gateway's overhead against plain Envoy, and the sidecar's ingest rate
 //! and event → decision lag, in one run. Writes `report.json`, `report.md` and
 //! `report.svg` and prints the tables. `--smoke` is the tiny run `make test` uses to check
 //! that the bench still works. See the `kvgate_bench` crate.
@@ -25,13 +25,20 @@ struct Args {
     /// Output directory (report.json, report.md, report.svg; logs under run/).
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Mock engines.
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
+    /// Real stack: mock-engine counts, comma-separated (default 4,8; smoke 2,4). The first
+    /// replays every policy; each further count, on a fleet of its own, those of
+    /// --real-policies-extra, at the same load per engine (--load × N / 4).
+    #[arg(long, value_delimiter = ',')]
+    real_workers: Vec<usize>,
+    /// Real stack: the policies replayed with the engine counts after the first,
+    /// comma-separated (default round_robin,kvgate_approx,kvgate_events; `none` for none).
+    #[arg(long, value_delimiter = ',')]
+    real_policies_extra: Vec<String>,
     /// Engine time scale: the trace is replayed this many times faster than real time.
     #[arg(long, default_value_t = 10.0)]
     speedup: f64,
-    /// Arrival-rate multiplier on top of the trace's own rate.
+    /// Arrival-rate multiplier on top of the trace's own rate, with 4 engines (with N
+    /// engines the real stack replays at this × N / 4, as the sweep scales its loads).
     #[arg(long, default_value_t = 1.0)]
     load: f64,
     /// Mooncake traces: start the replayed window (real stack and sweep) this many trace
@@ -185,7 +192,17 @@ fn main() -> anyhow::Result<()> {
     }
     let mut cfg = BenchConfig::new(&resolve(&args.trace), &out);
     cfg.command = std::env::args().collect::<Vec<_>>().join(" ");
-    cfg.workers = args.workers.max(1);
+    if !args.real_workers.is_empty() {
+        cfg.real_workers = args.real_workers.clone();
+    }
+    if !args.real_policies_extra.is_empty() {
+        cfg.real_policies_extra = args
+            .real_policies_extra
+            .iter()
+            .filter(|p| p.trim() != "none")
+            .map(|p| PolicyKind::parse(p).with_context(|| format!("unknown policy `{p}`")))
+            .collect::<anyhow::Result<_>>()?;
+    }
     cfg.speedup = args.speedup;
     cfg.load = args.load;
     cfg.trace_start = args.trace_start.max(0.0);
@@ -284,6 +301,13 @@ fn main() -> anyhow::Result<()> {
         cfg.sweep.capacity_blocks = vec![2_048, 4_096];
         cfg.sweep.capacity_workers = 2;
         cfg.sweep.max_output_tokens = cfg.max_output_tokens;
+        // The real stack at the sweep's engine count, then the reduced set at twice it.
+        if args.real_workers.is_empty() {
+            cfg.real_workers = vec![2, 4];
+        }
+    }
+    if cfg.real_workers.iter().all(|&w| w == 0) {
+        bail!("--real-workers: at least one engine count above 0");
     }
     let cancel = Cancel::default();
     let report = bench::run(&cfg, &cancel)?;
@@ -295,12 +319,27 @@ fn main() -> anyhow::Result<()> {
     if args.smoke {
         let text = std::fs::read_to_string(cfg.out_dir.join("report.json"))?;
         let v: serde_json::Value = serde_json::from_str(&text)?;
-        let names: Vec<&str> = if cfg.run_quality {
-            cfg.policies.iter().map(|p| p.name()).collect()
+        let runs = if cfg.run_quality {
+            cfg.real_runs()
         } else {
             Vec::new()
         };
-        let mut problems = bench::report::validate(&v, &names);
+        let rows: Vec<(usize, PolicyKind)> = runs
+            .iter()
+            .flat_map(|r| r.policies.iter().map(move |&p| (r.workers, p)))
+            .collect();
+        let named: Vec<(usize, &str)> = rows.iter().map(|&(w, p)| (w, p.name())).collect();
+        let mut problems = bench::report::validate(&v, &named);
+        // The virtual-time replay models every policy but the endpoint picker's, and runs
+        // only on Mooncake-format traces (as the sweep).
+        if v.pointer("/trace/format").and_then(|f| f.as_str()) == Some("mooncake") {
+            let modelled: Vec<(usize, &str)> = rows
+                .iter()
+                .filter(|(_, p)| !p.via_picker())
+                .map(|&(w, p)| (w, p.name()))
+                .collect();
+            problems.extend(bench::report::validate_agreement(&v, &modelled));
+        }
         if cfg.run_sweep {
             let sweep: Vec<&str> = cfg.sweep.policies.iter().map(|p| p.name()).collect();
             problems.extend(bench::sweep::tables::validate(&v, &sweep));

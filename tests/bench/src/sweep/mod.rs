@@ -124,8 +124,16 @@ impl Default for SweepConfig {
 impl SweepConfig {
     /// The arrival-rate multipliers of the load sweep with `workers` engines.
     pub fn loads_for(&self, workers: usize) -> Vec<f64> {
-        let scale = workers as f64 / self.reference_workers.max(1) as f64;
-        self.loads.iter().map(|l| l * scale).collect()
+        self.loads
+            .iter()
+            .map(|&l| self.scaled(l, workers))
+            .collect()
+    }
+
+    /// Load `load`, given for `reference_workers` engines, with `workers` engines: scaled
+    /// by `workers / reference_workers`, the same load per engine.
+    pub fn scaled(&self, load: f64, workers: usize) -> f64 {
+        load * workers as f64 / self.reference_workers.max(1) as f64
     }
 }
 
@@ -289,6 +297,15 @@ pub fn requests(
         .collect();
     out.sort_by(|a, b| a.arrival_ms.total_cmp(&b.arrival_ms));
     (out, bucket)
+}
+
+/// Whether `trace` has requests the virtual-time replay can run (Mooncake prompts).
+pub fn replayable(trace: &Trace) -> bool {
+    trace.sessions.iter().any(|s| {
+        s.turns
+            .iter()
+            .any(|t| matches!(t.prompt, TurnPrompt::Blocks { .. }))
+    })
 }
 
 /// Spreads requests sharing a timestamp over `[t, t_next)` (see the module docs); returns
