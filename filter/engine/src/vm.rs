@@ -29,6 +29,9 @@ use std::time::Instant;
 /// Every VM republishes its loads at least this often (a stale record is ignored).
 pub const LOADS_REFRESH_MS: u64 = 1_000;
 
+/// The tick period of a static-mode VM that handles no streams.
+pub const IDLE_TICK_MS: u64 = 1_000;
+
 /// A snapshot of the whole view is left in shared data every this many ring frames.
 pub const SNAPSHOT_EVERY: u64 = 64;
 
@@ -433,9 +436,16 @@ impl Vm {
         self.report_memory(host);
     }
 
-    /// How often the host should call [`Vm::on_tick`].
+    /// How often the host should call [`Vm::on_tick`] (asked again after each tick): every
+    /// `sync_interval_ms`, except in a static-mode VM that has handled no stream (Envoy's
+    /// main-thread VMs), whose ticks only report its memory: every [`IDLE_TICK_MS`].
     pub fn tick_period_ms(&self) -> u64 {
-        self.engine.cfg.gateway.sync_interval_ms
+        let sync = self.engine.cfg.gateway.sync_interval_ms;
+        if self.sidecar.is_none() && !self.serving {
+            sync.max(IDLE_TICK_MS)
+        } else {
+            sync
+        }
     }
 
     fn load_model(

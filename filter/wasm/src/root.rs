@@ -22,6 +22,8 @@ pub struct Root {
     vm: Option<Rc<RefCell<Vm>>>,
     /// Streams waiting for their model (shared with the HTTP contexts).
     parked: Parked,
+    /// The tick period set, ms.
+    tick_ms: u64,
 }
 
 impl Root {
@@ -33,6 +35,7 @@ impl Root {
             vm_config: VmConfig::default(),
             vm: None,
             parked: Parked::default(),
+            tick_ms: 0,
         }
     }
 
@@ -105,7 +108,8 @@ impl RootContext for Root {
         let raw = self.get_plugin_configuration().unwrap_or_default();
         match Vm::configure(&ProxyHost, self.tag, random_u64(), &raw, &self.vm_config) {
             Ok(vm) => {
-                self.set_tick_period(Duration::from_millis(vm.tick_period_ms()));
+                self.tick_ms = vm.tick_period_ms();
+                self.set_tick_period(Duration::from_millis(self.tick_ms));
                 self.vm = Some(Rc::new(RefCell::new(vm)));
                 true
             }
@@ -117,8 +121,15 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let Some(vm) = &self.vm else { return };
-        let actions = vm.borrow_mut().on_tick(&ProxyHost);
+        let Some(vm) = self.vm.clone() else { return };
+        let (actions, period) = {
+            let mut vm = vm.borrow_mut();
+            (vm.on_tick(&ProxyHost), vm.tick_period_ms())
+        };
+        if period != self.tick_ms {
+            self.tick_ms = period;
+            self.set_tick_period(Duration::from_millis(period));
+        }
         if actions.is_empty() {
             return;
         }

@@ -678,8 +678,14 @@ fn vm_config_models_load_lazily_in_the_vm_that_tokenizes_and_memory_is_reported(
     );
     assert_eq!(vm.engine.missing_models().len(), 1);
 
+    assert_eq!(
+        vm.tick_period_ms(),
+        IDLE_TICK_MS,
+        "a static idle VM ticks slowly"
+    );
     // Its first stream makes it a tokenizing VM; the first decision loads the model.
     vm.stream_seen(&h);
+    assert_eq!(vm.tick_period_ms(), vm.engine.cfg.gateway.sync_interval_ms);
     assert_eq!(h.metric_value(main_gauge), 0);
     h.set_linear_memory(Some(20 << 20));
     let Outcome::Route(r) = vm.decide(
