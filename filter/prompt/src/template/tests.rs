@@ -256,3 +256,40 @@ fn tojson_rejects_bad_arguments() {
         "[\n 1\n]"
     );
 }
+
+/// The tools cache keeps at most `TOOLS_CACHE_MAX_ENTRIES` lists and `TOOLS_CACHE_MAX_BYTES`,
+/// evicting the least recently used; a list too big to keep is still rendered.
+#[test]
+fn tools_cache_is_bounded() {
+    let t = tmpl("{% for x in tools %}{{ x | tojson }}{% endfor %}");
+    let list = |i: usize| json!([{"name": format!("f{i}")}]);
+    for i in 0..TOOLS_CACHE_MAX_ENTRIES + 5 {
+        let entry = t
+            .tools_entry::<()>(&format!("key{i}"), || Ok(list(i)))
+            .unwrap();
+        let out = t
+            .render(RenderInput {
+                tools: Some(entry),
+                ..RenderInput::default()
+            })
+            .unwrap();
+        assert_eq!(out, format!("{{\"name\": \"f{i}\"}}"));
+    }
+    let stats = t.tools_cache_stats();
+    assert_eq!(stats.entries, TOOLS_CACHE_MAX_ENTRIES);
+    assert_eq!(stats.misses, (TOOLS_CACHE_MAX_ENTRIES + 5) as u64);
+    // The most recent list is kept, the oldest was evicted.
+    let last = format!("key{}", TOOLS_CACHE_MAX_ENTRIES + 4);
+    t.tools_entry::<()>(&last, || panic!("kept list rebuilt"))
+        .unwrap();
+    assert_eq!(t.tools_cache_stats().hits, 1);
+    assert!(t.tools_entry::<()>("key0", || Err(())).is_err());
+
+    // A key beyond the byte bound is converted and used, but not kept.
+    let huge = "x".repeat(TOOLS_CACHE_MAX_BYTES / 4 + 1);
+    t.tools_entry::<()>(&huge, || Ok(list(0))).unwrap();
+    let stats = t.tools_cache_stats();
+    assert_eq!(stats.entries, TOOLS_CACHE_MAX_ENTRIES);
+    assert!(stats.bytes <= TOOLS_CACHE_MAX_BYTES);
+    assert!(t.tools_entry::<()>(&huge, || Err(())).is_err());
+}
