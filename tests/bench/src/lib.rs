@@ -232,12 +232,14 @@ pub const REAL_POLICIES_EXTRA: [policy::PolicyKind; 3] = [
 /// NATS, the mock engines and the sidecar of one real-stack replay set (the first is also
 /// the sidecar phase's).
 pub struct Fleet {
-    /// nats-server.
-    pub nats: Nats,
+    // Fields drop in this order: the engines and the sidecar stop while NATS still runs
+    // (an engine that lost NATS takes seconds to shut down).
     /// The engines (instance ids 1..=n).
     pub workers: Vec<Worker>,
     /// kvgate-sync.
     pub sidecar: Sidecar,
+    /// nats-server.
+    pub nats: Nats,
     /// Paths of the parts.
     pub tools: Tools,
     /// Logs.
@@ -452,27 +454,22 @@ pub fn run(cfg: &BenchConfig, cancel: &Cancel) -> Result<report::Report> {
             lap(&quality_phase(i, run), &mut report);
         }
         if let (true, Some(files)) = (agreement, &files) {
-            for run in &runs {
-                // The virtual-time replay has no endpoint picker: it models the filter.
-                let replayed: Vec<quality::PolicyResult> = q
-                    .policies
-                    .iter()
-                    .filter(|p| p.workers == run.workers)
-                    .filter(|p| policy::PolicyKind::parse(&p.name).is_some_and(|k| !k.via_picker()))
-                    .cloned()
-                    .collect();
-                q.agreement.extend(sweep::agreement(
-                    &cfg.sweep,
-                    &trace,
-                    &replayed,
-                    run.workers,
-                    run.load,
-                    cfg.num_gpu_blocks,
-                    cfg.seed,
-                    files,
-                    cancel,
-                )?);
-            }
+            // The virtual-time replay has no endpoint picker: it models the filter.
+            let replayed: Vec<quality::PolicyResult> = q
+                .policies
+                .iter()
+                .filter(|p| policy::PolicyKind::parse(&p.name).is_some_and(|k| !k.via_picker()))
+                .cloned()
+                .collect();
+            q.agreement = sweep::agreement(
+                &cfg.sweep,
+                &trace,
+                &replayed,
+                cfg.num_gpu_blocks,
+                cfg.seed,
+                files,
+                cancel,
+            )?;
             lap("agreement", &mut report);
         }
         report.quality = Some(q);

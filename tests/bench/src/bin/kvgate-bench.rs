@@ -25,13 +25,14 @@ struct Args {
     /// Output directory (report.json, report.md, report.svg; logs under run/).
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Real stack: mock-engine counts, comma-separated (default 4,8; smoke 2,4). The first
+    /// Real stack: mock-engine counts, comma-separated (default 4,8; --smoke 2,4). The first
     /// replays every policy; each further count, on a fleet of its own, those of
     /// --real-policies-extra, at the same load per engine (--load × N / 4).
     #[arg(long, value_delimiter = ',')]
     real_workers: Vec<usize>,
     /// Real stack: the policies replayed with the engine counts after the first,
-    /// comma-separated (default round_robin,kvgate_approx,kvgate_events; `none` for none).
+    /// comma-separated (default round_robin,kvgate_approx,kvgate_events, --smoke
+    /// kvgate_events; `none` for none).
     #[arg(long, value_delimiter = ',')]
     real_policies_extra: Vec<String>,
     /// Engine time scale: the trace is replayed this many times faster than real time.
@@ -301,9 +302,13 @@ fn main() -> anyhow::Result<()> {
         cfg.sweep.capacity_blocks = vec![2_048, 4_096];
         cfg.sweep.capacity_workers = 2;
         cfg.sweep.max_output_tokens = cfg.max_output_tokens;
-        // The real stack at the sweep's engine count, then the reduced set at twice it.
+        // The real stack at the sweep's engine count, then one policy at twice it (enough
+        // to check the second count's rows and agreement).
         if args.real_workers.is_empty() {
             cfg.real_workers = vec![2, 4];
+        }
+        if args.real_policies_extra.is_empty() {
+            cfg.real_policies_extra = vec![PolicyKind::KvgateEvents];
         }
     }
     if cfg.real_workers.iter().all(|&w| w == 0) {

@@ -648,28 +648,21 @@ pub fn run(
     })
 }
 
-/// The real-stack replay `real` (quality phase: `workers` engines of `blocks` blocks, load
-/// `load`, arrivals spread with `seed`) next to `cfg.seeds` virtual-time replays of the
-/// same slice `trace` (seeds `seed`, `seed + 1`, …), policy by policy (the sweep's
-/// lookahead `oracle` is not the real phase's, so it is left out).
-#[allow(clippy::too_many_arguments)]
+/// The real-stack replays `real` (quality phase: rows of `workers` engines of `blocks`
+/// blocks at load `load`, arrivals spread with `seed`) next to `cfg.seeds` virtual-time
+/// replays of the same slice `trace` (seeds `seed`, `seed + 1`, …) with the same engines
+/// and load, row by row (the sweep's lookahead `oracle` is not the real phase's, so it is
+/// left out). Every engine count runs in one batch (one model load per thread).
 pub fn agreement(
     cfg: &SweepConfig,
     trace: &Trace,
     real: &[crate::quality::PolicyResult],
-    workers: usize,
-    load: f64,
     blocks: usize,
     seed: u64,
     files: &Arc<ModelFiles>,
     cancel: &Cancel,
 ) -> Result<Vec<crate::quality::Agreement>> {
     let seeds: Vec<u64> = (0..cfg.seeds.max(1)).map(|i| seed + i).collect();
-    let mut inputs = HashMap::new();
-    for &s in &seeds {
-        let (r, _) = requests(trace, s, load, cfg.max_output_tokens);
-        inputs.insert((s, load_key(load)), Arc::new(r));
-    }
     let gw = gateway::GatewayConfig {
         use_kv_events: true,
         vms: cfg.vms.max(1),
@@ -677,24 +670,28 @@ pub fn agreement(
         tick_ms: cfg.tick_ms,
         plugin: cfg.plugin.clone(),
     };
-    let policies: Vec<PolicyKind> = real
+    let rows: Vec<(&crate::quality::PolicyResult, PolicyKind)> = real
         .iter()
-        .filter_map(|r| PolicyKind::parse(&r.name))
-        .filter(|p| *p != PolicyKind::Oracle)
+        .filter_map(|r| PolicyKind::parse(&r.name).map(|p| (r, p)))
+        .filter(|(_, p)| *p != PolicyKind::Oracle)
         .collect();
+    let mut inputs = HashMap::new();
     let mut jobs = Vec::new();
-    for &p in &policies {
+    for &(r, p) in &rows {
         for &s in &seeds {
+            inputs
+                .entry((s, load_key(r.load)))
+                .or_insert_with(|| Arc::new(requests(trace, s, r.load, cfg.max_output_tokens).0));
             jobs.push(Job {
-                key: (workers, load_key(load), blocks, s),
+                key: (r.workers, load_key(r.load), blocks, s),
                 spec: sim::RunSpec {
                     policy: p,
-                    workers,
+                    workers: r.workers,
                     num_gpu_blocks: blocks,
                     seed: s,
                     gateway: gw.clone(),
                 },
-                load,
+                load: r.load,
             });
         }
     }
@@ -703,13 +700,11 @@ pub fn agreement(
     let done = run_jobs(jobs, &inputs, files, cfg.threads, &pb, cancel)?;
     pb.finish();
     let mut out = Vec::new();
-    for r in real {
-        let Some(p) = PolicyKind::parse(&r.name).filter(|p| policies.contains(p)) else {
-            continue;
-        };
+    for &(r, p) in &rows {
+        let key = (r.workers, load_key(r.load));
         let runs: Vec<&sim::RunResult> = done
             .iter()
-            .filter(|d| d.policy == p)
+            .filter(|d| d.policy == p && (d.key.0, d.key.1) == key)
             .map(|d| &d.result)
             .collect();
         let v = summarize(p.name(), &runs);
@@ -718,8 +713,8 @@ pub fn agreement(
         let agree_hit = inside(r.hit_ratio, v.hit_ratio, v.hit_ratio_ci95);
         out.push(crate::quality::Agreement {
             policy: p.name().to_string(),
-            workers,
-            load,
+            workers: r.workers,
+            load: r.load,
             real_ttft_p50_ms: r.ttft_p50_ms,
             virtual_ttft_p50_ms: v.ttft_p50_ms,
             virtual_ttft_p50_ci95_ms: v.ttft_p50_ci95_ms,
