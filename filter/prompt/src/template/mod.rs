@@ -9,6 +9,7 @@
 //! request's `chat_template_kwargs`. `{% generation %}` blocks (HF's assistant-mask extension)
 //! render their body. Fuel bounds the work of one render, so a template cannot loop forever.
 
+mod dump;
 mod pyjson;
 mod source;
 mod strftime;

@@ -11,31 +11,9 @@ use std::fmt::Write as _;
 use minijinja::value::{from_args, Kwargs, Rest, ValueKind, ValueOrKwargs};
 use minijinja::{Error, ErrorKind, State, Value};
 
+use super::dump::DumpOptions;
 use super::tools_cache::EntryRef;
 use super::TOOLS_VAR;
-
-/// `json.dumps` settings, as HF's `tojson` filter exposes them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct DumpOptions {
-    pub ensure_ascii: bool,
-    /// `None`: everything on one line; `Some(unit)`: newline plus `unit` per level.
-    pub indent: Option<String>,
-    pub item_sep: String,
-    pub key_sep: String,
-    pub sort_keys: bool,
-}
-
-impl Default for DumpOptions {
-    fn default() -> Self {
-        DumpOptions {
-            ensure_ascii: false,
-            indent: None,
-            item_sep: ", ".into(),
-            key_sep: ": ".into(),
-            sort_keys: false,
-        }
-    }
-}
 
 /// The `tojson` filter: `tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False)`,
 /// positional or keyword, like HF's Python function. A list or object of the render's cached

@@ -22,7 +22,7 @@ use lru::LruCache;
 use minijinja::value::{Object, Value, ValueKind};
 use serde_json::Value as Json;
 
-use super::pyjson::DumpOptions;
+use super::dump::DumpOptions;
 
 /// Most tools lists kept (distinct tool sets in use at once, e.g. one per agent kind).
 pub const MAX_ENTRIES: usize = 16;
