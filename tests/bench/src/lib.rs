@@ -268,9 +268,28 @@ impl Fleet {
             "--default-max-tokens".into(),
             cfg.max_output_tokens.to_string(),
         ];
+        // Started side by side: each loads its tokenizer before it listens.
+        let started: Vec<std::result::Result<Worker, StackError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (1..=workers.max(1) as u64)
+                .map(|id| {
+                    let args = &args;
+                    s.spawn(move || Worker::start(tools, dir, id, args))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(StackError::Io(std::io::Error::other(
+                            "a mock engine's start panicked",
+                        )))
+                    })
+                })
+                .collect()
+        });
         let mut engines = Vec::new();
-        for id in 1..=workers.max(1) as u64 {
-            engines.push(Worker::start(tools, dir, id, &args)?);
+        for w in started {
+            engines.push(w?);
         }
         let sidecar = Sidecar::start(
             tools,

@@ -567,10 +567,15 @@ fn engine_ttfts(log: &std::path::Path, from: u64) -> Result<Vec<f64>> {
     f.seek(std::io::SeekFrom::Start(from))?;
     let mut text = String::new();
     f.read_to_string(&mut text)?;
+    // Only the one field: the lines also carry every prompt's token ids.
+    #[derive(serde::Deserialize)]
+    struct Line {
+        sim_ttft_ms: Option<f64>,
+    }
     Ok(text
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["sim_ttft_ms"].as_f64())
+        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+        .filter_map(|l| l.sim_ttft_ms)
         .collect())
 }
 
