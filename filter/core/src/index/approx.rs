@@ -449,8 +449,10 @@ impl ApproxIndex {
 
     /// The lowest stored expiry of a pair still alive at `now_ms`.
     fn alive_from(&self, now_ms: u64) -> u32 {
+        // A pair stored as `u` lives while `now < base + u`. Before the base (a fresh
+        // index's first record sets the base to its own expiry) every stored pair lives.
         let now = now_ms / self.quantum_ms;
-        (now.saturating_sub(self.base) + 1).min(1 << 16) as u32
+        (now + 1).saturating_sub(self.base).min(1 << 16) as u32
     }
 
     /// Drops predictions that expired at or before `now_ms`.

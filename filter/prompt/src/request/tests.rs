@@ -151,6 +151,18 @@ fn every_error_kind_maps_to_openai() {
             Disposition::Reject,
         ),
         (
+            // Bad UTF-8 inside a string of an object: invalid JSON, not "not an object".
+            parse(
+                Endpoint::ChatCompletions,
+                b"{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"\xff\xfe\"}]}",
+                &Limits::default(),
+            ),
+            400,
+            "invalid_json",
+            None,
+            Disposition::Reject,
+        ),
+        (
             parse(Endpoint::ChatCompletions, b"[[[[[1]]]]]", &small),
             400,
             "json_too_deep",

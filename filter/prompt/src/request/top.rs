@@ -54,12 +54,18 @@ pub(super) fn parse(body: &[u8]) -> Result<TopLevel<'_>, RequestError> {
         .deserialize_map(TopVisitor)
         .and_then(|top| de.end().map(|()| top));
     parsed.map_err(|e| {
-        // Say "not an object" only for valid JSON that is something else.
-        match serde_json::from_slice::<IgnoredAny>(body) {
-            Ok(_) => RequestError::NotAnObject,
-            Err(_) => RequestError::InvalidJson {
+        // Only the top level can refuse a type (every nested seed takes any value), so a
+        // data error means "not an object"; it says so only for valid JSON, judged by a
+        // skim (which cannot see bad UTF-8 in strings, but a syntax error inside an
+        // object, bad UTF-8 included, never gets here as a data error).
+        let not_an_object = e.classify() == serde_json::error::Category::Data
+            && serde_json::from_slice::<IgnoredAny>(body).is_ok();
+        if not_an_object {
+            RequestError::NotAnObject
+        } else {
+            RequestError::InvalidJson {
                 reason: e.to_string(),
-            },
+            }
         }
     })
 }

@@ -184,6 +184,28 @@ fn overlap_and_tree_sizes_over_shared_blocks() {
 }
 
 #[test]
+fn a_fresh_index_keeps_its_first_prediction_at_wall_clock_time() {
+    // Real clocks start near 1.8e12 ms: the first record moves the base to its own expiry,
+    // and a lazy query right after must still see it (it once did not).
+    for ttl in [64u64, 120_000] {
+        let mut a = ApproxIndex::new(ttl, 100);
+        let t = 1_780_000_000_123u64;
+        a.record_lazily(w(1), &[1, 2, 3], t);
+        assert_eq!(a.overlap_at(&[1, 2, 3], t).of(&w(1)), 3, "ttl {ttl}");
+        assert_eq!(
+            a.overlap_at(&[1, 2, 3], t + ttl - 1).of(&w(1)),
+            3,
+            "ttl {ttl}"
+        );
+        assert!(!a.expire_when_worth_it(t + ttl - 1));
+        let end = (t + ttl).div_ceil(a.quantum_ms()) * a.quantum_ms();
+        assert_eq!(a.overlap_at(&[1, 2, 3], end).of(&w(1)), 0, "ttl {ttl}");
+        assert!(a.expire_when_worth_it(end));
+        assert_eq!(a.index().entries(), 0);
+    }
+}
+
+#[test]
 fn months_of_uptime_move_the_time_base() {
     // A 64 ms TTL has a 1 ms quantum: 16 bits of it wrap after about a minute.
     let mut a = ApproxIndex::new(64, 10);
@@ -332,6 +354,7 @@ proptest! {
         max in 1usize..60,
         ratio in prop_oneof![Just(0.0f64), Just(0.5), Just(0.8), Just(1.0)],
         ops in prop::collection::vec(op(), 1..120),
+        start in prop_oneof![Just(0u64), Just(1_780_000_000_000)],
     ) {
         let mut a = ApproxIndex::new(ttl, max);
         a.set_prune_target_ratio(ratio);
@@ -344,7 +367,7 @@ proptest! {
             prune_to: a.prune_to,
         };
         let mut mirror = PrefixIndex::new();
-        let mut now = 0u64;
+        let mut now = start;
         for op in ops {
             match op {
                 Op::Record { worker, start, len, dt } => {
@@ -376,6 +399,13 @@ proptest! {
                 Op::Query { start, len } => {
                     let req = blocks(start, len);
                     let o = a.overlap(&req);
+                    // A lazy query sees what a sweep would leave.
+                    let mut swept = a.clone();
+                    swept.expire(now);
+                    let (lazy, exact) = (a.overlap_at(&req, now), swept.overlap(&req));
+                    for i in 0..5u64 {
+                        prop_assert_eq!(lazy.of(&w(i)), exact.of(&w(i)));
+                    }
                     for i in 0..5u64 {
                         prop_assert_eq!(o.of(&w(i)), r.overlap(w(i), &req));
                         if o.of(&w(i)) > 0 {
