@@ -166,19 +166,24 @@ pub struct Agreement {
     pub real_ttft_p50_ms: f64,
     /// Virtual time: mean TTFT p50 over seeds.
     pub virtual_ttft_p50_ms: f64,
-    /// Its 95 % half-width.
+    /// Its 95 % half-width (the mean's interval).
     pub virtual_ttft_p50_ci95_ms: f64,
+    /// Half-width of the 95 % prediction interval of one more virtual run's TTFT p50: a
+    /// real run is one draw, so it is judged against this band.
+    pub virtual_ttft_p50_pi95_ms: f64,
     /// Real stack: hit ratio.
     pub real_hit_ratio: f64,
     /// Virtual time: mean hit ratio.
     pub virtual_hit_ratio: f64,
-    /// Its 95 % half-width.
+    /// Its 95 % half-width (the mean's interval).
     pub virtual_hit_ratio_ci95: f64,
+    /// Half-width of the 95 % prediction interval of one more virtual run's hit ratio.
+    pub virtual_hit_ratio_pi95: f64,
     /// Seeds of the virtual runs.
     pub seeds: u64,
-    /// TTFT p50 inside the interval.
+    /// TTFT p50 inside the prediction interval.
     pub agree_ttft: bool,
-    /// Hit ratio inside the interval.
+    /// Hit ratio inside the prediction interval.
     pub agree_hit: bool,
     /// Both.
     pub agree: bool,

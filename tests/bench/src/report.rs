@@ -319,9 +319,11 @@ pub fn validate_agreement(v: &Value, rows: &[(usize, &str)]) -> Vec<String> {
             ("real_ttft_p50_ms", 1e-9, f64::INFINITY),
             ("virtual_ttft_p50_ms", 1e-9, f64::INFINITY),
             ("virtual_ttft_p50_ci95_ms", 0.0, f64::INFINITY),
+            ("virtual_ttft_p50_pi95_ms", 0.0, f64::INFINITY),
             ("real_hit_ratio", 0.0, 1.0),
             ("virtual_hit_ratio", 0.0, 1.0),
             ("virtual_hit_ratio_ci95", 0.0, 1.0),
+            ("virtual_hit_ratio_pi95", 0.0, f64::INFINITY),
             ("seeds", 1.0, f64::INFINITY),
         ] {
             match a[key].as_f64() {
@@ -761,9 +763,11 @@ mod tests {
             real_ttft_p50_ms: 160.0,
             virtual_ttft_p50_ms: 150.0,
             virtual_ttft_p50_ci95_ms: 12.0,
+            virtual_ttft_p50_pi95_ms: 24.0,
             real_hit_ratio: 0.14,
             virtual_hit_ratio: 0.13,
             virtual_hit_ratio_ci95: 0.01,
+            virtual_hit_ratio_pi95: 0.02,
             seeds: 3,
             agree_ttft: true,
             agree_hit: true,

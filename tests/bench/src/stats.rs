@@ -59,6 +59,17 @@ pub fn t95_half_width(values: &[f64]) -> f64 {
     t95(n - 1) * var.sqrt() / (n as f64).sqrt()
 }
 
+/// Half-width of the 95 % prediction interval for one more draw from the distribution
+/// `values` were drawn from (Student t, sample standard deviation, `s·√(1 + 1/n)`): the
+/// band a single new run falls in, wider than the mean's interval. 0 with fewer than two.
+pub fn t95_prediction_half_width(values: &[f64]) -> f64 {
+    let n = values.len();
+    if n < 2 {
+        return 0.0;
+    }
+    t95_half_width(values) * (n as f64 + 1.0).sqrt()
+}
+
 /// p50, p90, p99 and mean of a sample.
 #[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
 pub struct Summary {
@@ -120,5 +131,9 @@ mod tests {
         assert_eq!(t95_half_width(&[5.0]), 0.0);
         // mean 2, s = 1, n = 3: 4.303 · 1 / √3
         assert!((t95_half_width(&[1.0, 2.0, 3.0]) - 4.303 / 3f64.sqrt()).abs() < 1e-9);
+        // One more draw: 4.303 · 1 · √(1 + 1/3).
+        let pi = t95_prediction_half_width(&[1.0, 2.0, 3.0]);
+        assert!((pi - 4.303 * (4.0f64 / 3.0).sqrt()).abs() < 1e-9);
+        assert_eq!(t95_prediction_half_width(&[5.0]), 0.0);
     }
 }

@@ -174,7 +174,7 @@ pub fn markdown(s: &mut String, q: &QualityReport) {
         s.push('\n');
     }
     if !q.agreement.is_empty() {
-        s.push_str("**Real stack vs virtual time** — the same replay through Envoy + kvgate.wasm + kvgate-sync + NATS + mock-worker processes, against the virtual-time runs' 95 % interval.\n\n| policy | engines | load | real TTFT p50 | virtual p50 ± 95 % | real hit | virtual hit ± 95 % | agree |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("**Real stack vs virtual time** — the same replay through Envoy + kvgate.wasm + kvgate-sync + NATS + mock-worker processes, against the virtual-time runs: their mean ± the 95 % prediction interval of one more run (t·s·√(1 + 1/n) over the seeds; the real run is one draw, so the mean's narrower interval would not fit it).\n\n| policy | engines | load | real TTFT p50 | virtual p50 ± 95 % PI | real hit | virtual hit ± 95 % PI | agree |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
         for a in &q.agreement {
             let _ = writeln!(
                 s,
@@ -184,10 +184,10 @@ pub fn markdown(s: &mut String, q: &QualityReport) {
                 a.load,
                 a.real_ttft_p50_ms,
                 a.virtual_ttft_p50_ms,
-                a.virtual_ttft_p50_ci95_ms,
+                a.virtual_ttft_p50_pi95_ms,
                 a.real_hit_ratio * 100.0,
                 a.virtual_hit_ratio * 100.0,
-                a.virtual_hit_ratio_ci95 * 100.0,
+                a.virtual_hit_ratio_pi95 * 100.0,
                 if a.agree { "yes" } else { "no" }
             );
         }
