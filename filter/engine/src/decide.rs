@@ -58,6 +58,8 @@ pub struct Prepared {
     pub from_ids: bool,
     /// Segment cache hits and misses.
     pub segments: (u32, u32),
+    /// Tools-list cache hits and misses of the render (0 or 1 each).
+    pub tools: (u32, u32),
     /// Block and sequence hashes.
     pub hashes: BlockHashes,
     /// Overlap per worker (events index and/or predictions).
@@ -223,6 +225,7 @@ impl Engine {
             estimated_tokens: 0,
             from_ids: false,
             segments: (0, 0),
+            tools: (0, 0),
             hashes: BlockHashes::default(),
             overlaps: OverlapScores::default(),
             degraded: None,
@@ -240,8 +243,16 @@ impl Engine {
             None => p.degraded = Some(Degraded::NoTokenizer),
             Some(model) => {
                 let s = Instant::now();
+                // The template is this engine's own (one thread), so the counters' growth
+                // across the render is this request's.
+                let before = model.template().tools_cache_stats();
                 let text = model.text(&req, input.now_ms);
+                let after = model.template().tools_cache_stats();
                 p.timings.template_us = us(s);
+                p.tools = (
+                    u32::try_from(after.hits.saturating_sub(before.hits)).unwrap_or(u32::MAX),
+                    u32::try_from(after.misses.saturating_sub(before.misses)).unwrap_or(u32::MAX),
+                );
                 let s = Instant::now();
                 let out = text.and_then(|text| model.encode(text, max_tokens));
                 p.timings.tokenize_us = us(s);
@@ -461,6 +472,7 @@ impl Engine {
             matched_blocks,
             prompt_tokens: p.tokens.len(),
             segments: p.segments,
+            tools: p.tools,
             timings: p.timings,
             degraded: p.degraded,
         }))

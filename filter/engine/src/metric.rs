@@ -115,6 +115,10 @@ pub enum Metric {
     SegmentHits,
     /// Segment-cache misses.
     SegmentMisses,
+    /// Renders whose tools list was reused from the tools cache.
+    ToolsHits,
+    /// Renders whose tools list was converted (and cached when it fits).
+    ToolsMisses,
     /// Blocks in this VM's index copy (gauge).
     IndexBlocks,
     /// Envoy-wide in-flight bookkeeping (gauge).
@@ -175,6 +179,8 @@ impl Metric {
             Metric::PromptTokens => "kvgate.prompt_tokens",
             Metric::SegmentHits => "kvgate.segment_cache.hits",
             Metric::SegmentMisses => "kvgate.segment_cache.misses",
+            Metric::ToolsHits => "kvgate.tools_cache.hits",
+            Metric::ToolsMisses => "kvgate.tools_cache.misses",
             Metric::IndexBlocks => "kvgate.index_blocks",
             Metric::Inflight(i) => match i {
                 Inflight::Requests => "kvgate.inflight.requests",

@@ -89,6 +89,8 @@ impl MetricsState {
         );
         count(host, Metric::SegmentHits, u64::from(r.segments.0));
         count(host, Metric::SegmentMisses, u64::from(r.segments.1));
+        count(host, Metric::ToolsHits, u64::from(r.tools.0));
+        count(host, Metric::ToolsMisses, u64::from(r.tools.1));
         let id = r.worker.worker_id;
         let stat = if self.picks.contains(&id) || self.picks.len() < MAX_PICK_STATS {
             self.picks.insert(id);

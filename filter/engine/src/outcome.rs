@@ -97,6 +97,8 @@ pub struct Route {
     pub prompt_tokens: usize,
     /// Segment cache hits and misses of this request.
     pub segments: (u32, u32),
+    /// Tools-list cache hits and misses of this request's render (0 or 1 each).
+    pub tools: (u32, u32),
     /// Stage times.
     pub timings: Timings,
     /// Set when the decision was made on load alone.

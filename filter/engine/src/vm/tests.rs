@@ -978,3 +978,44 @@ fn only_vms_that_decide_follow_the_shared_predictions() {
     main_thread.on_tick(&h2);
     assert_eq!(predicted(&main_thread), predicted(&worker_vm));
 }
+
+#[test]
+fn tools_cache_hits_and_misses_are_counted_per_decision() {
+    let h = FakeHost::at(1_000);
+    let listing = VmConfig::parse(&static_vm_config_bytes()).unwrap();
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "", "workers": workers(2)
+    }))
+    .unwrap();
+    let mut vm = Vm::configure(&h, 1, 1, &cfg, &listing).unwrap();
+    vm.stream_seen(&h);
+    let tool = |name: &str| {
+        serde_json::json!({"type": "function", "function": {
+            "name": name, "description": "Looks something up.",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}
+        }})
+    };
+    let body = |tools: Vec<serde_json::Value>, turn: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "model": files().name,
+            "messages": [{"role": "user", "content": turn}],
+            "tools": tools,
+        }))
+        .unwrap()
+    };
+    let mut decide = |ctx: u32, b: &[u8]| {
+        let Outcome::Route(r) = vm.decide(&h, ctx, crate::headers::RoutedPath::Chat, b, None)
+        else {
+            panic!("not routed")
+        };
+        r.tools
+    };
+    // First sighting converts, the same list again is reused, another list converts; a
+    // request without tools touches nothing.
+    assert_eq!(decide(1, &body(vec![tool("a"), tool("b")], "one")), (0, 1));
+    assert_eq!(decide(2, &body(vec![tool("a"), tool("b")], "two")), (1, 0));
+    assert_eq!(decide(3, &body(vec![tool("c")], "three")), (0, 1));
+    assert_eq!(decide(4, &long_chat("no tools")), (0, 0));
+    assert_eq!(h.metric_value("kvgate.tools_cache.hits"), 1);
+    assert_eq!(h.metric_value("kvgate.tools_cache.misses"), 2);
+}
