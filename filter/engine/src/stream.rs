@@ -72,6 +72,8 @@ pub struct Stream {
     session_out: Option<String>,
     /// Request body bytes buffered so far.
     body_size: usize,
+    /// The client's routing headers (lower-case names, sorted), removed on arrival.
+    incoming: Vec<(String, String)>,
 }
 
 impl Stream {
@@ -110,6 +112,12 @@ impl Stream {
             .filter(|(n, _)| headers::is_client_routing_header(n))
             .map(|(n, _)| n.clone())
             .collect();
+        self.incoming = request_headers
+            .iter()
+            .filter(|(n, _)| headers::is_client_routing_header(n))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect();
+        self.incoming.sort();
         let get = |name: &str| {
             request_headers
                 .iter()
@@ -232,10 +240,11 @@ impl Stream {
                 if vm.engine.cfg.gateway.decision_header {
                     self.explain = Some(route.explain);
                 }
+                let clear_route_cache = self.destination_changed(&route.headers);
                 Verdict::Continue {
                     headers: route.headers,
                     body: route.body,
-                    clear_route_cache: true,
+                    clear_route_cache,
                 }
             }
             Outcome::Reply(r) => Verdict::Reply(r),
@@ -243,9 +252,22 @@ impl Stream {
             Outcome::Forward(_) => Verdict::Continue {
                 headers: Vec::new(),
                 body: body::strip_routing_keys(body),
-                clear_route_cache: false,
+                clear_route_cache: self.destination_changed(&[]),
             },
         })
+    }
+
+    /// Whether the routing headers the request leaves with differ from those it came with:
+    /// only then can a route chosen on the request's headers be stale, so only then is
+    /// Envoy's route cache cleared (override_host itself reads the header when it picks
+    /// the host and needs no clearing).
+    fn destination_changed(&self, set: &[(&str, String)]) -> bool {
+        let mut out: Vec<(String, String)> = set
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect();
+        out.sort();
+        out != self.incoming
     }
 
     /// Response headers to add: the decision explanation and the session-affinity token,

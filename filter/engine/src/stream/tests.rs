@@ -143,6 +143,43 @@ fn a_decision_sets_headers_body_and_clears_the_route_cache() {
 }
 
 #[test]
+fn the_route_cache_is_cleared_only_when_the_routing_headers_change() {
+    let h = FakeHost::at(1_000);
+    // One worker: every decision sets the same headers.
+    let mut vm = vm_with(&h, &[worker(1, WorkerRole::Aggregated)], "");
+    let body = long_chat("hi");
+    let decide = |vm: &mut crate::Vm, ctx: u32, hs: &[(&str, &str)]| {
+        let mut s = Stream::new(ctx);
+        s.request_headers(vm, &h, &post(hs), false);
+        s.request_body(vm, &h, body.len(), true);
+        match s.decide(vm, &h, &body) {
+            Verdict::Continue {
+                headers,
+                clear_route_cache,
+                ..
+            } => (headers, clear_route_cache),
+            Verdict::Reply(r) => panic!("{}", r.status),
+        }
+    };
+    // A request without routing headers leaves with them: changed.
+    let (set, cleared) = decide(&mut vm, 1, &[]);
+    assert!(cleared);
+    // One that came with exactly the headers the decision sets (a second gateway behind
+    // the first, deciding the same): unchanged, the route stays.
+    let same: Vec<(&str, &str)> = set.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (again, cleared) = decide(&mut vm, 2, &same);
+    assert_eq!(again, set);
+    assert!(!cleared);
+    // A client's own choice of worker differs from the decision: changed.
+    let (_, cleared) = decide(
+        &mut vm,
+        3,
+        &[("x-gateway-destination-endpoint", "10.9.9.9:1")],
+    );
+    assert!(cleared);
+}
+
+#[test]
 fn errors_are_replied_and_forwards_leave_the_request_alone() {
     let h = FakeHost::at(1_000);
     let mut vm = static_vm(&h, r#", "unknown_model": "passthrough""#);
