@@ -107,14 +107,13 @@ impl Stream {
         end_of_stream: bool,
     ) -> HeadersStep {
         vm.stream_seen(host);
-        let remove: Vec<String> = request_headers
+        let routing: Vec<&(String, String)> = request_headers
             .iter()
             .filter(|(n, _)| headers::is_client_routing_header(n))
-            .map(|(n, _)| n.clone())
             .collect();
-        self.incoming = request_headers
+        let remove: Vec<String> = routing.iter().map(|(n, _)| n.clone()).collect();
+        self.incoming = routing
             .iter()
-            .filter(|(n, _)| headers::is_client_routing_header(n))
             .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
             .collect();
         self.incoming.sort();

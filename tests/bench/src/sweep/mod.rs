@@ -442,11 +442,17 @@ fn run_jobs(
     Ok(done.into_inner().unwrap_or_else(PoisonError::into_inner))
 }
 
+/// Each run's TTFT p50 and hit ratio.
+fn p50s_and_hits(runs: &[&sim::RunResult]) -> (Vec<f64>, Vec<f64>) {
+    runs.iter()
+        .map(|r| (percentile(&r.ttft_ms, 50.0), r.hit_ratio()))
+        .unzip()
+}
+
 /// Mean and 95 % half-width of a policy's runs.
 pub fn summarize(name: &str, runs: &[&sim::RunResult]) -> PolicyPoint {
-    let p50: Vec<f64> = runs.iter().map(|r| percentile(&r.ttft_ms, 50.0)).collect();
+    let (p50, hit) = p50s_and_hits(runs);
     let p99: Vec<f64> = runs.iter().map(|r| percentile(&r.ttft_ms, 99.0)).collect();
-    let hit: Vec<f64> = runs.iter().map(|r| r.hit_ratio()).collect();
     let util: Vec<f64> = runs.iter().map(|r| r.utilization).collect();
     PolicyPoint {
         name: name.to_string(),
@@ -710,8 +716,7 @@ pub fn agreement(
         let v = summarize(p.name(), &runs);
         // The real run is one more draw, not a mean of seeds: it is judged against the
         // band one more virtual run falls in (rounded as the means are).
-        let p50: Vec<f64> = runs.iter().map(|r| percentile(&r.ttft_ms, 50.0)).collect();
-        let hit: Vec<f64> = runs.iter().map(|r| r.hit_ratio()).collect();
+        let (p50, hit) = p50s_and_hits(&runs);
         let ttft_pi = round(t95_prediction_half_width(&p50), 1);
         let hit_pi = round(t95_prediction_half_width(&hit), 4);
         let inside = |x: f64, m: f64, band: f64| (x - m).abs() <= band;
