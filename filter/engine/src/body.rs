@@ -61,7 +61,7 @@ pub fn rewrite(
 /// are kept as they are, nothing is parsed or re-serialised. None when `body` does not
 /// end in `}` or names `"nvext"` anywhere (e.g. `"nvext": null`): rewrite the parsed body.
 pub fn splice_token_data(body: &[u8], tokens: &[u32]) -> Option<Vec<u8>> {
-    if body.windows(7).any(|w| w == b"\"nvext\"") {
+    if memchr::memmem::find(body, b"\"nvext\"").is_some() {
         return None;
     }
     let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
@@ -74,9 +74,15 @@ pub fn splice_token_data(body: &[u8], tokens: &[u32]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(body.len() + 32 + tokens.len() * 7);
     out.extend_from_slice(head);
     out.extend_from_slice(if empty { b"" } else { b"," });
-    out.extend_from_slice(b"\"nvext\":{\"token_data\":");
-    serde_json::to_writer(&mut out, tokens).ok()?;
-    out.push(b'}');
+    out.extend_from_slice(b"\"nvext\":{\"token_data\":[");
+    let mut digits = itoa::Buffer::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(digits.format(*t).as_bytes());
+    }
+    out.extend_from_slice(b"]}");
     out.extend_from_slice(body.get(close..)?);
     Some(out)
 }
@@ -87,7 +93,7 @@ pub fn strip_routing_keys(body: &[u8]) -> Option<Vec<u8>> {
     // Cheap test first: most bodies name none of the keys.
     let names_one = NVEXT_ROUTING_KEYS
         .iter()
-        .any(|k| body.windows(k.len()).any(|w| w == k.as_bytes()));
+        .any(|k| memchr::memmem::find(body, k.as_bytes()).is_some());
     if !names_one {
         return None;
     }

@@ -391,8 +391,11 @@ impl ApproxIndex {
             return;
         }
         let until = self.stored_until(now_ms.saturating_add(self.ttl_ms), deltas);
+        // Rows stored at `until` and rows added to `slot` not counted yet: counted once per
+        // call (one map update instead of one per block), and before a prune reads them.
+        let (mut at_until, mut added) = (0u32, 0u64);
         for &seq in sequence {
-            let (i, found) = self.table.find(seq, slot);
+            let (mut i, found) = self.table.find(seq, slot);
             if found {
                 let Some(meta) = self.table.meta.get_mut(i) else {
                     continue;
@@ -401,12 +404,15 @@ impl ApproxIndex {
                 if old < until {
                     *meta = pack(until, slot);
                     self.uncount_until(old, 1);
-                    *self.by_until.entry(until).or_insert(0) += 1;
+                    at_until += 1;
                 }
                 continue;
             }
+            let mut moved = false;
             if self.table.rows >= self.max_entries {
+                self.count_pending(until, &mut at_until, slot, &mut added);
                 self.prune(deltas);
+                moved = true;
             }
             let crowded = (self.table.rows + 1) * LOAD_DEN > self.table.homes * LOAD_NUM;
             if self.table.homes == 0 || (crowded && self.table.homes < self.max_homes) {
@@ -418,14 +424,29 @@ impl ApproxIndex {
                     grown = self.max_homes;
                 }
                 self.table.resize(grown);
+                moved = true;
             }
-            let (i, _) = self.table.find(seq, slot);
+            if moved {
+                i = self.table.find(seq, slot).0;
+            }
             self.table.insert_at(i, seq, pack(until, slot));
-            *self.by_until.entry(until).or_insert(0) += 1;
-            if let Some(c) = self.count_mut(slot) {
-                *c += 1;
-            }
+            at_until += 1;
+            added += 1;
             deltas.push(IndexDelta::Insert { worker, seq });
+        }
+        self.count_pending(until, &mut at_until, slot, &mut added);
+    }
+
+    /// Adds the rows a record has not counted yet to the per-expiry and per-slot counts.
+    fn count_pending(&mut self, until: u16, at_until: &mut u32, slot: u16, added: &mut u64) {
+        if *at_until > 0 {
+            *self.by_until.entry(until).or_insert(0) += std::mem::take(at_until);
+        }
+        if *added > 0 {
+            let n = std::mem::take(added);
+            if let Some(c) = self.count_mut(slot) {
+                *c += n;
+            }
         }
     }
 

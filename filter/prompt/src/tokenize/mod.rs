@@ -384,13 +384,7 @@ impl PromptTokenizer {
         let mut spans = Vec::new();
         while from < end {
             let bytes = s.as_bytes().get(from..end).unwrap_or_default();
-            let (mut run, mut space) = (0usize, false);
-            let Some(run_end) = bytes.iter().position(|b| {
-                let ws = b.is_ascii_whitespace();
-                run = if ws == space { run + 1 } else { 1 };
-                space = ws;
-                run > MAX_WORD_BYTES / 2
-            }) else {
+            let Some(run_end) = long_run_end(bytes, MAX_WORD_BYTES / 2) else {
                 return Ok(None);
             };
             // Pre-tokenize from a little before the run to a little after it.
@@ -482,6 +476,26 @@ fn window_for(need: usize, budget: usize) -> usize {
     need.saturating_mul(MAX_BYTES_PER_ID)
         .saturating_add(4096)
         .min(budget)
+}
+
+/// Where the first run of more than `longer_than` bytes of one kind (ASCII whitespace or
+/// not) reaches that length: the first `e` with `bytes[e - longer_than ..= e]` all of one
+/// kind. Tests the last byte of each candidate window and walks back from it; a byte of the
+/// other kind at `j` rules out every window holding both `j` and the tested byte, so the next
+/// candidate ends `longer_than + 1` bytes after `j`. Ordinary text costs a few bytes read per
+/// window instead of every byte.
+fn long_run_end(bytes: &[u8], longer_than: usize) -> Option<usize> {
+    let ws = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_whitespace);
+    let mut end = longer_than;
+    while end < bytes.len() {
+        let kind = ws(end);
+        let start = end - longer_than;
+        match (start..end).rev().find(|&j| ws(j) != kind) {
+            None => return Some(end),
+            Some(j) => end = j + longer_than + 1,
+        }
+    }
+    None
 }
 
 fn floor_char_boundary(s: &str, mut at: usize) -> usize {

@@ -26,6 +26,8 @@ pub(crate) enum Segment<'a> {
 pub(crate) struct Splitter {
     /// Candidate tokens per first byte, longest first.
     by_first_byte: Vec<Vec<(Box<str>, u32)>>,
+    /// The bytes some token starts with (the scan jumps from one to the next).
+    firsts: Vec<u8>,
 }
 
 /// Why segmenting is off for a tokenizer.
@@ -61,7 +63,30 @@ impl Splitter {
             // Longest first; equal lengths cannot both match at one position unless identical.
             list.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
         }
-        Ok(Splitter { by_first_byte })
+        let firsts = (0..=u8::MAX)
+            .filter(|&b| {
+                by_first_byte
+                    .get(usize::from(b))
+                    .is_some_and(|l| !l.is_empty())
+            })
+            .collect();
+        Ok(Splitter {
+            by_first_byte,
+            firsts,
+        })
+    }
+
+    /// The first position at or after `from` holding a byte some token starts with.
+    fn next_candidate(&self, bytes: &[u8], from: usize) -> Option<usize> {
+        let rest = bytes.get(from..)?;
+        let at = match *self.firsts.as_slice() {
+            [] => None,
+            [a] => memchr::memchr(a, rest),
+            [a, b] => memchr::memchr2(a, b, rest),
+            [a, b, c] => memchr::memchr3(a, b, c, rest),
+            _ => rest.iter().position(|b| self.firsts.contains(b)),
+        };
+        at.map(|i| from + i)
     }
 
     /// Splits `text` into text pieces and added tokens (leftmost-longest, non-overlapping).
@@ -70,27 +95,24 @@ impl Splitter {
         let mut out = Vec::new();
         let mut piece_start = 0;
         let mut i = 0;
-        while i < bytes.len() {
-            let Some(rest) = text.get(i..) else {
-                // Not a char boundary: no token can start here (tokens are whole UTF-8 strings).
-                i += 1;
-                continue;
-            };
-            let first = usize::from(bytes.get(i).copied().unwrap_or(0));
+        // A token is whole UTF-8, so its bytes can only match at a char boundary of the
+        // (valid UTF-8) text, and end at one.
+        while let Some(at) = self.next_candidate(bytes, i) {
+            let rest = bytes.get(at..).unwrap_or_default();
             let found = self
                 .by_first_byte
-                .get(first)
-                .and_then(|list| list.iter().find(|(t, _)| rest.starts_with(&**t)));
+                .get(usize::from(rest.first().copied().unwrap_or(0)))
+                .and_then(|list| list.iter().find(|(t, _)| rest.starts_with(t.as_bytes())));
             match found {
                 Some((token, id)) => {
-                    if let Some(piece) = text.get(piece_start..i).filter(|p| !p.is_empty()) {
+                    if let Some(piece) = text.get(piece_start..at).filter(|p| !p.is_empty()) {
                         out.push(Segment::Text(piece));
                     }
                     out.push(Segment::Token(*id));
-                    i += token.len();
+                    i = at + token.len();
                     piece_start = i;
                 }
-                None => i += 1,
+                None => i = at + 1,
             }
         }
         if let Some(piece) = text.get(piece_start..).filter(|p| !p.is_empty()) {

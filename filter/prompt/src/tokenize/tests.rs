@@ -159,3 +159,38 @@ fn a_tokenizer_that_cannot_run_is_refused_at_load() {
         "{err}"
     );
 }
+
+/// The per-byte scan `long_run_end` replaced: run lengths counted byte by byte.
+fn long_run_end_naive(bytes: &[u8], longer_than: usize) -> Option<usize> {
+    let (mut run, mut space) = (0usize, false);
+    bytes.iter().position(|b| {
+        let ws = b.is_ascii_whitespace();
+        run = if ws == space { run + 1 } else { 1 };
+        space = ws;
+        run > longer_than
+    })
+}
+
+proptest! {
+    #[test]
+    fn long_run_end_finds_what_a_byte_by_byte_scan_finds(
+        bytes in prop::collection::vec(prop::sample::select(vec![b'a', b' ', b'\n', 0xC3, 0xA9, b'<']), 0..80),
+        longer_than in 1usize..10,
+    ) {
+        prop_assert_eq!(long_run_end(&bytes, longer_than), long_run_end_naive(&bytes, longer_than));
+    }
+}
+
+#[test]
+fn long_run_end_finds_long_runs_of_either_kind() {
+    let mut text = "word ".repeat(1000).into_bytes();
+    assert_eq!(long_run_end(&text, 2048), None);
+    text.extend(std::iter::repeat_n(b'x', 3000));
+    assert_eq!(
+        long_run_end(&text, 2048),
+        Some(5000 + 2048),
+        "the run starts after the last space"
+    );
+    let spaces = [b"ab".as_slice(), &[b' '; 2049]].concat();
+    assert_eq!(long_run_end(&spaces, 2048), Some(2 + 2048));
+}
