@@ -92,6 +92,8 @@ pub struct Engine {
     pub(crate) predictions_out: Vec<Prediction>,
     /// Per other VM, the last prediction applied.
     pub(crate) predictions_seen: HashMap<u64, u64>,
+    /// Sequence number of this VM's last published prediction (0: none yet).
+    pub(crate) predictions_published: u64,
     /// Prefill workers reported unreachable.
     pub(crate) quarantine: crate::health::Quarantine,
 }
@@ -127,6 +129,7 @@ impl Engine {
             outbox: Vec::new(),
             predictions_out: Vec::new(),
             predictions_seen: HashMap::new(),
+            predictions_published: 0,
             quarantine: Default::default(),
         }
     }

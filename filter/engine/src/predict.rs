@@ -7,7 +7,7 @@
 use crate::engine::Engine;
 pub use crate::engine::Prediction;
 use crate::host::Host;
-use crate::shared::{self, Ring};
+use crate::shared::{self, PredictionRing};
 
 impl Engine {
     /// Whether decisions predict cache contents.
@@ -21,15 +21,19 @@ impl Engine {
         self.predictions_out.push(p);
     }
 
-    /// Publishes this VM's new predictions in its ring.
+    /// Publishes this VM's new predictions in its ring (one shared-data write each).
     pub fn publish_predictions(&mut self, host: &dyn Host) {
         if self.predictions_out.is_empty() {
             return;
         }
-        let ring = Ring::predictions(self.vm);
+        let ring = PredictionRing::of(self.vm);
+        if self.predictions_published == 0 {
+            self.predictions_published = ring.last_written(host);
+        }
         for p in std::mem::take(&mut self.predictions_out) {
             if let Ok(bytes) = postcard::to_allocvec(&p) {
-                let _ = ring.publish(host, &bytes);
+                self.predictions_published += 1;
+                ring.write(host, self.predictions_published, &bytes);
             }
         }
     }
@@ -44,25 +48,14 @@ impl Engine {
             if vm == self.vm {
                 continue;
             }
-            let ring = Ring::predictions(vm);
-            let head = ring.head(host);
-            let seen = self.predictions_seen.entry(vm).or_insert(0);
-            if head <= *seen {
-                continue;
-            }
-            // Too far behind: the oldest are gone (and near their TTL anyway).
-            let mut seq = (*seen).max(head.saturating_sub(ring.slots()));
-            while seq < head {
-                seq += 1;
-                let Some(bytes) = ring.read(host, seq) else {
-                    continue;
-                };
-                if let Ok(p) = postcard::from_bytes::<Prediction>(&bytes) {
-                    self.approx
-                        .record_lazily(p.worker, &p.sequence, p.at_ms.min(now));
+            let seen = self.predictions_seen.get(&vm).copied().unwrap_or(0);
+            let approx = &mut self.approx;
+            let last = PredictionRing::of(vm).read_after(host, seen, |bytes| {
+                if let Ok(p) = postcard::from_bytes::<Prediction>(bytes) {
+                    approx.record_lazily(p.worker, &p.sequence, p.at_ms.min(now));
                 }
-            }
-            *seen = head;
+            });
+            self.predictions_seen.insert(vm, last);
         }
     }
 }

@@ -74,14 +74,6 @@ impl Ring {
         }
     }
 
-    /// VM `vm`'s ring of routing predictions (written by that VM only).
-    pub fn predictions(vm: u64) -> Ring {
-        Ring {
-            prefix: format!("kvgate/predict/{vm:016x}"),
-            slots: PREDICTION_RING,
-        }
-    }
-
     /// Entries kept.
     pub fn slots(&self) -> u64 {
         self.slots
@@ -126,6 +118,70 @@ impl Ring {
         let (tag, entry) = v.split_at_checked(8)?;
         let got = u64::from_le_bytes(tag.try_into().ok()?);
         (got == seq).then(|| entry.to_vec())
+    }
+}
+
+/// One VM's ring of routing predictions, written by that VM only. Entry `seq` is stored in
+/// slot `seq % slots`, tagged with `seq`; there is no head key: a reader reads the slot after
+/// the last entry it applied, for as long as the tag is the next sequence number. So
+/// publishing a prediction is one shared-data write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictionRing {
+    prefix: String,
+    slots: u64,
+}
+
+impl PredictionRing {
+    /// VM `vm`'s ring.
+    pub fn of(vm: u64) -> PredictionRing {
+        PredictionRing {
+            prefix: format!("kvgate/predict/{vm:016x}"),
+            slots: PREDICTION_RING,
+        }
+    }
+
+    /// The highest sequence number stored in the ring (0 if none): where a writer carries
+    /// on, so that a VM configured again continues its numbering and readers that followed
+    /// it read on. Reads every slot, once per writer.
+    pub fn last_written(&self, h: &dyn Host) -> u64 {
+        (0..self.slots)
+            .filter_map(|i| h.shared_get(&format!("{}/{i}", self.prefix)))
+            .filter_map(|(v, _)| v.get(..8)?.try_into().ok().map(u64::from_le_bytes))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Stores entry `seq` (the writer numbers its entries consecutively).
+    pub fn write(&self, h: &dyn Host, seq: u64, entry: &[u8]) -> bool {
+        let mut v = seq.to_le_bytes().to_vec();
+        v.extend_from_slice(entry);
+        h.shared_set(&format!("{}/{}", self.prefix, seq % self.slots), &v, None)
+            .is_ok()
+    }
+
+    /// Calls `apply` with each entry after `seen`, oldest first, and returns the last
+    /// sequence number read. Entries overwritten before they were read are skipped (a
+    /// slot tagged later than expected means the reader fell a whole ring behind).
+    pub fn read_after(&self, h: &dyn Host, mut seen: u64, mut apply: impl FnMut(&[u8])) -> u64 {
+        loop {
+            let next = seen.saturating_add(1);
+            let Some((v, _)) = h.shared_get(&format!("{}/{}", self.prefix, next % self.slots))
+            else {
+                return seen;
+            };
+            let Some((tag, entry)) = v.split_at_checked(8) else {
+                return seen;
+            };
+            let tag = tag.try_into().map(u64::from_le_bytes).unwrap_or(0);
+            if tag == next {
+                apply(entry);
+                seen = next;
+            } else if tag > next {
+                seen = tag - self.slots.min(tag);
+            } else {
+                return seen;
+            }
+        }
     }
 }
 
@@ -206,11 +262,51 @@ mod tests {
         assert_eq!(ring.read(&s, 1), None, "overwritten slot is detected");
         publish_snapshot(&s, 7, b"snap");
         assert_eq!(read_snapshot(&s).unwrap(), (7, b"snap".to_vec()));
-        // Each VM's prediction ring is its own.
-        let p1 = Ring::predictions(1);
-        assert_eq!(p1.publish(&s, b"x"), Some(1));
-        assert_eq!(Ring::predictions(2).head(&s), 0);
-        assert_eq!(ring.head(&s), RING + 2);
+    }
+
+    fn read_all(ring: &PredictionRing, h: &FakeHost, seen: u64) -> (u64, Vec<Vec<u8>>) {
+        let mut got = Vec::new();
+        let last = ring.read_after(h, seen, |e| got.push(e.to_vec()));
+        (last, got)
+    }
+
+    #[test]
+    fn prediction_rings_are_read_without_a_head_key() {
+        let s = FakeHost::default();
+        let (p1, p2) = (PredictionRing::of(1), PredictionRing::of(2));
+        assert_eq!(read_all(&p1, &s, 0), (0, vec![]));
+        assert_eq!(p1.last_written(&s), 0);
+        for (seq, e) in [(1, b"a"), (2, b"b"), (3, b"c")] {
+            assert!(p1.write(&s, seq, e));
+        }
+        // A reader that never saw this ring reads what is in it, in order.
+        let (seen, got) = read_all(&p1, &s, 0);
+        assert_eq!(
+            (seen, got),
+            (3, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        );
+        assert_eq!(read_all(&p1, &s, seen), (seen, vec![]), "nothing new");
+        assert_eq!(
+            read_all(&p2, &s, 0),
+            (0, vec![]),
+            "each VM's ring is its own"
+        );
+        // One write per entry, no other key.
+        assert_eq!(
+            s.keys_with_prefix("kvgate/predict/").len(),
+            3,
+            "the three slots and nothing else"
+        );
+        // A reader a whole ring behind skips what was overwritten and reads the rest.
+        for seq in 4..4 + PREDICTION_RING + 5 {
+            p1.write(&s, seq, &seq.to_le_bytes());
+        }
+        let (last, got) = read_all(&p1, &s, seen);
+        assert_eq!(last, 3 + PREDICTION_RING + 5);
+        assert_eq!(got.len() as u64, PREDICTION_RING);
+        assert_eq!(got.first().unwrap(), &(9u64).to_le_bytes().to_vec());
+        // A writer configured again carries on from the highest stored number.
+        assert_eq!(p1.last_written(&s), last);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct FakeHost {
     logs: RefCell<Vec<(Level, String)>>,
     env: RefCell<HashMap<String, String>>,
     memory: Cell<Option<u64>>,
+    /// Shared-data writes made through this host (landed or not).
+    writes: Cell<u64>,
 }
 
 impl FakeHost {
@@ -135,6 +137,24 @@ impl FakeHost {
     pub fn shared_value(&self, key: &str) -> Option<Vec<u8>> {
         self.store.borrow().get(key).map(|(v, _)| v.clone())
     }
+
+    /// The shared-data keys starting with `prefix`, sorted.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .store
+            .borrow()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Shared-data writes made through this host so far (landed or refused).
+    pub fn shared_writes(&self) -> u64 {
+        self.writes.get()
+    }
 }
 
 impl std::fmt::Debug for FakeHost {
@@ -156,6 +176,7 @@ impl Host for FakeHost {
     }
 
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), SharedError> {
+        self.writes.set(self.writes.get() + 1);
         let hook = {
             let mut b = self.before_set.borrow_mut();
             match b.as_ref() {

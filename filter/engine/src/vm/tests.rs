@@ -1019,3 +1019,50 @@ fn tools_cache_hits_and_misses_are_counted_per_decision() {
     assert_eq!(h.metric_value("kvgate.tools_cache.hits"), 1);
     assert_eq!(h.metric_value("kvgate.tools_cache.misses"), 2);
 }
+
+/// Issue 14 item 4: a decision writes shared data twice in approximate mode — its booking
+/// (the ledger, compare-and-swap) and its prediction (one ring slot, no head key) — and the
+/// response and the end of the stream write nothing: the booking's release reaches the
+/// ledger with the next tick's one write, however many streams ended.
+#[test]
+fn a_decision_writes_shared_data_twice_and_its_end_not_at_all() {
+    let h = FakeHost::at(1_000);
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "sidecar_cluster": "", "workers": workers(2)
+    }))
+    .unwrap();
+    let vm_config = VmConfig::parse(&static_vm_config_bytes()).unwrap();
+    let mut vm = Vm::configure(&h, 1, 1, &cfg, &vm_config).unwrap();
+    vm.stream_seen(&h);
+    let decide = |vm: &mut Vm, ctx: u32| {
+        let body = long_chat(&format!("writes {ctx}"));
+        let Outcome::Route(_) = vm.decide(&h, ctx, crate::headers::RoutedPath::Chat, &body, None)
+        else {
+            panic!("routed")
+        };
+    };
+    decide(&mut vm, 1); // loads the model
+    for ctx in 2..6 {
+        let before = h.shared_writes();
+        decide(&mut vm, ctx);
+        assert_eq!(h.shared_writes() - before, 2, "decision {ctx}");
+    }
+    let before = h.shared_writes();
+    for ctx in 1..6 {
+        vm.response_started(&h, ctx);
+        vm.request_done(&h, ctx);
+    }
+    assert_eq!(h.shared_writes(), before, "no write on the response path");
+    h.advance(20);
+    vm.on_tick(&h);
+    assert_eq!(
+        h.shared_writes() - before,
+        1,
+        "the tick publishes the releases at once"
+    );
+    let (ledger, _) = crate::ledger::Ledger::read(&h);
+    assert!(
+        ledger.parts.is_empty(),
+        "every booking released: {ledger:?}"
+    );
+}
