@@ -31,9 +31,11 @@ impl Engine {
             self.predictions_published = ring.last_written(host);
         }
         for p in std::mem::take(&mut self.predictions_out) {
-            if let Ok(bytes) = postcard::to_allocvec(&p) {
-                self.predictions_published += 1;
-                ring.write(host, self.predictions_published, &bytes);
+            // Numbers stay consecutive: a prediction that could not be stored is dropped
+            // without using its number (readers stop at the first number they cannot find).
+            let seq = self.predictions_published + 1;
+            if postcard::to_allocvec(&p).is_ok_and(|bytes| ring.write(host, seq, &bytes)) {
+                self.predictions_published = seq;
             }
         }
     }
