@@ -104,9 +104,8 @@ impl Ring {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
             + 1;
-        let mut v = seq.to_le_bytes().to_vec();
-        v.extend_from_slice(entry);
-        h.shared_set(&self.slot_key(seq), &v, None).ok()?;
+        h.shared_set(&self.slot_key(seq), &tagged(seq, entry), None)
+            .ok()?;
         h.shared_set(&self.head_key(), seq.to_string().as_bytes(), cas)
             .ok()
             .map(|()| seq)
@@ -115,8 +114,7 @@ impl Ring {
     /// Entry `seq`, if still in the ring.
     pub fn read(&self, h: &dyn Host, seq: u64) -> Option<Vec<u8>> {
         let (v, _) = h.shared_get(&self.slot_key(seq))?;
-        let (tag, entry) = v.split_at_checked(8)?;
-        let got = u64::from_le_bytes(tag.try_into().ok()?);
+        let (got, entry) = untag(&v)?;
         (got == seq).then(|| entry.to_vec())
     }
 }
@@ -146,16 +144,18 @@ impl PredictionRing {
     pub fn last_written(&self, h: &dyn Host) -> u64 {
         (0..self.slots)
             .filter_map(|i| h.shared_get(&format!("{}/{i}", self.prefix)))
-            .filter_map(|(v, _)| v.get(..8)?.try_into().ok().map(u64::from_le_bytes))
+            .filter_map(|(v, _)| untag(&v).map(|(tag, _)| tag))
             .max()
             .unwrap_or(0)
     }
 
+    fn slot_key(&self, seq: u64) -> String {
+        format!("{}/{}", self.prefix, seq % self.slots)
+    }
+
     /// Stores entry `seq` (the writer numbers its entries consecutively).
     pub fn write(&self, h: &dyn Host, seq: u64, entry: &[u8]) -> bool {
-        let mut v = seq.to_le_bytes().to_vec();
-        v.extend_from_slice(entry);
-        h.shared_set(&format!("{}/{}", self.prefix, seq % self.slots), &v, None)
+        h.shared_set(&self.slot_key(seq), &tagged(seq, entry), None)
             .is_ok()
     }
 
@@ -165,14 +165,12 @@ impl PredictionRing {
     pub fn read_after(&self, h: &dyn Host, mut seen: u64, mut apply: impl FnMut(&[u8])) -> u64 {
         loop {
             let next = seen.saturating_add(1);
-            let Some((v, _)) = h.shared_get(&format!("{}/{}", self.prefix, next % self.slots))
-            else {
+            let Some((v, _)) = h.shared_get(&self.slot_key(next)) else {
                 return seen;
             };
-            let Some((tag, entry)) = v.split_at_checked(8) else {
+            let Some((tag, entry)) = untag(&v) else {
                 return seen;
             };
-            let tag = tag.try_into().map(u64::from_le_bytes).unwrap_or(0);
             if tag == next {
                 apply(entry);
                 seen = next;
@@ -187,16 +185,29 @@ impl PredictionRing {
 
 /// Stores a snapshot frame valid as of sync ring sequence `seq`.
 pub fn publish_snapshot(h: &dyn Host, seq: u64, frame: &[u8]) {
-    let mut v = seq.to_le_bytes().to_vec();
-    v.extend_from_slice(frame);
-    let _ = h.shared_set(SNAPSHOT_KEY, &v, None);
+    let _ = h.shared_set(SNAPSHOT_KEY, &tagged(seq, frame), None);
 }
 
 /// The snapshot and the sync ring sequence it is valid at.
 pub fn read_snapshot(h: &dyn Host) -> Option<(u64, Vec<u8>)> {
     let (v, _) = h.shared_get(SNAPSHOT_KEY)?;
-    let (tag, frame) = v.split_at_checked(8)?;
-    Some((u64::from_le_bytes(tag.try_into().ok()?), frame.to_vec()))
+    let (tag, frame) = untag(&v)?;
+    Some((tag, frame.to_vec()))
+}
+
+/// A shared-data value tagged with a sequence number: 8 bytes little-endian, then `body`
+/// (ring slots and the snapshot).
+fn tagged(seq: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + body.len());
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// The sequence number and body of a [`tagged`] value.
+fn untag(v: &[u8]) -> Option<(u64, &[u8])> {
+    let (tag, body) = v.split_at_checked(8)?;
+    Some((u64::from_le_bytes(tag.try_into().ok()?), body))
 }
 
 /// Adds `vm` to the list of this Envoy's VMs.
