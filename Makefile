@@ -11,6 +11,9 @@ ROOT := $(abspath .)
 CARGO_TARGET_DIR ?= $(ROOT)/target
 export CARGO_TARGET_DIR
 export CARGO_TERM_COLOR ?= never
+# The .wasm (and every wasm32-wasip1 test or example) uses Wasm SIMD: Envoy's V8, wasmtime and
+# node all run it, and it made a whole decision ~17 % faster in V8 (envoy-config/README.md).
+export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS ?= -C target-feature=+simd128
 # Parallel jobs of `make test`'s build phase, shared by every cargo it runs (jobserver).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # End-to-end tests at once (libtest's default: one per core). Four at once failed a NATS
