@@ -89,7 +89,7 @@ pub const KEYS: &[Key] = &[
     key!("sync_wait_ms", ["KVGATE_SYNC_WAIT_MS"], UInt, "1000", "Long-poll time of one sync request to the sidecar."),
     key!("stale_after_ms", ["KVGATE_STALE_AFTER_MS"], UInt, "10000", "With no successful sync for this long the index is stale: routing uses load only (counted)."),
     key!("template_compat", ["KVGATE_TEMPLATE_COMPAT"], Str, "huggingface", "Chat-template input semantics: `huggingface` (transformers' apply_chat_template) or `vllm` (vLLM's message and tool-call normalisation)."),
-    key!("segment_cache_entries", ["KVGATE_SEGMENT_CACHE_ENTRIES"], UInt, "4096", "Per-VM LRU cache of tokenized prompt segments."),
+    key!("segment_cache_entries", ["KVGATE_SEGMENT_CACHE_ENTRIES"], UInt, "4096", "Per-VM cache of tokenized prompt segments (at most 16 MiB): an eighth on probation for segments seen once, the rest for segments seen again."),
     key!("workers", ["KVGATE_WORKERS"], Json, "[]", "Static worker list (instance_id, endpoint ip:port, model, role, dp_size, …) used without a sidecar."),
 ];
 

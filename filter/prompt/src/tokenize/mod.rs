@@ -1,9 +1,11 @@
 //! Tokenizes a rendered prompt with `tokenizers`, capped at a token budget, through a per-instance segment cache.
 //!
 //! The prompt is cut at the tokenizer's added tokens (see `split`), each text segment is
-//! looked up in a bounded LRU keyed by its text and encoded only on a miss, and the ids are
+//! looked up in a bounded cache keyed by its text and encoded only on a miss, and the ids are
 //! concatenated — equal to one full encode. In a multi-turn or agentic conversation every
-//! earlier message is a segment seen before, so only the new messages are encoded.
+//! earlier message is a segment seen before, so only the new messages are encoded. The
+//! cache (`cache`) keeps segments seen once apart from those seen again, so one-off prompts
+//! do not flush the ones that recur.
 //!
 //! The cap: the router can use only complete KV blocks up to a configured number of tokens,
 //! so encoding stops after `max_tokens` ids. A huge segment is encoded through a growing
