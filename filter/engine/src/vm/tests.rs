@@ -632,6 +632,16 @@ fn a_packed_vm_config_model_loads_to_the_same_prompt_ids() {
     let listing = VmConfig::parse(&raw).unwrap();
     let read = listing.model_files(&f.name).unwrap().unwrap();
     assert_eq!(read.tokenizer_json, packed);
+    // The base64 is read in place from the configuration's bytes; a writer that escapes
+    // its slashes (`\/`, valid JSON) gives the same files through the owned path.
+    let escaped = String::from_utf8(raw.clone()).unwrap().replace('/', "\\/");
+    assert!(escaped.len() > raw.len());
+    let read = VmConfig::parse(escaped.as_bytes())
+        .unwrap()
+        .model_files(&f.name)
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.tokenizer_json, packed);
     let cfg = serde_json::to_vec(&serde_json::json!({
         "sidecar_cluster": "", "workers": workers(2)
     }))
