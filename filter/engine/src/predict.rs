@@ -3,6 +3,11 @@
 //! `router_predicted_ttl_secs` with KV events). Each VM appends its predictions to its own
 //! ring in shared data and applies the other VMs' rings before deciding, so every VM
 //! predicts from every VM's decisions.
+//!
+//! A VM publishes in batches: one ring entry holds every prediction made since its last
+//! one, written by its tick (every `sync_interval_ms`) or by a decision once the oldest
+//! waiting prediction is a tick period old, so a request writes shared data once (its
+//! booking) and the other VMs see a prediction at most about one tick later.
 
 use crate::engine::Engine;
 pub use crate::engine::Prediction;
@@ -21,7 +26,8 @@ impl Engine {
         self.predictions_out.push(p);
     }
 
-    /// Publishes this VM's new predictions in its ring (one shared-data write each).
+    /// Publishes this VM's waiting predictions in its ring as one entry (one shared-data
+    /// write).
     pub fn publish_predictions(&mut self, host: &dyn Host) {
         if self.predictions_out.is_empty() {
             return;
@@ -30,13 +36,26 @@ impl Engine {
         if self.predictions_published == 0 {
             self.predictions_published = ring.last_written(host);
         }
-        for p in std::mem::take(&mut self.predictions_out) {
-            // Numbers stay consecutive: a prediction that could not be stored is dropped
-            // without using its number (readers stop at the first number they cannot find).
-            let seq = self.predictions_published + 1;
-            if postcard::to_allocvec(&p).is_ok_and(|bytes| ring.write(host, seq, &bytes)) {
-                self.predictions_published = seq;
-            }
+        // Numbers stay consecutive: a batch that could not be stored is dropped without
+        // using its number (readers stop at the first number they cannot find).
+        let seq = self.predictions_published + 1;
+        let batch = std::mem::take(&mut self.predictions_out);
+        if postcard::to_allocvec(&batch).is_ok_and(|bytes| ring.write(host, seq, &bytes)) {
+            self.predictions_published = seq;
+        }
+        self.predictions_out = batch;
+        self.predictions_out.clear();
+    }
+
+    /// [`Self::publish_predictions`] if the oldest waiting prediction was made at least
+    /// `period_ms` before `now_ms` (a decision's check: the tick publishes the rest).
+    pub fn publish_predictions_if_due(&mut self, host: &dyn Host, now_ms: u64, period_ms: u64) {
+        if self
+            .predictions_out
+            .first()
+            .is_some_and(|p| now_ms.saturating_sub(p.at_ms) >= period_ms)
+        {
+            self.publish_predictions(host);
         }
     }
 
@@ -53,8 +72,10 @@ impl Engine {
             let seen = self.predictions_seen.get(&vm).copied().unwrap_or(0);
             let approx = &mut self.approx;
             let last = PredictionRing::of(vm).read_after(host, seen, |bytes| {
-                if let Ok(p) = postcard::from_bytes::<Prediction>(bytes) {
-                    approx.record_lazily(p.worker, &p.sequence, p.at_ms.min(now));
+                if let Ok(batch) = postcard::from_bytes::<Vec<Prediction>>(bytes) {
+                    for p in batch {
+                        approx.record_lazily(p.worker, &p.sequence, p.at_ms.min(now));
+                    }
                 }
             });
             self.predictions_seen.insert(vm, last);
@@ -89,9 +110,22 @@ mod tests {
             sequence: vec![11, 12, 13],
         });
         assert_eq!(b.approx.overlap(&[11, 12, 13]).of(&w), 0);
-        a.publish_predictions(&h1);
+        a.predict(Prediction {
+            worker: w,
+            at_ms: 1_005,
+            sequence: vec![21, 22],
+        });
+        // Not due yet at 1,010 with a 20 ms period; due at 1,020: both go in one entry.
+        a.publish_predictions_if_due(&h1, 1_010, 20);
+        b.follow_predictions(&h2);
+        assert_eq!(b.approx.overlap(&[11, 12, 13]).of(&w), 0);
+        let writes = h1.shared_writes();
+        a.publish_predictions_if_due(&h1, 1_020, 20);
+        assert_eq!(h1.shared_writes() - writes, 1);
+        assert!(a.predictions_out.is_empty());
         b.follow_predictions(&h2);
         assert_eq!(b.approx.overlap(&[11, 12, 13]).of(&w), 3);
+        assert_eq!(b.approx.overlap(&[21, 22]).of(&w), 2);
         // Applied once: following again changes nothing, and A ignores its own ring.
         b.follow_predictions(&h2);
         a.follow_predictions(&h1);

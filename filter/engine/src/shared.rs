@@ -3,15 +3,16 @@
 //! routing predictions), the latest full snapshot, the list of VMs, and the model files.
 //! (The bookings ledger is in `ledger`.)
 //!
-//! Every get copies the value into the VM, so values stay small (one frame, one
-//! prediction) except the snapshot and model files, which a VM reads once.
+//! Every get copies the value into the VM, so values stay small (one frame, one batch of
+//! predictions) except the snapshot and model files, which a VM reads once.
 
 use crate::host::{Cas, Host};
 
 /// Frames kept in the sync ring; a VM further behind reads the snapshot.
 pub const RING: u64 = 256;
-/// Predictions kept in each VM's prediction ring; a VM further behind skips the rest.
-pub const PREDICTION_RING: u64 = 1024;
+/// Prediction batches kept in each VM's prediction ring (a batch per tick or so: a few
+/// seconds of them); a VM further behind skips the rest.
+pub const PREDICTION_RING: u64 = 128;
 /// Lease time of the sync leader.
 pub const LEASE_MS: u64 = 2_000;
 
@@ -122,7 +123,7 @@ impl Ring {
 /// One VM's ring of routing predictions, written by that VM only. Entry `seq` is stored in
 /// slot `seq % slots`, tagged with `seq`; there is no head key: a reader reads the slot after
 /// the last entry it applied, for as long as the tag is the next sequence number. So
-/// publishing a prediction is one shared-data write.
+/// publishing a batch of predictions is one shared-data write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PredictionRing {
     prefix: String,
@@ -133,7 +134,7 @@ impl PredictionRing {
     /// VM `vm`'s ring.
     pub fn of(vm: u64) -> PredictionRing {
         PredictionRing {
-            prefix: format!("kvgate/predict/{vm:016x}"),
+            prefix: format!("kvgate/predictions/{vm:016x}"),
             slots: PREDICTION_RING,
         }
     }
@@ -304,7 +305,7 @@ mod tests {
         );
         // One write per entry, no other key.
         assert_eq!(
-            s.keys_with_prefix("kvgate/predict/").len(),
+            s.keys_with_prefix("kvgate/predictions/").len(),
             3,
             "the three slots and nothing else"
         );

@@ -547,6 +547,7 @@ impl Vm {
     }
 
     fn sync_tick(&mut self, host: &dyn Host, now: u64) {
+        self.engine.publish_predictions(host);
         if self.engine.expire(now) {
             self.loads_dirty = true;
         }
@@ -945,7 +946,8 @@ impl Vm {
                 }
             }
         };
-        self.engine.publish_predictions(host);
+        let period = self.engine.cfg.gateway.sync_interval_ms;
+        self.engine.publish_predictions_if_due(host, now, period);
         self.metrics.export(host, &self.engine.counters);
         match &outcome {
             Outcome::Route(r) => {
