@@ -151,22 +151,30 @@ impl std::io::Read for VmConfigReader {
     }
 
     /// The rest in one host call: the host writes it into a buffer of the exact size, which
-    /// becomes `buf` when `buf` is empty (no copy, no growing buffer).
+    /// becomes `buf` when `buf` is empty (no copy, no growing buffer). Asks again only if the
+    /// host filled the whole request.
     fn read_to_end(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        let rest = hostcalls::get_buffer(BufferType::VmConfiguration, self.offset, REST)
-            .map_err(|e| std::io::Error::other(format!("vm configuration: {e:?}")))?
-            .unwrap_or_default();
-        let n = rest.len();
-        self.offset += n;
-        if buf.is_empty() {
-            *buf = rest;
-        } else {
-            buf.extend_from_slice(&rest);
+        let mut total = 0;
+        loop {
+            let rest = hostcalls::get_buffer(BufferType::VmConfiguration, self.offset, REST)
+                .map_err(|e| std::io::Error::other(format!("vm configuration: {e:?}")))?
+                .unwrap_or_default();
+            let n = rest.len();
+            self.offset += n;
+            total += n;
+            if buf.is_empty() {
+                *buf = rest;
+            } else {
+                buf.extend_from_slice(&rest);
+            }
+            if n < REST {
+                return Ok(total);
+            }
         }
-        Ok(n)
     }
 }
 
-/// The most bytes asked for by one `read_to_end` (more than any VM configuration; small
-/// enough that offset + length cannot overflow the host's 32-bit arithmetic).
+/// The most bytes asked for by one host call of `read_to_end` (more than any VM
+/// configuration; small enough that offset + length cannot overflow the host's 32-bit
+/// arithmetic).
 const REST: usize = 1 << 30;
