@@ -39,11 +39,11 @@ impl Engine {
         // Numbers stay consecutive: a batch that could not be stored is dropped without
         // using its number (readers stop at the first number they cannot find).
         let seq = self.predictions_published + 1;
-        let batch = std::mem::take(&mut self.predictions_out);
-        if postcard::to_allocvec(&batch).is_ok_and(|bytes| ring.write(host, seq, &bytes)) {
+        if postcard::to_allocvec(&self.predictions_out)
+            .is_ok_and(|bytes| ring.write(host, seq, &bytes))
+        {
             self.predictions_published = seq;
         }
-        self.predictions_out = batch;
         self.predictions_out.clear();
     }
 

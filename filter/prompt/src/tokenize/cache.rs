@@ -137,11 +137,11 @@ impl Seen {
 
     /// Records `text` as seen; returns whether it had been seen before.
     fn sighted(&mut self, text: &str) -> bool {
-        let h = xxhash_rust::xxh3::xxh3_64(text.as_bytes()) | 1; // 0 marks an empty slot
         let n = self.slots.len();
         if n == 0 {
             return false;
         }
+        let h = xxhash_rust::xxh3::xxh3_64(text.as_bytes()) | 1; // 0 marks an empty slot
         match self.slots.get_mut((h as usize) & (n - 1)) {
             Some(slot) if *slot == h => true,
             Some(slot) => {
