@@ -17,7 +17,12 @@
 //!   16-bit count of quanta from a moving base. A histogram of rows per expiry time
 //!   says when something is due and, when the table is full, below which time the
 //!   oldest rows lie; expiring or pruning is then one sweep over the table. Pruning
-//!   sweeps once per `max × (1 − prune target ratio)` new rows. The filter records and
+//!   sweeps once per `max × (1 − prune target ratio)` new rows. One expiry quantum
+//!   often holds more rows than a prune drops; the equally old rows that go are those
+//!   whose hash falls in the lowest tie buckets (a mix of all its bits), so they are
+//!   spread over the whole table. Taking them in table order instead would empty the
+//!   low end and leave the high end crowded past the home positions: inserts there
+//!   then shift runs of hundreds of thousands of rows (seconds per request at the cap). The filter records and
 //!   queries lazily (`record_lazily`, `overlap_at` skip expired rows without sweeping)
 //!   and sweeps expired rows from its tick once they are an eighth of the table, so no
 //!   request waits for an expiry sweep.
@@ -43,6 +48,20 @@ const LOAD_DEN: usize = 10;
 const MIN_HOMES: usize = 64;
 /// Below this many rows a sweep is cheap: expiry sweeps whenever something is due.
 const SMALL_TABLE: u64 = 4096;
+/// Tie buckets of a prune (see [`tie_bucket`]).
+const TIE_BUCKETS: usize = 1024;
+
+/// The tie bucket of a sequence hash, `0..TIE_BUCKETS`: the top bits of a mix of all its
+/// bits (MurmurHash3's finaliser), independent of the row's place in the table.
+fn tie_bucket(key: u64) -> usize {
+    let mut k = key;
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^= k >> 33;
+    (k >> (64 - TIE_BUCKETS.ilog2())) as usize
+}
 
 fn pack(until: u16, slot: u16) -> u32 {
     (u32::from(until) << 16) | u32::from(slot)
@@ -168,10 +187,15 @@ impl Table {
         }
     }
 
-    /// Keeps the rows whose meta passes `keep`, in one forward pass, calling
-    /// `dropped(hash, meta)` for the others. Rows after a dropped one slide left until
-    /// the next empty row; everywhere else only the metas are read.
-    fn retain(&mut self, mut keep: impl FnMut(u32) -> bool, mut dropped: impl FnMut(u64, u32)) {
+    /// Keeps the rows whose (hash, meta) pass `keep` (the hash is asked for only when
+    /// `needs_key` says so for the meta), in one forward pass, calling `dropped(hash, meta)`
+    /// for the others. Rows after a dropped one slide left until the next empty row.
+    fn retain(
+        &mut self,
+        needs_key: impl Fn(u32) -> bool,
+        mut keep: impl FnMut(u64, u32) -> bool,
+        mut dropped: impl FnMut(u64, u32),
+    ) {
         // First position the next kept row may take.
         let mut write = 0usize;
         // A row was dropped since the last empty row, so kept rows may move.
@@ -192,7 +216,12 @@ impl Table {
                 continue;
             }
             let key = || self.keys.get(read).copied().unwrap_or(0);
-            if !keep(meta) {
+            let kept = if needs_key(meta) {
+                keep(key(), meta)
+            } else {
+                keep(0, meta)
+            };
+            if !kept {
                 let k = key();
                 dropped(k, meta);
                 if let Some(m) = self.meta.get_mut(read) {
@@ -503,7 +532,8 @@ impl ApproxIndex {
         };
         let by_until = &mut self.by_until;
         self.table.retain(
-            |meta| u32::from(slot_of(meta)) != slot,
+            |_| false,
+            |_, meta| u32::from(slot_of(meta)) != slot,
             |_, meta| {
                 let u = until_of(meta);
                 if let Some(n) = by_until.get_mut(&u) {
@@ -651,24 +681,60 @@ impl ApproxIndex {
         self.sweep(below, ties, deltas);
     }
 
-    /// Drops every row that expires before `below` (stored units) and the first `ties`
-    /// rows, in table order, that expire at `below`.
-    fn sweep(&mut self, below: u32, mut ties: usize, deltas: &mut Deltas<'_>) {
+    /// Where `ties` of the rows expiring at `below` are cut: every such row in a tie bucket
+    /// below the first number goes, and the first rows (in table order) of that bucket,
+    /// as many as the second number.
+    fn tie_cut(&self, below: u32, ties: usize) -> (usize, usize) {
+        let mut per_bucket = vec![0usize; TIE_BUCKETS];
+        for (key, meta) in self.table.keys.iter().zip(&self.table.meta) {
+            if slot_of(*meta) != EMPTY && u32::from(until_of(*meta)) == below {
+                if let Some(n) = per_bucket.get_mut(tie_bucket(*key)) {
+                    *n += 1;
+                }
+            }
+        }
+        let mut before = 0usize;
+        for (bucket, n) in per_bucket.iter().enumerate() {
+            if before + n >= ties {
+                return (bucket, ties - before);
+            }
+            before += n;
+        }
+        // Fewer rows than asked for (cannot happen with consistent counts): all of them.
+        (TIE_BUCKETS, 0)
+    }
+
+    /// Drops every row that expires before `below` (stored units) and `ties` of the rows
+    /// that expire at `below`, the lowest by (tie bucket, table order).
+    fn sweep(&mut self, below: u32, ties: usize, deltas: &mut Deltas<'_>) {
+        let (cut, mut rest) = if ties > 0 {
+            self.tie_cut(below, ties)
+        } else {
+            (0, 0)
+        };
         let slots = &self.slots;
         let counts = &mut self.counts;
         let mut tied = 0u32;
-        let keep = |meta: u32| {
+        let at_below = |meta: u32| ties > 0 && u32::from(until_of(meta)) == below;
+        let keep = |key: u64, meta: u32| {
             let u = u32::from(until_of(meta));
             if u > below || (u == below && ties == 0) {
                 return true;
             }
             if u == below {
-                ties -= 1;
+                let bucket = tie_bucket(key);
+                let goes = bucket < cut || (bucket == cut && rest > 0);
+                if !goes {
+                    return true;
+                }
+                if bucket == cut {
+                    rest -= 1;
+                }
                 tied += 1;
             }
             false
         };
-        self.table.retain(keep, |key, meta| {
+        self.table.retain(at_below, keep, |key, meta| {
             let slot = slot_of(meta);
             if let Some(c) = counts.get_mut(usize::from(slot)) {
                 *c = c.saturating_sub(1);

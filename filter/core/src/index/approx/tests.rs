@@ -122,12 +122,15 @@ fn bounded_size_drops_oldest() {
 
 #[test]
 fn a_full_index_prunes_to_the_target_ratio() {
-    let mut a = ApproxIndex::new(10_000_000, 100);
+    // A TTL of 2^24 - 1 ms has a quantum of 2^17 ms: one record per quantum, each older
+    // than the next.
+    let mut a = ApproxIndex::new((1 << 24) - 1, 100);
+    let q = a.quantum_ms();
     for t in 0..100u64 {
-        a.record(w(t % 3), &[t], t * 1000);
+        a.record(w(t % 3), &[t], t * q);
     }
     assert_eq!(a.index().entries(), 100);
-    let d = a.record(w(0), &[1000], 200_000);
+    let d = a.record(w(0), &[1000], 100 * q);
     // Down to 80, then the new one: the 20 oldest go.
     let removed: Vec<u64> = d
         .iter()
@@ -277,11 +280,15 @@ impl Reference {
                 continue;
             }
             if self.pairs.len() >= self.max {
-                let mut order: Vec<(u64, (u64, u32))> =
-                    self.pairs.iter().map(|(k, (_, u))| (*u, *k)).collect();
+                // Oldest first; equally old ones by tie bucket, then hash and slot.
+                let mut order: Vec<(u64, usize, (u64, u32))> = self
+                    .pairs
+                    .iter()
+                    .map(|(k, (_, u))| (*u, tie_bucket(k.0), *k))
+                    .collect();
                 order.sort();
                 let n = self.pairs.len() - self.prune_to;
-                let gone: Vec<(u64, u32)> = order[..n].iter().map(|(_, k)| *k).collect();
+                let gone: Vec<(u64, u32)> = order[..n].iter().map(|(_, _, k)| *k).collect();
                 d.extend(self.take(&gone));
             }
             self.pairs.insert((s, slot), (worker, until));
@@ -427,4 +434,32 @@ proptest! {
             prop_assert_eq!(&mirrored, &want);
         }
     }
+}
+
+#[test]
+fn pruning_equally_old_rows_keeps_the_table_evenly_filled() {
+    // Every record in one expiry quantum, five times the cap: each prune drops a share of
+    // equally old rows. The table stays evenly filled, so no insert shifts a long run.
+    let mut a = ApproxIndex::new(120_000, 10_000);
+    let mut x = 1u64;
+    for r in 0..400u64 {
+        let seq: Vec<u64> = (0..128)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                x ^ (x >> 29)
+            })
+            .collect();
+        a.record_lazily(w(r % 4), &seq, 0);
+    }
+    assert!(a.index().entries() <= 10_000);
+    let mut longest = 0usize;
+    let mut run = 0usize;
+    for meta in &a.table.meta {
+        run = if slot_of(*meta) == EMPTY { 0 } else { run + 1 };
+        longest = longest.max(run);
+    }
+    println!("longest run {longest} of {} rows", a.table.meta.len());
+    assert!(longest < 400, "longest run of occupied rows: {longest}");
 }
