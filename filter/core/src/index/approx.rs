@@ -22,10 +22,10 @@
 //!   whose hash falls in the lowest tie buckets (a mix of all its bits), so they are
 //!   spread over the whole table. Taking them in table order instead would empty the
 //!   low end and leave the high end crowded past the home positions: inserts there
-//!   then shift runs of hundreds of thousands of rows (seconds per request at the cap). The filter records and
-//!   queries lazily (`record_lazily`, `overlap_at` skip expired rows without sweeping)
-//!   and sweeps expired rows from its tick once they are an eighth of the table, so no
-//!   request waits for an expiry sweep.
+//!   then shift runs of hundreds of thousands of rows (seconds per request at the cap).
+//!   The filter records and queries lazily (`record_lazily`, `overlap_at` skip expired
+//!   rows without sweeping) and sweeps expired rows from its tick once they are an
+//!   eighth of the table, so no request waits for an expiry sweep.
 
 use super::prefix::OverlapScores;
 use super::slots::{SlotSet, SlotTable};
@@ -73,6 +73,19 @@ fn slot_of(meta: u32) -> u16 {
 
 fn until_of(meta: u32) -> u16 {
     (meta >> 16) as u16
+}
+
+/// The hash of one row of a [`Table`], read when asked for.
+#[derive(Debug, Clone, Copy)]
+struct RowKey<'a> {
+    keys: &'a [u64],
+    row: usize,
+}
+
+impl RowKey<'_> {
+    fn get(&self) -> u64 {
+        self.keys.get(self.row).copied().unwrap_or(0)
+    }
 }
 
 /// Rows sorted by (sequence hash, slot) in a linear-probing layout (see the module doc).
@@ -187,13 +200,12 @@ impl Table {
         }
     }
 
-    /// Keeps the rows whose (hash, meta) pass `keep` (the hash is asked for only when
-    /// `needs_key` says so for the meta), in one forward pass, calling `dropped(hash, meta)`
-    /// for the others. Rows after a dropped one slide left until the next empty row.
+    /// Keeps the rows that pass `keep(meta, hash)` (the hash is read only if `keep` asks
+    /// for it), in one forward pass, calling `dropped(hash, meta)` for the others. Rows
+    /// after a dropped one slide left until the next empty row.
     fn retain(
         &mut self,
-        needs_key: impl Fn(u32) -> bool,
-        mut keep: impl FnMut(u64, u32) -> bool,
+        mut keep: impl FnMut(u32, RowKey<'_>) -> bool,
         mut dropped: impl FnMut(u64, u32),
     ) {
         // First position the next kept row may take.
@@ -215,14 +227,12 @@ impl Table {
                 write = read + 1;
                 continue;
             }
-            let key = || self.keys.get(read).copied().unwrap_or(0);
-            let kept = if needs_key(meta) {
-                keep(key(), meta)
-            } else {
-                keep(0, meta)
+            let key = RowKey {
+                keys: &self.keys,
+                row: read,
             };
-            if !kept {
-                let k = key();
+            if !keep(meta, key) {
+                let k = key.get();
                 dropped(k, meta);
                 if let Some(m) = self.meta.get_mut(read) {
                     *m = EMPTY_ROW;
@@ -239,7 +249,7 @@ impl Table {
                 continue;
             }
             if let Some(p) = pending.take() {
-                if key() != p {
+                if key.get() != p {
                     self.distinct -= 1;
                 }
             }
@@ -247,7 +257,7 @@ impl Table {
                 write = read + 1;
                 continue;
             }
-            let k = key();
+            let k = key.get();
             let to = self.home(k).max(write);
             if to != read {
                 if let Some(m) = self.meta.get_mut(read) {
@@ -532,8 +542,7 @@ impl ApproxIndex {
         };
         let by_until = &mut self.by_until;
         self.table.retain(
-            |_| false,
-            |_, meta| u32::from(slot_of(meta)) != slot,
+            |meta, _| u32::from(slot_of(meta)) != slot,
             |_, meta| {
                 let u = until_of(meta);
                 if let Some(n) = by_until.get_mut(&u) {
@@ -715,14 +724,13 @@ impl ApproxIndex {
         let slots = &self.slots;
         let counts = &mut self.counts;
         let mut tied = 0u32;
-        let at_below = |meta: u32| ties > 0 && u32::from(until_of(meta)) == below;
-        let keep = |key: u64, meta: u32| {
+        let keep = |meta: u32, key: RowKey<'_>| {
             let u = u32::from(until_of(meta));
             if u > below || (u == below && ties == 0) {
                 return true;
             }
             if u == below {
-                let bucket = tie_bucket(key);
+                let bucket = tie_bucket(key.get());
                 let goes = bucket < cut || (bucket == cut && rest > 0);
                 if !goes {
                     return true;
@@ -734,7 +742,7 @@ impl ApproxIndex {
             }
             false
         };
-        self.table.retain(at_below, keep, |key, meta| {
+        self.table.retain(keep, |key, meta| {
             let slot = slot_of(meta);
             if let Some(c) = counts.get_mut(usize::from(slot)) {
                 *c = c.saturating_sub(1);
