@@ -12,6 +12,12 @@
 //!   the whole table is sorted: a lookup starts at the home and scans forward past
 //!   smaller hashes, the holders of one block are adjacent rows, and removing many rows
 //!   at once is one forward pass that slides the kept rows left.
+//! * A large table is split by the top bits of the hash into shards of at most 16,384
+//!   home positions, each such a table over its share of the hashes (in hash order,
+//!   shard after shard), growing on its own. Wasm memory never shrinks, and a VM's
+//!   model load leaves megabytes of scattered free space behind: shards of ~100 KiB are
+//!   placed in it, where one 9 MiB array (and its predecessor, alive while a doubling
+//!   copies it) would land on top of the VM's memory and grow it.
 //! * Expiry times are rounded up to a quantum (a power of two ≤ TTL/64 ms, so a
 //!   prediction lives at most 1/64 of the TTL longer than asked) and stored as a
 //!   16-bit count of quanta from a moving base. A histogram of rows per expiry time
@@ -50,6 +56,13 @@ const MIN_HOMES: usize = 64;
 const SMALL_TABLE: u64 = 4096;
 /// Tie buckets of a prune (see [`tie_bucket`]).
 const TIE_BUCKETS: usize = 1024;
+/// Home positions of a shard at the cap: the table has as many shards as it needs to
+/// keep each this size or smaller (at most [`MAX_SHARDS`]).
+const SHARD_HOMES: usize = 16_384;
+/// Most shards of one table.
+const MAX_SHARDS: usize = 1024;
+/// A shard's share of the cap is padded by 1/64 for the uneven spread of hashes over shards.
+const SHARD_SLACK_DEN: usize = 64;
 
 /// The tie bucket of a sequence hash, `0..TIE_BUCKETS`: the top bits of a mix of all its
 /// bits (MurmurHash3's finaliser), independent of the row's place in the table.
@@ -88,9 +101,21 @@ impl RowKey<'_> {
     }
 }
 
+/// The empty table a shard lookup falls back to (never used: every hash has a shard).
+static NO_ROWS: Table = Table {
+    shard_bits: 0,
+    homes: 0,
+    keys: Vec::new(),
+    meta: Vec::new(),
+    rows: 0,
+    distinct: 0,
+};
+
 /// Rows sorted by (sequence hash, slot) in a linear-probing layout (see the module doc).
 #[derive(Debug, Clone, Default)]
 struct Table {
+    /// Bits of the hash that chose this table's shard, shifted out before homing.
+    shard_bits: u32,
     /// Number of home positions (the rows may run on past them at the end).
     homes: usize,
     keys: Vec<u64>,
@@ -104,6 +129,7 @@ struct Table {
 
 impl Table {
     fn home(&self, key: u64) -> usize {
+        let key = key << self.shard_bits;
         // The top 32 bits suffice and keep the multiplication in 64 bits (wasm32 has
         // no 128-bit multiply). Non-decreasing in `key` either way.
         match u32::try_from(self.homes) {
@@ -296,6 +322,7 @@ impl Table {
         let old = std::mem::replace(
             self,
             Table {
+                shard_bits: self.shard_bits,
                 homes,
                 keys,
                 meta,
@@ -336,7 +363,12 @@ impl Deltas<'_> {
 /// Predicted cache contents with per-entry expiry.
 #[derive(Debug, Clone)]
 pub struct ApproxIndex {
-    table: Table,
+    /// The table's shards, in hash order.
+    shards: Vec<Table>,
+    /// log2 of the number of shards.
+    shard_bits: u32,
+    /// Rows of all shards.
+    rows: usize,
     slots: SlotTable,
     /// Rows per slot.
     counts: Vec<u64>,
@@ -348,7 +380,7 @@ pub struct ApproxIndex {
     ttl_ms: u64,
     max_entries: usize,
     prune_to: usize,
-    /// Home positions at the cap (the table grows no further).
+    /// Home positions of one shard at the cap (it grows no further).
     max_homes: usize,
 }
 
@@ -356,10 +388,42 @@ impl ApproxIndex {
     /// Predictions live `ttl_ms`; at most `max_entries` (worker, block) pairs are kept;
     /// a full index prunes the oldest down to [`DEFAULT_PRUNE_TARGET_RATIO`] of that.
     pub fn new(ttl_ms: u64, max_entries: usize) -> Self {
+        let max_entries = max_entries.max(1);
+        let shards = Self::homes_at_cap(max_entries)
+            .div_ceil(SHARD_HOMES)
+            .next_power_of_two()
+            .min(MAX_SHARDS);
+        Self::with_shards(ttl_ms, max_entries, shards)
+    }
+
+    fn homes_at_cap(max_entries: usize) -> usize {
+        max_entries
+            .saturating_mul(LOAD_DEN)
+            .div_ceil(LOAD_NUM)
+            .max(MIN_HOMES)
+    }
+
+    /// [`Self::new`] with `shards` shards (a power of two).
+    fn with_shards(ttl_ms: u64, max_entries: usize, shards: usize) -> Self {
         let quantum_ms = 1u64 << (ttl_ms / 64).max(1).ilog2();
         let max_entries = max_entries.max(1);
+        let shard_bits = shards.max(1).ilog2();
+        let homes = Self::homes_at_cap(max_entries);
+        let max_homes = if shard_bits == 0 {
+            homes
+        } else {
+            let share = homes >> shard_bits;
+            (share + share / SHARD_SLACK_DEN + 1).max(MIN_HOMES)
+        };
         let mut a = Self {
-            table: Table::default(),
+            shards: (0..1usize << shard_bits)
+                .map(|_| Table {
+                    shard_bits,
+                    ..Table::default()
+                })
+                .collect(),
+            shard_bits,
+            rows: 0,
             slots: SlotTable::default(),
             counts: Vec::new(),
             by_until: BTreeMap::new(),
@@ -368,13 +432,34 @@ impl ApproxIndex {
             ttl_ms,
             max_entries,
             prune_to: 0,
-            max_homes: max_entries
-                .saturating_mul(LOAD_DEN)
-                .div_ceil(LOAD_NUM)
-                .max(MIN_HOMES),
+            max_homes,
         };
         a.set_prune_target_ratio(DEFAULT_PRUNE_TARGET_RATIO);
         a
+    }
+
+    fn shard_of(&self, key: u64) -> usize {
+        if self.shard_bits == 0 {
+            0
+        } else {
+            (key >> (64 - self.shard_bits)) as usize
+        }
+    }
+
+    fn shard(&self, key: u64) -> &Table {
+        self.shards.get(self.shard_of(key)).unwrap_or(&NO_ROWS)
+    }
+
+    /// Keeps the rows of every shard that pass `keep` (see [`Table::retain`]).
+    fn retain(
+        &mut self,
+        mut keep: impl FnMut(u32, RowKey<'_>) -> bool,
+        mut dropped: impl FnMut(u64, u32),
+    ) {
+        for t in &mut self.shards {
+            t.retain(&mut keep, &mut dropped);
+        }
+        self.rows = self.shards.iter().map(|t| t.rows).sum();
     }
 
     /// Sets the share of the cap a full index prunes down to (Dynamo's
@@ -434,9 +519,10 @@ impl ApproxIndex {
         // call (one map update instead of one per block), and before a prune reads them.
         let (mut at_until, mut added) = (0u32, 0u64);
         for &seq in sequence {
-            let (mut i, found) = self.table.find(seq, slot);
+            let shard = self.shard_of(seq);
+            let (mut i, found) = self.shard(seq).find(seq, slot);
             if found {
-                let Some(meta) = self.table.meta.get_mut(i) else {
+                let Some(meta) = self.shards.get_mut(shard).and_then(|t| t.meta.get_mut(i)) else {
                     continue;
                 };
                 let old = until_of(*meta);
@@ -448,27 +534,32 @@ impl ApproxIndex {
                 continue;
             }
             let mut moved = false;
-            if self.table.rows >= self.max_entries {
+            if self.rows >= self.max_entries {
                 self.count_pending(until, &mut at_until, slot, &mut added);
                 self.prune(deltas);
                 moved = true;
             }
-            let crowded = (self.table.rows + 1) * LOAD_DEN > self.table.homes * LOAD_NUM;
-            if self.table.homes == 0 || (crowded && self.table.homes < self.max_homes) {
+            let max_homes = self.max_homes;
+            let Some(table) = self.shards.get_mut(shard) else {
+                continue;
+            };
+            let crowded = (table.rows + 1) * LOAD_DEN > table.homes * LOAD_NUM;
+            if table.homes == 0 || (crowded && table.homes < max_homes) {
                 // Doubling, but straight to the cap's size once the next doubling would pass
                 // it: the old and new arrays coexist while rows move, and Wasm memory keeps
-                // that peak (at most 1.5 × the final table instead of up to 2 ×).
-                let mut grown = (self.table.homes * 2).clamp(MIN_HOMES, self.max_homes);
-                if grown.saturating_mul(2) > self.max_homes {
-                    grown = self.max_homes;
+                // that peak (at most 1.5 × the final shard instead of up to 2 ×).
+                let mut grown = (table.homes * 2).clamp(MIN_HOMES, max_homes);
+                if grown.saturating_mul(2) > max_homes {
+                    grown = max_homes;
                 }
-                self.table.resize(grown);
+                table.resize(grown);
                 moved = true;
             }
             if moved {
-                i = self.table.find(seq, slot).0;
+                i = table.find(seq, slot).0;
             }
-            self.table.insert_at(i, seq, pack(until, slot));
+            table.insert_at(i, seq, pack(until, slot));
+            self.rows += 1;
             at_until += 1;
             added += 1;
             deltas.push(IndexDelta::Insert { worker, seq });
@@ -499,7 +590,7 @@ impl ApproxIndex {
             Ok(a) => self.by_until.range(..a).map(|(_, &n)| u64::from(n)).sum(),
             Err(_) => self.by_until.values().map(|&n| u64::from(n)).sum(),
         };
-        let rows = self.table.rows as u64;
+        let rows = self.rows as u64;
         if due == 0 || (rows >= SMALL_TABLE && due * 8 < rows) {
             return false;
         }
@@ -540,8 +631,8 @@ impl ApproxIndex {
         let Some(slot) = self.slots.get(&worker) else {
             return;
         };
-        let by_until = &mut self.by_until;
-        self.table.retain(
+        let mut by_until = std::mem::take(&mut self.by_until);
+        self.retain(
             |meta, _| u32::from(slot_of(meta)) != slot,
             |_, meta| {
                 let u = until_of(meta);
@@ -553,6 +644,7 @@ impl ApproxIndex {
                 }
             },
         );
+        self.by_until = by_until;
         if let Some(c) = self.counts.get_mut(slot as usize) {
             *c = 0;
         }
@@ -579,7 +671,7 @@ impl ApproxIndex {
             return out;
         };
         let mut alive = SlotSet::default();
-        for s in self.table.holders(first, alive_from) {
+        for s in self.holders(first, alive_from) {
             alive.insert(u32::from(s));
         }
         if alive.is_empty() {
@@ -588,7 +680,7 @@ impl ApproxIndex {
         let mut depth: u32 = 1;
         for &seq in iter {
             let mut next = SlotSet::default();
-            for s in self.table.holders(seq, alive_from) {
+            for s in self.holders(seq, alive_from) {
                 next.insert(u32::from(s));
             }
             let d = depth;
@@ -611,6 +703,11 @@ impl ApproxIndex {
             out.tree_sizes.insert(*k, self.worker_blocks(k));
         }
         out
+    }
+
+    /// The slots holding `key` whose stored expiry is at least `alive_from`.
+    fn holders(&self, key: u64, alive_from: u32) -> impl Iterator<Item = u16> + '_ {
+        self.shard(key).holders(key, alive_from)
     }
 
     /// A read-only view of the predicted index.
@@ -660,7 +757,7 @@ impl ApproxIndex {
             let below = (new_base - self.base).min(1 << 16) as u32;
             self.sweep(below, 0, deltas);
             let shift = (new_base - self.base) as u16;
-            for meta in self.table.meta.iter_mut() {
+            for meta in self.shards.iter_mut().flat_map(|t| t.meta.iter_mut()) {
                 if slot_of(*meta) != EMPTY {
                     *meta = pack(until_of(*meta).saturating_sub(shift), slot_of(*meta));
                 }
@@ -676,7 +773,7 @@ impl ApproxIndex {
 
     /// Makes room for one more pair: drops the oldest pairs down to the prune target.
     fn prune(&mut self, deltas: &mut Deltas<'_>) {
-        let mut need = self.table.rows.saturating_sub(self.prune_to) as u64;
+        let mut need = self.rows.saturating_sub(self.prune_to) as u64;
         let mut below = 1u32 << 16;
         let mut ties = 0usize;
         for (&u, &n) in &self.by_until {
@@ -695,7 +792,8 @@ impl ApproxIndex {
     /// as many as the second number.
     fn tie_cut(&self, below: u32, ties: usize) -> (usize, usize) {
         let mut per_bucket = vec![0usize; TIE_BUCKETS];
-        for (key, meta) in self.table.keys.iter().zip(&self.table.meta) {
+        let rows = self.shards.iter().flat_map(|t| t.keys.iter().zip(&t.meta));
+        for (key, meta) in rows {
             if slot_of(*meta) != EMPTY && u32::from(until_of(*meta)) == below {
                 if let Some(n) = per_bucket.get_mut(tie_bucket(*key)) {
                     *n += 1;
@@ -721,8 +819,8 @@ impl ApproxIndex {
         } else {
             (0, 0)
         };
-        let slots = &self.slots;
-        let counts = &mut self.counts;
+        let slots = std::mem::take(&mut self.slots);
+        let mut counts = std::mem::take(&mut self.counts);
         let mut tied = 0u32;
         let keep = |meta: u32, key: RowKey<'_>| {
             let u = u32::from(until_of(meta));
@@ -742,7 +840,7 @@ impl ApproxIndex {
             }
             false
         };
-        self.table.retain(keep, |key, meta| {
+        self.retain(keep, |key, meta| {
             let slot = slot_of(meta);
             if let Some(c) = counts.get_mut(usize::from(slot)) {
                 *c = c.saturating_sub(1);
@@ -751,6 +849,8 @@ impl ApproxIndex {
                 deltas.push(IndexDelta::Remove { worker, seq: key });
             }
         });
+        self.slots = slots;
+        self.counts = counts;
         self.by_until = match u16::try_from(below) {
             Ok(b) => self.by_until.split_off(&b),
             Err(_) => BTreeMap::new(),
@@ -771,23 +871,23 @@ pub struct ApproxView<'a> {
 impl ApproxView<'_> {
     /// Number of distinct sequence hashes predicted on some worker.
     pub fn len(&self) -> usize {
-        self.a.table.distinct
+        self.a.shards.iter().map(|t| t.distinct).sum()
     }
 
     /// Whether nothing is predicted.
     pub fn is_empty(&self) -> bool {
-        self.a.table.rows == 0
+        self.a.rows == 0
     }
 
     /// Total (worker, block) pairs.
     pub fn entries(&self) -> u64 {
-        self.a.table.rows as u64
+        self.a.rows as u64
     }
 
     /// Whether `worker` is predicted to hold `seq`.
     pub fn contains(&self, worker: &WorkerKey, seq: u64) -> bool {
         match self.a.slots.get(worker).map(u16::try_from) {
-            Some(Ok(slot)) => self.a.table.find(seq, slot).1,
+            Some(Ok(slot)) => self.a.shard(seq).find(seq, slot).1,
             _ => false,
         }
     }
@@ -809,9 +909,11 @@ impl ApproxView<'_> {
     /// Every predicted (worker, sequence hash) pair, ordered by hash.
     pub fn iter(&self) -> impl Iterator<Item = (WorkerKey, u64)> + '_ {
         let a = self.a;
-        (0..a.table.meta.len()).filter_map(move |i| {
-            let (key, meta) = a.table.row(i)?;
-            Some((a.slots.key(u32::from(slot_of(meta)))?, key))
+        a.shards.iter().flat_map(move |t| {
+            (0..t.meta.len()).filter_map(move |i| {
+                let (key, meta) = t.row(i)?;
+                Some((a.slots.key(u32::from(slot_of(meta)))?, key))
+            })
         })
     }
 }

@@ -228,7 +228,6 @@ fn months_of_uptime_move_the_time_base() {
 impl ApproxView<'_> {
     fn holders_of(&self, seq: u64) -> Vec<WorkerKey> {
         self.a
-            .table
             .holders(seq, 0)
             .filter_map(|s| self.a.slots.key(u32::from(s)))
             .collect()
@@ -362,8 +361,9 @@ proptest! {
         ratio in prop_oneof![Just(0.0f64), Just(0.5), Just(0.8), Just(1.0)],
         ops in prop::collection::vec(op(), 1..120),
         start in prop_oneof![Just(0u64), Just(1_780_000_000_000)],
+        shards in prop_oneof![Just(1usize), Just(2), Just(8)],
     ) {
-        let mut a = ApproxIndex::new(ttl, max);
+        let mut a = ApproxIndex::with_shards(ttl, max, shards);
         a.set_prune_target_ratio(ratio);
         let mut r = Reference {
             pairs: BTreeMap::new(),
@@ -436,6 +436,18 @@ proptest! {
     }
 }
 
+/// `n` pseudo-random block hashes (a 64-bit LCG with its high bits folded down), from `x` on.
+fn random_blocks(x: &mut u64, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|_| {
+            *x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            *x ^ (*x >> 29)
+        })
+        .collect()
+}
+
 #[test]
 fn pruning_equally_old_rows_keeps_the_table_evenly_filled() {
     // Every record in one expiry quantum, five times the cap: each prune drops a share of
@@ -443,23 +455,58 @@ fn pruning_equally_old_rows_keeps_the_table_evenly_filled() {
     let mut a = ApproxIndex::new(120_000, 10_000);
     let mut x = 1u64;
     for r in 0..400u64 {
-        let seq: Vec<u64> = (0..128)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                x ^ (x >> 29)
-            })
-            .collect();
+        let seq = random_blocks(&mut x, 128);
         a.record_lazily(w(r % 4), &seq, 0);
     }
     assert!(a.index().entries() <= 10_000);
     let mut longest = 0usize;
-    let mut run = 0usize;
-    for meta in &a.table.meta {
-        run = if slot_of(*meta) == EMPTY { 0 } else { run + 1 };
-        longest = longest.max(run);
+    for t in &a.shards {
+        let mut run = 0usize;
+        for meta in &t.meta {
+            run = if slot_of(*meta) == EMPTY { 0 } else { run + 1 };
+            longest = longest.max(run);
+        }
     }
-    println!("longest run {longest} of {} rows", a.table.meta.len());
+    println!(
+        "longest run {longest} of {} rows",
+        a.shards.iter().map(|t| t.meta.len()).sum::<usize>()
+    );
     assert!(longest < 400, "longest run of occupied rows: {longest}");
+}
+
+#[test]
+fn a_table_at_dynamo_s_cap_is_sharded_into_small_arrays() {
+    // Dynamo's default cap: 128 shards of at most SHARD_HOMES homes (plus slack), each
+    // allocated and grown on its own, so none needs megabytes of contiguous memory.
+    let mut a = ApproxIndex::new(120_000, 1 << 20);
+    assert_eq!(a.shards.len(), 128);
+    assert!(a.max_homes <= SHARD_HOMES + SHARD_HOMES / SHARD_SLACK_DEN + 1);
+    // A cap that fits one shard keeps one table.
+    assert_eq!(ApproxIndex::new(120_000, 10_000).shards.len(), 1);
+    let mut x = 1u64;
+    let (mut first, mut last) = (Vec::new(), Vec::new());
+    for r in 0..9_000u64 {
+        let seq = random_blocks(&mut x, 128);
+        if r == 0 {
+            first = seq.clone();
+        }
+        a.record_lazily(w(r % 4), &seq, r);
+        last = seq;
+    }
+    // Past the cap (1.15 M records): pruned to the target, every shard within its size,
+    // hashes in order across shards, the oldest record gone and the newest found whole.
+    let entries = a.index().entries() as usize;
+    assert!(
+        entries <= 1 << 20 && entries > (1 << 20) * 8 / 10,
+        "{entries}"
+    );
+    for t in &a.shards {
+        assert!(t.homes <= a.max_homes);
+        assert!(t.meta.len() < 2 * a.max_homes);
+    }
+    let hashes: Vec<u64> = a.index().iter().map(|(_, h)| h).collect();
+    assert_eq!(hashes.len(), entries);
+    assert!(hashes.windows(2).all(|p| p[0] <= p[1]));
+    assert_eq!(a.overlap(&first).of(&w(0)), 0);
+    assert_eq!(a.overlap(&last).of(&w(8_999 % 4)), 128);
 }
