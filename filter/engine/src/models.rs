@@ -4,7 +4,10 @@
 use crate::engine::Engine;
 pub use crate::engine::ModelState;
 pub use kvgate_core::sync::ModelFiles;
-use kvgate_prompt::{Limits, ModelPrompt, PromptError, PromptOptions};
+use kvgate_prompt::{
+    Limits, ModelPrompt, PromptError, PromptOptions, TokenizeError, TokenizerFile,
+};
+use std::ops::Range;
 
 /// A model's tokenizer or chat template could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,34 +81,52 @@ impl Engine {
 
     /// Loads model files (from the sidecar via shared data, or the VM configuration).
     pub fn load_model(&mut self, digest: &str, files: &ModelFiles) -> Result<(), ModelLoadError> {
-        self.load_model_parts(
+        self.load_model_in(
             digest,
             &files.name,
             files.block_size,
             &files.tokenizer_json,
+            0..files.tokenizer_json.len(),
             &files.tokenizer_config_json,
         )
     }
 
-    /// [`Engine::load_model`] from borrowed parts (read in place from shared data).
-    pub fn load_model_parts(
+    /// Loads a model whose tokenizer file is `source[tokenizer]`. A packed tokenizer is
+    /// unpacked, then `source` is dropped before the model's tables are built (the peak of
+    /// a load: Wasm memory keeps it), so a caller that hands over its buffer frees it there.
+    pub fn load_model_in(
         &mut self,
         digest: &str,
         name: &str,
         block_size: u32,
-        tokenizer_json: &[u8],
+        source: impl AsRef<[u8]>,
+        tokenizer: Range<usize>,
         tokenizer_config_json: &[u8],
     ) -> Result<(), ModelLoadError> {
         // The old pipeline is dropped first, so the new one can reuse its memory.
         self.models.remove(name);
-        let opts = self.prompt_options(block_size);
-        let prompt =
-            ModelPrompt::new(tokenizer_json, tokenizer_config_json, opts).map_err(|source| {
-                ModelLoadError {
-                    model: name.to_string(),
-                    source,
-                }
-            })?;
+        let fail = |source: PromptError| ModelLoadError {
+            model: name.to_string(),
+            source,
+        };
+        let bytes = source.as_ref().get(tokenizer).ok_or_else(|| {
+            fail(PromptError::Tokenize(TokenizeError::Load(
+                "the tokenizer lies outside its files".into(),
+            )))
+        })?;
+        let file = TokenizerFile::read(bytes).map_err(|e| fail(e.into()))?;
+        let prompt = match file {
+            TokenizerFile::Packed(unpacked) => {
+                drop(source);
+                self.build_prompt(
+                    TokenizerFile::Packed(unpacked),
+                    tokenizer_config_json,
+                    block_size,
+                )
+            }
+            json => self.build_prompt(json, tokenizer_config_json, block_size),
+        }
+        .map_err(fail)?;
         self.models.insert(
             name.to_string(),
             ModelState {
@@ -115,6 +136,19 @@ impl Engine {
             },
         );
         Ok(())
+    }
+
+    fn build_prompt(
+        &self,
+        tokenizer: TokenizerFile<'_>,
+        tokenizer_config_json: &[u8],
+        block_size: u32,
+    ) -> Result<ModelPrompt, PromptError> {
+        ModelPrompt::from_file(
+            tokenizer,
+            tokenizer_config_json,
+            self.prompt_options(block_size),
+        )
     }
 
     /// Moves this VM's models out, to hand them to another VM with [`Engine::adopt_models`]

@@ -147,6 +147,63 @@ fn routes_and_injects_exact_token_ids() {
 }
 
 #[test]
+fn a_packed_tokenizer_loads_from_inside_a_larger_buffer_and_a_bad_range_is_an_error() {
+    let f = files();
+    let packed = kvgate_prompt::pack_tokenizer(&f.tokenizer_json).unwrap();
+    // The packed tokenizer in the middle of a buffer (as in a postcard of the files).
+    let mut buf = b"head".to_vec();
+    buf.extend_from_slice(&packed);
+    buf.extend_from_slice(b"tail");
+    let mut e = static_engine("");
+    e.load_model_in(
+        "d2",
+        &f.name,
+        16,
+        buf.clone(),
+        4..4 + packed.len(),
+        &f.tokenizer_config_json,
+    )
+    .unwrap();
+    let Route { prompt_tokens, .. } = routed(decide(&mut e, 1, &long_chat("hello")));
+    let mut json = static_engine("");
+    let Route {
+        prompt_tokens: want,
+        ..
+    } = routed(decide(&mut json, 1, &long_chat("hello")));
+    assert_eq!(
+        prompt_tokens, want,
+        "packed and JSON tokenizers count alike"
+    );
+    // A range past the buffer, or one that cuts the pack short: the model is not loaded.
+    let err = e
+        .load_model_in(
+            "d3",
+            &f.name,
+            16,
+            buf.clone(),
+            4..buf.len() + 1,
+            &f.tokenizer_config_json,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains(&f.name), "{err}");
+    assert!(e
+        .load_model_in(
+            "d3",
+            &f.name,
+            16,
+            buf,
+            4..packed.len(),
+            &f.tokenizer_config_json
+        )
+        .is_err());
+    assert!(e
+        .models
+        .get(&f.name)
+        .and_then(|m| m.prompt.as_ref())
+        .is_none());
+}
+
+#[test]
 fn repeated_prefix_goes_to_the_same_worker_in_approximate_mode() {
     let mut e = static_engine("");
     let first = decide(&mut e, 1, &long_chat("first question"));

@@ -395,7 +395,7 @@ impl Vm {
         let result = if digest == VM_CONFIG_DIGEST {
             match self.vm_config.model_files(name) {
                 Ok(Some(files)) => self
-                    .load_model(host, &digest, &files)
+                    .load_model(host, &digest, files)
                     .map_err(|e| e.to_string()),
                 Ok(None) => Err(format!("model {name} is not in the VM configuration")),
                 Err(e) => Err(e.to_string()),
@@ -404,7 +404,7 @@ impl Vm {
             let Some((bytes, _)) = host.shared_get(&shared::model_key(name, &digest)) else {
                 return false;
             };
-            self.load_model_bytes(host, &digest, &bytes)
+            self.load_model_bytes(host, &digest, Cow::Owned(bytes))
         };
         self.model_waits.model_done(name);
         match result {
@@ -417,26 +417,27 @@ impl Vm {
         }
     }
 
-    /// Loads a model from its postcard [`ModelFiles`], read in place.
+    /// Loads a model from its postcard [`ModelFiles`], read in place (an owned buffer is
+    /// freed once a packed tokenizer is unpacked, before the model is built).
     fn load_model_bytes(
         &mut self,
         host: &dyn Host,
         digest: &str,
-        bytes: &[u8],
+        bytes: Cow<'_, [u8]>,
     ) -> Result<(), String> {
         let files: ModelFilesRef<'_> =
-            postcard::from_bytes(bytes).map_err(|e| format!("bad model files: {e}"))?;
+            postcard::from_bytes(&bytes).map_err(|e| format!("bad model files: {e}"))?;
+        let name = files.name.to_string();
+        let block_size = files.block_size;
+        let config = files.tokenizer_config_json.to_vec();
+        // Where the tokenizer lies in the buffer (postcard borrows it from there).
+        let at = (files.tokenizer_json.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+        let tokenizer = at..at.saturating_add(files.tokenizer_json.len());
         let start = Instant::now();
         self.engine
-            .load_model_parts(
-                digest,
-                files.name,
-                files.block_size,
-                files.tokenizer_json,
-                files.tokenizer_config_json,
-            )
+            .load_model_in(digest, &name, block_size, bytes, tokenizer, &config)
             .map_err(|e| e.to_string())?;
-        self.loaded(host, files.name, start);
+        self.loaded(host, &name, start);
         Ok(())
     }
 
@@ -462,15 +463,30 @@ impl Vm {
         }
     }
 
+    /// Loads model files it owns (the tokenizer's bytes are freed as soon as they can be).
     fn load_model(
         &mut self,
         host: &dyn Host,
         digest: &str,
-        files: &ModelFiles,
+        files: ModelFiles,
     ) -> Result<(), ModelLoadError> {
         let start = Instant::now();
-        self.engine.load_model(digest, files)?;
-        self.loaded(host, &files.name, start);
+        let ModelFiles {
+            name,
+            block_size,
+            tokenizer_json,
+            tokenizer_config_json,
+        } = files;
+        let tokenizer = 0..tokenizer_json.len();
+        self.engine.load_model_in(
+            digest,
+            &name,
+            block_size,
+            tokenizer_json,
+            tokenizer,
+            &tokenizer_config_json,
+        )?;
+        self.loaded(host, &name, start);
         Ok(())
     }
 
@@ -762,14 +778,20 @@ impl Vm {
             }
             Pending::Book(_) => {}
             Pending::Model { name, digest } => {
-                let _ = host.shared_set(&shared::model_key(&name, &digest), resp.body, None);
+                let stored = host
+                    .shared_set(&shared::model_key(&name, &digest), resp.body, None)
+                    .is_ok();
                 let wanted = self
                     .engine
                     .models
                     .get(&name)
                     .is_some_and(|m| m.digest == digest && m.prompt.is_none());
-                if wanted {
-                    if let Err(e) = self.load_model_bytes(host, &digest, resp.body) {
+                // Stored, the files are loaded from shared data when this VM next needs
+                // them (its parked requests, decided once the host has let go of this
+                // response, or its next tick): from its own copy, which it frees before
+                // the model is built, where the host's copy of the response stays to the end.
+                if wanted && !stored {
+                    if let Err(e) = self.load_model_bytes(host, &digest, Cow::Borrowed(resp.body)) {
                         host.log(Level::Error, &format!("kvgate: {name}: {e}"));
                         self.failed_models.push((name.clone(), digest));
                     }

@@ -23,7 +23,7 @@ pub use request::{Endpoint, Limits, Request, RequestError};
 pub use template::{ChatTemplate, ContentFormat, TemplateError, TemplateOptions, ToolsCacheStats};
 pub use tokenize::{
     canonical_json, is_packed, pack_tokenizer, CacheConfig, CacheStats, EncodeOptions,
-    PromptTokenizer, TokenizeError,
+    PromptTokenizer, TokenizeError, TokenizerFile, Unpacked,
 };
 
 use serde_json::{Map, Value};
@@ -182,9 +182,22 @@ impl ModelPrompt {
         tokenizer_config_json: &[u8],
         options: PromptOptions,
     ) -> Result<Self, PromptError> {
+        Self::from_file(
+            TokenizerFile::read(tokenizer_json)?,
+            tokenizer_config_json,
+            options,
+        )
+    }
+
+    /// [`ModelPrompt::new`] from a tokenizer file already read (whose bytes may be gone).
+    pub fn from_file(
+        tokenizer: TokenizerFile<'_>,
+        tokenizer_config_json: &[u8],
+        options: PromptOptions,
+    ) -> Result<Self, PromptError> {
         let template =
             ChatTemplate::from_tokenizer_config(tokenizer_config_json, &options.template)?;
-        let tokenizer = PromptTokenizer::from_bytes(tokenizer_json, options.cache)?;
+        let tokenizer = PromptTokenizer::from_staged(tokenizer, options.cache)?;
         Ok(Self::from_parts(template, tokenizer, options))
     }
 

@@ -83,6 +83,8 @@ impl Context for Root {
             vm.on_response(&ProxyHost, token, resp);
             vm.take_decidable()
         };
+        // Before deciding: a decision may load a model, and memory freed now is reused there.
+        drop(body);
         if !ready.is_empty() {
             self.decide_parked(ready);
         }

@@ -435,6 +435,9 @@ fn model_files_are_fetched_once_shared_and_loaded_by_every_vm() {
     assert!(h1.take_calls().is_empty(), "one fetch per model in flight");
     let bytes = postcard::to_allocvec(&files()).unwrap();
     a.on_response(&h1, fetch.id, ok(&bytes));
+    // Stored in shared data; loaded from there when the VM next needs it (a tick here).
+    assert!(h1.take_calls().is_empty());
+    a.on_tick(&h1);
     assert!(a.engine.missing_models().is_empty());
     assert_eq!(h1.histogram("kvgate.model_load_ms").len(), 1);
     // The other VM loads from shared data on its next tick, without a call.

@@ -28,7 +28,7 @@ mod pack;
 mod split;
 
 pub use cache::{CacheConfig, CacheStats};
-pub use pack::{is_packed, pack as pack_tokenizer};
+pub use pack::{is_packed, pack as pack_tokenizer, Unpacked};
 pub use split::SegmentationOff;
 
 use cache::SegmentCache;
@@ -118,6 +118,28 @@ impl Encoded {
     }
 }
 
+/// A tokenizer file as far as it can be read without building the model: a packed one
+/// into owned tables (its bytes can be freed before the build, the peak of a load), a
+/// `tokenizer.json` not at all.
+#[derive(Debug)]
+pub enum TokenizerFile<'a> {
+    /// A packed tokenizer ([`pack_tokenizer`]), unpacked.
+    Packed(Unpacked),
+    /// A `tokenizer.json`.
+    Json(&'a [u8]),
+}
+
+impl<'a> TokenizerFile<'a> {
+    /// Reads `bytes`: unpacks a packed tokenizer, keeps a `tokenizer.json` as it is.
+    pub fn read(bytes: &'a [u8]) -> Result<Self, TokenizeError> {
+        if is_packed(bytes) {
+            pack::unpack(bytes).map(Self::Packed)
+        } else {
+            Ok(Self::Json(bytes))
+        }
+    }
+}
+
 /// A loaded tokenizer with its added-token splitter and segment cache (one per Envoy VM).
 pub struct PromptTokenizer {
     tokenizer: PipelineTokenizer,
@@ -148,10 +170,14 @@ impl PromptTokenizer {
     /// older, or its packed form ([`pack_tokenizer`]). Truncation and padding configured in the file are ignored: the cap is applied
     /// here, and padding would add ids the worker never sees.
     pub fn from_bytes(tokenizer_json: &[u8], cache: CacheConfig) -> Result<Self, TokenizeError> {
-        let tokenizer = if is_packed(tokenizer_json) {
-            pack::load(tokenizer_json)?
-        } else {
-            Self::read_json(tokenizer_json)?
+        Self::from_staged(TokenizerFile::read(tokenizer_json)?, cache)
+    }
+
+    /// Loads a tokenizer file read with [`TokenizerFile::read`].
+    pub fn from_staged(file: TokenizerFile<'_>, cache: CacheConfig) -> Result<Self, TokenizeError> {
+        let tokenizer = match file {
+            TokenizerFile::Packed(p) => p.build()?,
+            TokenizerFile::Json(json) => Self::read_json(json)?,
         };
         Self::from_pipeline(tokenizer, cache)
     }

@@ -180,6 +180,30 @@ impl<'a> Reader<'a> {
 
 /// Builds the pipeline of a packed tokenizer.
 pub fn load(bytes: &[u8]) -> Result<PipelineTokenizer, TokenizeError> {
+    unpack(bytes)?.build()
+}
+
+/// A packed tokenizer read into owned tables, its model not built yet: whoever holds the
+/// packed bytes can free them before [`Unpacked::build`], the peak of a load (building the
+/// model's tables takes about twice what the model then holds).
+pub struct Unpacked {
+    frame: PipelineTokenizer,
+    doc: Value,
+    vocab: Vocab,
+    merges: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Unpacked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unpacked")
+            .field("vocab", &self.vocab.len())
+            .field("merges", &self.merges.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a packed tokenizer's frame and tables (see [`Unpacked`]).
+pub fn unpack(bytes: &[u8]) -> Result<Unpacked, TokenizeError> {
     let mut r = Reader { bytes, at: 0 };
     if r.take(MAGIC.len())? != MAGIC {
         return Err(bad("not a packed tokenizer"));
@@ -189,7 +213,6 @@ pub fn load(bytes: &[u8]) -> Result<PipelineTokenizer, TokenizeError> {
     // rebuilt below against the full vocabulary.
     let frame = tokenizers::from_json(frame_text).map_err(bad)?;
     let doc: Value = serde_json::from_str(frame_text).map_err(bad)?;
-    let cfg = doc.get("model").ok_or_else(|| bad("no model"))?;
 
     let n = r.len()?;
     let mut vocab = Vocab::default();
@@ -229,29 +252,46 @@ pub fn load(bytes: &[u8]) -> Result<PipelineTokenizer, TokenizeError> {
         let (a, b) = (r.u32()?, r.u32()?);
         merges.push((text_of(a)?, text_of(b)?));
     }
-    drop(spans);
+    Ok(Unpacked {
+        frame,
+        doc,
+        vocab,
+        merges,
+    })
+}
 
-    let normalizers: Vec<PipelineNormalizer> = frame
-        .get_normalizers()
-        .iter()
-        .map(clone_normalizer)
-        .collect();
-    let added = added_vocabulary(&doc, &normalizers, &vocab)?;
-    let model = PipelineBPE::from_config(bpe_config(cfg, vocab, merges)?).map_err(bad)?;
-    Ok(PipelineTokenizer::from_parts(
-        added,
-        normalizers,
-        frame.get_pre_tokenizer().clone(),
-        PipelineModel::BPE(model),
-        PipelinePostProcessor {
-            single: frame.get_post_processor().single.clone(),
-            pair: frame.get_post_processor().pair.clone(),
-        },
-        frame.get_decoder().cloned(),
-        frame.get_role_to_token().clone(),
-        frame.get_padding().cloned(),
-        frame.get_truncation().cloned(),
-    ))
+impl Unpacked {
+    /// Builds the pipeline, as the JSON reader builds it.
+    pub fn build(self) -> Result<PipelineTokenizer, TokenizeError> {
+        let Unpacked {
+            frame,
+            doc,
+            vocab,
+            merges,
+        } = self;
+        let cfg = doc.get("model").ok_or_else(|| bad("no model"))?;
+        let normalizers: Vec<PipelineNormalizer> = frame
+            .get_normalizers()
+            .iter()
+            .map(clone_normalizer)
+            .collect();
+        let added = added_vocabulary(&doc, &normalizers, &vocab)?;
+        let model = PipelineBPE::from_config(bpe_config(cfg, vocab, merges)?).map_err(bad)?;
+        Ok(PipelineTokenizer::from_parts(
+            added,
+            normalizers,
+            frame.get_pre_tokenizer().clone(),
+            PipelineModel::BPE(model),
+            PipelinePostProcessor {
+                single: frame.get_post_processor().single.clone(),
+                pair: frame.get_post_processor().pair.clone(),
+            },
+            frame.get_decoder().cloned(),
+            frame.get_role_to_token().clone(),
+            frame.get_padding().cloned(),
+            frame.get_truncation().cloned(),
+        ))
+    }
 }
 
 /// The model's options as the canonical file states them (each left at its default unless
