@@ -3,8 +3,9 @@
 //! ShareGPT prompts, each with a new first line, routed to 4 static workers (approximate mode),
 //! the stream ended after each decision. Prints p50/p99 µs of the whole `Vm::decide`.
 //!
-//! `decision_bench MODEL_DIR SHAREGPT_JSON [REQUESTS]` (`MODEL_DIR` holds the Qwen3
-//! `tokenizer.json` and `tokenizer_config.json`).
+//! `decision_bench MODEL_DIR SHAREGPT_JSON [REQUESTS] [MESSAGES]` (`MODEL_DIR` holds the Qwen3
+//! `tokenizer.json` and `tokenizer_config.json`; MESSAGES ~2k-token messages per chat, roles
+//! alternating and ending with the user's, default 1: 8 is the overhead bench's 16k body).
 
 #![allow(clippy::indexing_slicing)]
 
@@ -24,6 +25,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         return Err("usage: decision_bench MODEL_DIR SHAREGPT_JSON [REQUESTS]".into());
     };
     let requests: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(400);
+    let messages: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(1);
     let dir = std::path::Path::new(dir);
     let tokenizer = std::fs::read(dir.join("tokenizer.json"))?;
     let config = std::fs::read_to_string(dir.join("tokenizer_config.json"))?;
@@ -45,13 +47,23 @@ fn main() -> Result<(), Box<dyn Error>> {
         .collect();
     let mut next = 0usize;
     let mut body = |n: usize| {
-        let mut text = format!("[{n}] ");
-        while text.len() < 8800 {
-            text.push_str(texts[next % texts.len()]);
-            text.push_str("\n\n");
-            next += 1;
-        }
-        json!({"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 1})
+        let chat: Vec<Value> = (0..messages)
+            .map(|j| {
+                let mut text = format!("[{n}.{j}] ");
+                while text.len() < 8800 {
+                    text.push_str(texts[next % texts.len()]);
+                    text.push_str("\n\n");
+                    next += 1;
+                }
+                let role = if (messages - 1 - j) % 2 == 0 {
+                    "user"
+                } else {
+                    "assistant"
+                };
+                json!({"role": role, "content": text})
+            })
+            .collect();
+        json!({"model": MODEL, "messages": chat, "max_tokens": 1})
             .to_string()
             .into_bytes()
     };
