@@ -22,7 +22,7 @@ const MODEL: &str = "Qwen/Qwen3-0.6B";
 fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(dir), Some(sharegpt)) = (args.get(1), args.get(2)) else {
-        return Err("usage: decision_bench MODEL_DIR SHAREGPT_JSON [REQUESTS]".into());
+        return Err("usage: decision_bench MODEL_DIR SHAREGPT_JSON [REQUESTS] [MESSAGES]".into());
     };
     let requests: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(400);
     let messages: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(1);

@@ -360,6 +360,19 @@ impl Deltas<'_> {
     }
 }
 
+/// Keeps the rows of every shard that pass `keep` (see [`Table::retain`]); returns the rows
+/// left in all of them.
+fn retain_shards(
+    shards: &mut [Table],
+    mut keep: impl FnMut(u32, RowKey<'_>) -> bool,
+    mut dropped: impl FnMut(u64, u32),
+) -> usize {
+    for t in shards.iter_mut() {
+        t.retain(&mut keep, &mut dropped);
+    }
+    shards.iter().map(|t| t.rows).sum()
+}
+
 /// Predicted cache contents with per-entry expiry.
 #[derive(Debug, Clone)]
 pub struct ApproxIndex {
@@ -388,7 +401,6 @@ impl ApproxIndex {
     /// Predictions live `ttl_ms`; at most `max_entries` (worker, block) pairs are kept;
     /// a full index prunes the oldest down to [`DEFAULT_PRUNE_TARGET_RATIO`] of that.
     pub fn new(ttl_ms: u64, max_entries: usize) -> Self {
-        let max_entries = max_entries.max(1);
         let shards = Self::homes_at_cap(max_entries)
             .div_ceil(SHARD_HOMES)
             .next_power_of_two()
@@ -450,18 +462,6 @@ impl ApproxIndex {
         self.shards.get(self.shard_of(key)).unwrap_or(&NO_ROWS)
     }
 
-    /// Keeps the rows of every shard that pass `keep` (see [`Table::retain`]).
-    fn retain(
-        &mut self,
-        mut keep: impl FnMut(u32, RowKey<'_>) -> bool,
-        mut dropped: impl FnMut(u64, u32),
-    ) {
-        for t in &mut self.shards {
-            t.retain(&mut keep, &mut dropped);
-        }
-        self.rows = self.shards.iter().map(|t| t.rows).sum();
-    }
-
     /// Sets the share of the cap a full index prunes down to (Dynamo's
     /// `router_prune_target_ratio`, clamped to 0..=1; at least one pair is pruned).
     pub fn set_prune_target_ratio(&mut self, ratio: f64) {
@@ -520,7 +520,7 @@ impl ApproxIndex {
         let (mut at_until, mut added) = (0u32, 0u64);
         for &seq in sequence {
             let shard = self.shard_of(seq);
-            let (mut i, found) = self.shard(seq).find(seq, slot);
+            let (mut i, found) = self.shards.get(shard).unwrap_or(&NO_ROWS).find(seq, slot);
             if found {
                 let Some(meta) = self.shards.get_mut(shard).and_then(|t| t.meta.get_mut(i)) else {
                     continue;
@@ -631,8 +631,9 @@ impl ApproxIndex {
         let Some(slot) = self.slots.get(&worker) else {
             return;
         };
-        let mut by_until = std::mem::take(&mut self.by_until);
-        self.retain(
+        let by_until = &mut self.by_until;
+        self.rows = retain_shards(
+            &mut self.shards,
             |meta, _| u32::from(slot_of(meta)) != slot,
             |_, meta| {
                 let u = until_of(meta);
@@ -644,7 +645,6 @@ impl ApproxIndex {
                 }
             },
         );
-        self.by_until = by_until;
         if let Some(c) = self.counts.get_mut(slot as usize) {
             *c = 0;
         }
@@ -819,8 +819,8 @@ impl ApproxIndex {
         } else {
             (0, 0)
         };
-        let slots = std::mem::take(&mut self.slots);
-        let mut counts = std::mem::take(&mut self.counts);
+        let slots = &self.slots;
+        let counts = &mut self.counts;
         let mut tied = 0u32;
         let keep = |meta: u32, key: RowKey<'_>| {
             let u = u32::from(until_of(meta));
@@ -840,7 +840,7 @@ impl ApproxIndex {
             }
             false
         };
-        self.retain(keep, |key, meta| {
+        self.rows = retain_shards(&mut self.shards, keep, |key, meta| {
             let slot = slot_of(meta);
             if let Some(c) = counts.get_mut(usize::from(slot)) {
                 *c = c.saturating_sub(1);
@@ -849,8 +849,6 @@ impl ApproxIndex {
                 deltas.push(IndexDelta::Remove { worker, seq: key });
             }
         });
-        self.slots = slots;
-        self.counts = counts;
         self.by_until = match u16::try_from(below) {
             Ok(b) => self.by_until.split_off(&b),
             Err(_) => BTreeMap::new(),
